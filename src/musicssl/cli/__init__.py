@@ -1,0 +1,1 @@
+"""The ``musicssl`` command line: a thin layer over the Python API."""
