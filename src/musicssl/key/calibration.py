@@ -1,0 +1,184 @@
+"""Calibration of key models (SPEC §1.6): which output row is major, which
+column is which tonic.
+
+A self-supervised model learns keys only up to a rotation of its columns and
+a permutation of its rows. Calibration plays reference signals of known key
+(cadences and scales synthesised here, in all 12 transpositions of C major and
+A minor) through the model and records, for each row, the tonic of column 0.
+
+A calibration is a plain dict, stored in the checkpoint metadata::
+
+    {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [9, 11]}
+
+meaning: output ``[row, j]`` is the key ``Key((row_offsets[row] + j) % 12,
+row_modes[row])``. One-row (STONE) models predict a key signature only:
+``{"n_rows": 1, "row_modes": ["signature"], "row_offsets": [o]}`` maps column
+``j`` to the signature of the major key with tonic ``(o + j) % 12``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import numpy as np
+
+from musicssl.errors import CalibrationError
+from musicssl.keys import Key
+
+# --- reference signals ----------------------------------------------------------
+
+_MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11, 12)
+_MELODIC_MINOR_UP = (0, 2, 3, 5, 7, 9, 11, 12)
+_NATURAL_MINOR_DOWN = (12, 10, 8, 7, 5, 3, 2, 0)
+# I-IV-V-I (major) and i-iv-V-i (harmonic minor): chord tones relative to the tonic
+_MAJOR_CADENCE = ((0, 4, 7), (5, 9, 12), (7, 11, 14), (0, 4, 7))
+_MINOR_CADENCE = ((0, 3, 7), (5, 8, 12), (7, 11, 14), (0, 3, 7))
+_CADENCE_BASS = (0, 5, 7, 0)
+
+
+def _tone(midi: float, duration_s: float, sr: int, n_harmonics: int = 6) -> np.ndarray:
+    """A note of ``n_harmonics`` harmonics (amplitude 1/h) with a decaying envelope."""
+    n = int(round(duration_s * sr))
+    t = np.arange(n) / sr
+    f0 = 440.0 * 2.0 ** ((midi - 69) / 12)
+    out = np.zeros(n)
+    for h in range(1, n_harmonics + 1):
+        if h * f0 < 0.45 * sr:
+            out += np.sin(2 * np.pi * h * f0 * t) / h
+    envelope = np.exp(-3.0 * t) * np.minimum(1.0, t / 0.01)
+    return out * envelope
+
+
+def reference_signal(key: Key, sr: int = 22050, chord_s: float = 0.6, note_s: float = 0.3) -> np.ndarray:
+    """A signal in ``key``: four cadences with a bass line, then the scale up
+    and down, in harmonic tones. float32 (n,), peak 1, about 14 s."""
+    tonic_midi = 60 + (key.tonic if key.tonic < 6 else key.tonic - 12)  # C4 ± a fourth
+    chords = _MAJOR_CADENCE if key.is_major else _MINOR_CADENCE
+    parts = []
+    for _ in range(4):
+        for chord, bass in zip(chords, _CADENCE_BASS):
+            frame = _tone(tonic_midi - 24 + bass, chord_s, sr)
+            for interval in chord:
+                frame = frame + _tone(tonic_midi + interval, chord_s, sr)
+            parts.append(frame)
+    if key.is_major:
+        scale = list(_MAJOR_SCALE) + list(reversed(_MAJOR_SCALE))[1:]
+    else:
+        scale = list(_MELODIC_MINOR_UP) + list(_NATURAL_MINOR_DOWN)[1:]
+    for step in scale:
+        parts.append(_tone(tonic_midi + step, note_s, sr))
+    signal = np.concatenate(parts)
+    return (signal / np.abs(signal).max()).astype(np.float32)
+
+
+def reference_keys() -> list[Key]:
+    """The 24 reference keys: C major and A minor in all 12 transpositions."""
+    return [Key(t, "major") for t in range(12)] + [Key((9 + t) % 12, "minor") for t in range(12)]
+
+
+# --- applying a calibration -------------------------------------------------------
+
+def to_canonical(native: np.ndarray, calibration: dict) -> np.ndarray:
+    """Reorder native model outputs ``(..., 12 * n_rows)`` into the canonical
+    24-key order ``(..., 24)`` (C major ... B minor).
+
+    One-row models give each signature's probability half to its major key
+    and half to the relative minor.
+    """
+    native = np.asarray(native, dtype=np.float64)
+    n_rows = int(calibration["n_rows"])
+    if native.shape[-1] != 12 * n_rows:
+        raise CalibrationError(f"model gives {native.shape[-1]} outputs, calibration expects {12 * n_rows}")
+    rows = native.reshape(native.shape[:-1] + (n_rows, 12))
+    out = np.zeros(native.shape[:-1] + (24,))
+    for row, (mode, offset) in enumerate(zip(calibration["row_modes"], calibration["row_offsets"])):
+        tonics = (int(offset) + np.arange(12)) % 12
+        if mode == "signature":
+            out[..., tonics] += rows[..., row, :] / 2
+            out[..., 12 + (tonics + 9) % 12] += rows[..., row, :] / 2
+        else:
+            base = 0 if mode == "major" else 12
+            out[..., base + tonics] += rows[..., row, :]
+    return out
+
+
+def validate_calibration(calibration: dict, n_rows: int) -> dict:
+    """Check a calibration dict for a model with ``n_rows`` output rows."""
+    try:
+        modes = list(calibration["row_modes"])
+        offsets = [int(o) for o in calibration["row_offsets"]]
+        if int(calibration["n_rows"]) != n_rows or len(modes) != n_rows or len(offsets) != n_rows:
+            raise ValueError("row count mismatch")
+        allowed = [["signature"]] if n_rows == 1 else [["major", "minor"], ["minor", "major"]]
+        if modes not in allowed or not all(0 <= o < 12 for o in offsets):
+            raise ValueError("bad modes or offsets")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalibrationError(f"invalid calibration {calibration!r} for a {n_rows}-row model: {exc}") from exc
+    return {"n_rows": n_rows, "row_modes": modes, "row_offsets": offsets}
+
+
+# --- finding a calibration ---------------------------------------------------------
+
+def fit_calibration(native: np.ndarray, keys: list[Key]) -> dict:
+    """Best row-mode assignment and column offsets for native outputs
+    ``(n_signals, 12 * n_rows)`` of signals in known ``keys``.
+
+    Maximises the summed log-probability the calibrated model gives the true
+    keys over all assignments (2 x 12 x 12 for two rows, 12 for one).
+    """
+    native = np.asarray(native, dtype=np.float64)
+    n_rows = native.shape[-1] // 12
+    if native.shape != (len(keys), 12 * n_rows) or n_rows not in (1, 2):
+        raise CalibrationError(f"expected ({len(keys)}, 12 or 24) outputs, got {native.shape}")
+    log_p = np.log(np.clip(native, 1e-12, None)).reshape(len(keys), n_rows, 12)
+    best, best_score = None, -np.inf
+    if n_rows == 1:
+        for offset in range(12):
+            # column j holds the signature of major tonic offset + j
+            score = sum(log_p[i, 0, ((k if k.is_major else k.relative).tonic - offset) % 12]
+                        for i, k in enumerate(keys))
+            if score > best_score:
+                best, best_score = {"n_rows": 1, "row_modes": ["signature"], "row_offsets": [offset]}, score
+        return best
+    for major_row, off_major, off_minor in itertools.product((0, 1), range(12), range(12)):
+        offsets = {major_row: off_major, 1 - major_row: off_minor}
+        score = 0.0
+        for i, k in enumerate(keys):
+            row = major_row if k.is_major else 1 - major_row
+            score += log_p[i, row, (k.tonic - offsets[row]) % 12]
+        if score > best_score:
+            modes = ["major", "minor"] if major_row == 0 else ["minor", "major"]
+            best = {"n_rows": 2, "row_modes": modes, "row_offsets": [offsets[0], offsets[1]]}
+            best_score = score
+    return best
+
+
+def calibration_accuracy(native: np.ndarray, keys: list[Key], calibration: dict) -> float:
+    """Fraction of reference signals whose calibrated arg-max is the true key
+    (for one-row models: the true key signature)."""
+    canonical = to_canonical(native, calibration)
+    hits = []
+    for probs, key in zip(canonical, keys):
+        guess = Key.from_index(int(np.argmax(probs)))
+        if calibration["n_rows"] == 1:
+            hits.append(guess.signature == key.signature)
+        else:
+            hits.append(guess == key)
+    return float(np.mean(hits))
+
+
+def calibrate(native_outputs: Callable[[np.ndarray, int], np.ndarray], sr: int = 22050) -> dict:
+    """Calibrate a model given ``native_outputs(waveforms (B, N), sr) -> (B, 12 * n_rows)``.
+
+    Returns the calibration dict plus ``"reference_accuracy"``: how many of the
+    24 reference signals the calibrated model then labels correctly.
+    """
+    keys = reference_keys()
+    signals = [reference_signal(k, sr) for k in keys]
+    length = min(len(s) for s in signals)
+    batch = np.stack([s[:length] for s in signals])
+    native = np.asarray(native_outputs(batch, sr))
+    calibration = fit_calibration(native, keys)
+    calibration["reference_accuracy"] = calibration_accuracy(native, keys, calibration)
+    return calibration

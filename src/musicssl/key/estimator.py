@@ -1,0 +1,376 @@
+"""Key estimation, layered: CQT features → probabilities → :class:`KeyResult`,
+for audio arrays, files and many files.
+
+* :func:`compute_features` (audio file or array → :class:`KeyFeatures`, the
+  CQT magnitude) is the expensive, model-free part; it is picklable and runs
+  in worker processes for folders.
+* :meth:`KeyEstimator.estimate_features` batches the network over many
+  feature sets and returns results.
+* :meth:`KeyEstimator.estimate` / :meth:`estimate_file` chain the two.
+
+Probabilities are always in the canonical 24-key order of
+:data:`musicssl.keys.KEY_LABELS` (C major … B major, C minor … B minor).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from musicssl.errors import AudioTooShortError, CheckpointError
+from musicssl.keys import KEY_LABELS, Key, format_key
+
+#: Shipped default model (inside the package).
+DEFAULT_MODEL_NAME = "skey_default.safetensors"
+
+
+def default_model_path() -> Path | None:
+    """Path of the shipped default key model, or None if this build has none."""
+    path = Path(str(resources.files("musicssl") / "data" / "models" / DEFAULT_MODEL_NAME))
+    return path if path.is_file() else None
+
+
+# --- results ---------------------------------------------------------------------
+
+@dataclass
+class LocalKey:
+    """Key of one analysis window: ``start_s``/``end_s`` in seconds."""
+
+    start_s: float
+    end_s: float
+    key: Key
+    confidence: float
+    probabilities: np.ndarray  # (24,) canonical order
+
+    def to_dict(self, notation: str = "standard", probabilities: bool = False) -> dict:
+        out = {"start": round(self.start_s, 3), "end": round(self.end_s, 3),
+               "key": format_key(self.key, notation), "confidence": round(float(self.confidence), 6)}
+        if probabilities:
+            out["probabilities"] = probabilities_dict(self.probabilities)
+        return out
+
+
+@dataclass
+class KeySegment:
+    """A stretch of time over which the local key does not change."""
+
+    start_s: float
+    end_s: float
+    key: Key
+
+    def to_dict(self, notation: str = "standard") -> dict:
+        return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "key": format_key(self.key, notation)}
+
+
+@dataclass
+class KeyResult:
+    """Global key of a recording, its 24 probabilities and optional local keys.
+
+    ``confidence`` is the top-1 minus the top-2 probability, in [0, 1].
+    ``mode_estimated`` is False for key-signature-only (STONE) models.
+    """
+
+    key: Key
+    probabilities: np.ndarray  # (24,) canonical order
+    confidence: float
+    duration_s: float
+    local: list[LocalKey] | None = None
+    path: str | None = None
+    mode_estimated: bool = True
+    estimator: str = ""
+
+    @property
+    def segments(self) -> list[KeySegment] | None:
+        """Local windows merged into segments with boundaries where the key changes.
+
+        Boundaries are placed halfway between the centres of consecutive
+        windows that disagree.
+        """
+        if not self.local:
+            return None
+        segments: list[KeySegment] = []
+        for i, window in enumerate(self.local):
+            centre = (window.start_s + window.end_s) / 2
+            if segments and segments[-1].key == window.key:
+                continue
+            if segments:
+                previous = self.local[i - 1]
+                boundary = ((previous.start_s + previous.end_s) / 2 + centre) / 2
+                segments[-1].end_s = boundary
+                segments.append(KeySegment(boundary, self.duration_s, window.key))
+            else:
+                segments.append(KeySegment(0.0, self.duration_s, window.key))
+        return segments
+
+    def top(self, k: int = 3) -> list[tuple[Key, float]]:
+        """The ``k`` most probable keys with their probabilities."""
+        order = np.argsort(-self.probabilities)[:k]
+        return [(Key.from_index(int(i)), float(self.probabilities[i])) for i in order]
+
+    def to_dict(self, notation: str = "standard", probabilities: bool = True, local: bool = True) -> dict:
+        """JSON-ready dict: path, key, confidence, probabilities (24 mir_eval labels), local, segments."""
+        out: dict = {}
+        if self.path is not None:
+            out["path"] = self.path
+        out["key"] = format_key(self.key, notation)
+        out["confidence"] = round(float(self.confidence), 6)
+        out["duration"] = round(float(self.duration_s), 3)
+        if probabilities:
+            out["probabilities"] = probabilities_dict(self.probabilities)
+        if local and self.local is not None:
+            out["local"] = [w.to_dict(notation) for w in self.local]
+            out["segments"] = [s.to_dict(notation) for s in self.segments or []]
+        return out
+
+
+def probabilities_dict(probabilities: np.ndarray) -> dict[str, float]:
+    """``{"C major": p, ..., "B minor": p}`` in canonical order."""
+    return {label: round(float(p), 6) for label, p in zip(KEY_LABELS, probabilities)}
+
+
+def result_from_probabilities(probabilities: np.ndarray, duration_s: float, **kwargs) -> KeyResult:
+    """A :class:`KeyResult` for canonical ``probabilities`` (24,)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    order = np.argsort(-probabilities)
+    confidence = float(probabilities[order[0]] - probabilities[order[1]])
+    return KeyResult(Key.from_index(int(order[0])), probabilities, confidence, float(duration_s), **kwargs)
+
+
+# --- features ----------------------------------------------------------------------
+
+@dataclass
+class KeyFeatures:
+    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), and its origin."""
+
+    magnitude: np.ndarray
+    duration_s: float
+    frames_per_second: float
+    path: str | None = None
+
+
+def compute_features(source, frontend_config=None, *, sr: int | None = None,
+                     device: str = "cpu", offset: float = 0.0, duration: float | None = None) -> KeyFeatures:
+    """CQT magnitude of an audio file (``source`` a path) or of samples
+    (``source`` an array, with its ``sr``). Model-free and picklable.
+
+    ``offset``/``duration`` (seconds) select part of a file.
+    """
+    from musicssl.frontend.audio import load_audio, prepare_audio
+    from musicssl.frontend.cqt import FrontEndConfig, magnitude_cqt
+
+    config = frontend_config or FrontEndConfig()
+    path = None
+    if isinstance(source, (str, Path)):
+        path = str(source)
+        samples = load_audio(source, sr=config.sr, offset=offset, duration=duration)
+    else:
+        if sr is None:
+            raise TypeError("sr is required when source is an array of samples")
+        samples = prepare_audio(np.asarray(source), sr, config.sr)
+    minimum_s = config.min_duration_s
+    duration_s = len(samples) / config.sr
+    if duration_s < minimum_s:
+        raise AudioTooShortError(
+            f"audio is {duration_s:.2f} s long; key estimation needs at least {minimum_s:.2f} s",
+            path, duration=duration_s, minimum=minimum_s)
+    magnitude = magnitude_cqt(samples, config, device=device)
+    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path)
+
+
+# --- the estimator -------------------------------------------------------------------
+
+class KeyEstimator:
+    """A calibrated ChromaNet key model (STONE, 24-STONE or S-KEY) ready to use.
+
+    Build with :meth:`from_checkpoint`; the network runs on ``device``.
+    Windows longer than ``max_window_s`` are analysed in pieces whose
+    probabilities are averaged by duration (keeps memory bounded).
+    """
+
+    def __init__(self, model: torch.nn.Module, frontend_config, calibration: dict,
+                 device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0):
+        from musicssl.key.calibration import validate_calibration
+
+        self.model = model.to(device).eval()
+        self.frontend_config = frontend_config
+        self.calibration = validate_calibration(calibration, model.n_rows)
+        self.device = device
+        self.name = name
+        self.max_window_s = max_window_s
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu") -> "KeyEstimator":
+        """Load a project checkpoint or a released S-KEY/STONE ``.pt``;
+        ``None`` loads the shipped default model.
+
+        Uncalibrated checkpoints (e.g. the released ``.pt``) are calibrated on load.
+        """
+        from musicssl.checkpoint import load_key_model
+
+        if path is None:
+            path = default_model_path()
+            if path is None:
+                raise CheckpointError("this build ships no default key model; pass a checkpoint path")
+        loaded = load_key_model(path)
+        calibration = loaded.calibration
+        if calibration is None:
+            calibration = calibrate_model(loaded.model, loaded.frontend_config, device)
+        return cls(loaded.model, loaded.frontend_config, calibration, device, name=Path(path).name)
+
+    # --- layer 1: spectrogram -> probabilities
+    @torch.inference_mode()
+    def native_probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
+        """Network outputs for log-CQT ``(B, 1, F, T)`` (all bins): ``(B, 12 * n_rows)``."""
+        from musicssl.frontend.cqt import crop_bins
+
+        x = crop_bins(logcqt.to(self.device), 0, self.frontend_config.crop_bins)
+        return self.model(x).float().cpu().numpy()
+
+    def probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
+        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``."""
+        from musicssl.key.calibration import to_canonical
+
+        return to_canonical(self.native_probabilities(logcqt), self.calibration)
+
+    def _window_probabilities(self, magnitudes: Sequence[np.ndarray]) -> np.ndarray:
+        """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length."""
+        from musicssl.frontend.cqt import log_compress
+
+        batch = torch.as_tensor(np.stack(magnitudes))[:, None]
+        return self.probabilities(log_compress(batch.to(self.device), self.frontend_config.top_db))
+
+    def _track_probabilities(self, magnitude: np.ndarray) -> np.ndarray:
+        """Canonical probabilities (24,) of a whole track, in bounded pieces if long."""
+        fps = self.frontend_config.sr / self.frontend_config.hop_length
+        max_frames = int(self.max_window_s * fps)
+        n = magnitude.shape[-1]
+        if n <= max_frames:
+            return self._window_probabilities([magnitude])[0]
+        pieces = int(np.ceil(n / max_frames))
+        bounds = np.linspace(0, n, pieces + 1).astype(int)
+        total = np.zeros(24)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            total += (b - a) * self._window_probabilities([magnitude[:, a:b]])[0]
+        return total / n
+
+    # --- layer 2: features -> results (batched)
+    def estimate_features(self, features: Sequence[KeyFeatures], local: bool = False,
+                          window_s: float = 20.0, hop_s: float = 5.0) -> list[KeyResult]:
+        """Results for many feature sets; equal-length inputs share one network batch."""
+        results: list[KeyResult | None] = [None] * len(features)
+        by_length: dict[int, list[int]] = {}
+        for i, f in enumerate(features):
+            by_length.setdefault(f.magnitude.shape[-1], []).append(i)
+        fps_limit = int(self.max_window_s * self.frontend_config.sr / self.frontend_config.hop_length)
+        for length, indices in by_length.items():
+            if length <= fps_limit:
+                probs = self._window_probabilities([features[i].magnitude for i in indices])
+            else:
+                probs = np.stack([self._track_probabilities(features[i].magnitude) for i in indices])
+            for i, p in zip(indices, probs):
+                f = features[i]
+                results[i] = result_from_probabilities(
+                    p, f.duration_s, path=f.path, estimator=self.name,
+                    mode_estimated=self.calibration["n_rows"] == 2,
+                    local=self.local_keys(f, window_s, hop_s) if local else None)
+        return results  # type: ignore[return-value]
+
+    def local_keys(self, features: KeyFeatures, window_s: float = 20.0, hop_s: float = 5.0) -> list[LocalKey]:
+        """Keys of overlapping windows (``window_s`` long, every ``hop_s`` seconds).
+
+        Each window is log-compressed on its own, as in training. A track
+        shorter than one window gives one window over the whole track.
+        """
+        if window_s <= 0 or hop_s <= 0:
+            raise ValueError("window and hop must be positive")
+        fps = features.frames_per_second
+        n = features.magnitude.shape[-1]
+        win = max(1, int(round(window_s * fps)))
+        hop = max(1, int(round(hop_s * fps)))
+        min_frames = int(np.ceil(self.frontend_config.min_duration_s * fps))
+        if n <= win:
+            starts = [0]
+            win = n
+        else:
+            starts = list(range(0, n - win + 1, hop))
+            if starts[-1] + win < n:  # cover the end
+                starts.append(n - win)
+        win = max(win, min(min_frames, n))
+        windows = [features.magnitude[:, s:s + win] for s in starts]
+        probs = []
+        for chunk in range(0, len(windows), 64):
+            probs.append(self._window_probabilities(windows[chunk:chunk + 64]))
+        probs = np.concatenate(probs)
+        out = []
+        for s, p in zip(starts, probs):
+            r = result_from_probabilities(p, 0.0)
+            out.append(LocalKey(s / fps, min(n, s + win) / fps, r.key, r.confidence, p))
+        return out
+
+    # --- layer 3: audio / files
+    def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
+                 window_s: float = 20.0, hop_s: float = 5.0) -> KeyResult:
+        """Key of ``samples`` ((n,) or (n, channels)) at rate ``sr``."""
+        features = compute_features(samples, self.frontend_config, sr=sr, device=self.device)
+        return self.estimate_features([features], local, window_s, hop_s)[0]
+
+    def estimate_file(self, path: str | Path, local: bool = False,
+                      window_s: float = 20.0, hop_s: float = 5.0) -> KeyResult:
+        """Key of an audio file."""
+        features = compute_features(path, self.frontend_config, device=self.device)
+        return self.estimate_features([features], local, window_s, hop_s)[0]
+
+    def estimate_files(self, paths: Iterable[str | Path], **kwargs) -> Iterable[tuple[str, KeyResult | Exception]]:
+        """``(path, result or the error)`` for each file, in order; never raises for one bad file."""
+        from musicssl.errors import MusicsslError
+
+        for path in paths:
+            try:
+                yield str(path), self.estimate_file(path, **kwargs)
+            except MusicsslError as exc:
+                yield str(path), exc
+
+
+def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:
+    """Calibrate ``model`` (SPEC §1.6) with the package's reference signals."""
+    from musicssl.frontend.cqt import crop_bins, log_compress, magnitude_cqt
+    from musicssl.key.calibration import calibrate
+
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def native(batch: np.ndarray, sr: int) -> np.ndarray:
+        mags = np.stack([magnitude_cqt(x, frontend_config, device=device) for x in batch])
+        logcqt = log_compress(torch.as_tensor(mags)[:, None].to(device), frontend_config.top_db)
+        return model(crop_bins(logcqt, 0, frontend_config.crop_bins)).float().cpu().numpy()
+
+    return calibrate(native, frontend_config.sr)
+
+
+def load_estimator(spec: str | Path | None = "default", device: str = "cpu"):
+    """An estimator from a spec: ``"default"``, ``"krumhansl"``, ``"temperley"``
+    or a checkpoint path. Every estimator has ``estimate``/``estimate_file``/
+    ``estimate_features``."""
+    spec = "default" if spec is None else spec
+    if str(spec) in ("krumhansl", "temperley"):
+        from musicssl.key.templates import TemplateKeyEstimator
+
+        return TemplateKeyEstimator(str(spec))
+    if str(spec) == "default":
+        if default_model_path() is None:
+            warnings.warn("no trained default model is shipped in this build; using the Krumhansl template baseline",
+                          stacklevel=2)
+            from musicssl.key.templates import TemplateKeyEstimator
+
+            return TemplateKeyEstimator("krumhansl")
+        return KeyEstimator.from_checkpoint(None, device)
+    path = Path(spec)
+    if not path.is_file():
+        raise CheckpointError(f"{spec}: no such checkpoint (or use default, krumhansl, temperley)")
+    return KeyEstimator.from_checkpoint(path, device)
