@@ -1,0 +1,264 @@
+"""Training objectives of STONE, 24-STONE, S-KEY and their label-using variants (SPEC §1.3–1.5).
+
+Pure functions: tensors in, ``(scalar loss, dict of detached terms)`` out.
+No I/O, no model, no device logic.
+
+Conventions
+-----------
+* ``probs``: ChromaNet output ``(B, 12 * H)``, softmax over all ``12 * H``
+  values, row-major (row 0's 12 columns first). ``H = 1`` (STONE) or 2.
+* Views: ``A`` and ``B`` are two segments of one track cropped at offset
+  ``o``; ``A2`` (A′ in the spec) is segment A cropped at ``o' = o + k``.
+  Cropping ``k`` bins higher shows the music transposed *down* by ``k``
+  semitones, so in the network's column frame A′'s key sits at ``q − k``
+  when A's sits at ``q``; the loss asks ``z_A · conj(z_A′) = exp(2πi ω k / 12)``.
+* ``y = P[0] + P[1]`` (``(B, 12)``, key signature part), ``m = sum(P[0])``
+  (``(B,)``, mode part; only for ``H = 2``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from musicssl.errors import ConfigError
+
+#: log values are clamped at this floor, as in PyTorch's BCE
+LOG_FLOOR = -100.0
+#: below this probability the clamped log passes no gradient (finite gradients at one-hot outputs)
+_GRAD_EPS = 1e-12
+
+OBJECTIVES = ("stone", "stone24", "skey", "supervised", "semi")
+
+
+# --------------------------------------------------------------------------- helpers
+def clamped_log(x: Tensor) -> Tensor:
+    """``log(x)`` clamped below at −100, with finite gradients everywhere.
+
+    The value is exactly ``max(log x, -100)`` (``x = 0`` gives −100); the
+    gradient is ``1/x`` for ``x > 1e-12`` and 0 below, so one-hot
+    probabilities never produce inf/NaN gradients.
+    """
+    value = torch.log(x.detach()).clamp_min(LOG_FLOOR)
+    surrogate = torch.log(x.clamp_min(_GRAD_EPS))
+    return surrogate + (value - surrogate).detach()
+
+
+def binary_cross_entropy(p: Tensor, q: Tensor) -> Tensor:
+    """Element-wise ``CE(p → q) = −p log q − (1 − p) log(1 − q)``, logs clamped at −100.
+
+    ``p`` (target, probability or 0/1 label) and ``q`` (prediction) broadcast;
+    gradients flow into both when they require them.
+    """
+    return -(p * clamped_log(q) + (1.0 - p) * clamped_log(1.0 - q))
+
+
+def split_outputs(probs: Tensor, n_rows: int) -> tuple[Tensor, Tensor | None]:
+    """``probs (B, 12·H)`` → ``y (B, 12)`` (sum over rows) and ``m (B,)`` (row 0 mass; None for H = 1)."""
+    if probs.ndim != 2 or probs.shape[1] != 12 * n_rows:
+        raise ConfigError(f"expected outputs of shape (B, {12 * n_rows}), got {tuple(probs.shape)}")
+    if n_rows == 1:
+        return probs, None
+    rows = probs.view(probs.shape[0], n_rows, 12)
+    return rows.sum(dim=1), rows[:, 0].sum(dim=1)
+
+
+def complex_projection(y: Tensor, omega: int = 7) -> tuple[Tensor, Tensor]:
+    """``z = Σ_q y[q] · exp(2πi ω q / 12)`` as (real, imaginary), each ``(B,)``.
+
+    Kept in real arithmetic so it runs under every backend and autocast.
+    """
+    angles = 2.0 * math.pi * omega * torch.arange(12, device=y.device, dtype=torch.float64) / 12.0
+    cos = torch.cos(angles).to(y.dtype)
+    sin = torch.sin(angles).to(y.dtype)
+    return y @ cos, y @ sin
+
+
+def _rotation_distance(target_angle: Tensor, z1: tuple[Tensor, Tensor], z2: tuple[Tensor, Tensor]) -> Tensor:
+    """``|exp(i·angle) − z1 · conj(z2)|²`` per item, ``(B,)``."""
+    re1, im1 = z1
+    re2, im2 = z2
+    prod_re = re1 * re2 + im1 * im2      # Re(z1 conj z2)
+    prod_im = im1 * re2 - re1 * im2      # Im(z1 conj z2)
+    return (torch.cos(target_angle) - prod_re) ** 2 + (torch.sin(target_angle) - prod_im) ** 2
+
+
+# --------------------------------------------------------------------------- STONE key loss
+def key_loss(y_a: Tensor, y_b: Tensor, y_a2: Tensor, k: Tensor, omega: int = 7) -> tuple[Tensor, dict[str, Tensor]]:
+    """STONE's ``L_key = L_pos + L_eq1 + L_eq2`` averaged over the batch (SPEC §1.3).
+
+    ``y_*``: ``(B, 12)`` distributions over the 12 columns; ``k``: ``(B,)``
+    integer shift ``o' − o`` of view A′ (any sign). ``omega`` 7 (circle of
+    fifths) or 1 (semitones).
+    """
+    z_a = complex_projection(y_a, omega)
+    z_b = complex_projection(y_b, omega)
+    z_a2 = complex_projection(y_a2, omega)
+    zero = torch.zeros_like(z_a[0])
+    angle = (2.0 * math.pi * omega / 12.0) * k.to(z_a[0].dtype)
+    pos = _rotation_distance(zero, z_a, z_b).mean()
+    eq1 = _rotation_distance(angle, z_a, z_a2).mean()
+    eq2 = _rotation_distance(angle, z_b, z_a2).mean()
+    total = pos + eq1 + eq2
+    return total, {"pos": pos.detach(), "eq1": eq1.detach(), "eq2": eq2.detach(), "key": total.detach()}
+
+
+# --------------------------------------------------------------------------- 24-STONE mode consistency
+def mode_consistency_loss(m_a: Tensor, m_b: Tensor, m_a2: Tensor) -> Tensor:
+    """24-STONE's ``CE(m_A→m_A′) + ½CE(m_B→m_A′) + ½CE(m_A′→m_B) + CE(m_A→m_B)``, batch mean (SPEC §1.4)."""
+    ce = (binary_cross_entropy(m_a, m_a2)
+          + 0.5 * binary_cross_entropy(m_b, m_a2)
+          + 0.5 * binary_cross_entropy(m_a2, m_b)
+          + binary_cross_entropy(m_a, m_b))
+    return ce.mean()
+
+
+# --------------------------------------------------------------------------- S-KEY
+def pitch_class_profile(logcqt_crop: Tensor) -> Tensor:
+    """Pitch-class profile in the crop's own frame: ``(B, 1, 12·O, T)`` or ``(B, 12·O, T)`` → ``(B, 12)``.
+
+    Time average, then average of the ``O`` octaves (bin ``12·j + c`` → column ``c``).
+    """
+    x = logcqt_crop.reshape(logcqt_crop.shape[0], -1, logcqt_crop.shape[-1]) if logcqt_crop.ndim == 4 else logcqt_crop
+    if x.shape[1] % 12:
+        raise ConfigError(f"crop must have a multiple of 12 bins, got {x.shape[1]}")
+    frames = x.float().mean(dim=-1)                       # (B, F)
+    return frames.view(x.shape[0], -1, 12).mean(dim=1)    # (B, 12)
+
+
+def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
+    """S-KEY's mode pseudo-label ``ℓ`` (SPEC §1.5.2), float ``(B,)`` of 0/1, no gradient.
+
+    ``s = argmax((y_A + y_B)/2)`` in the network's column frame; ``profile``
+    ``(B, 12)`` = mean of the pitch-class profiles of A and B cropped at ``o``
+    (same frame); ``ℓ = 1`` iff ``c[s] > c[(s + 3) mod 12]``.
+    """
+    with torch.no_grad():
+        s = ((y_a + y_b) / 2).argmax(dim=1)
+        c_s = profile.gather(1, s[:, None])[:, 0]
+        c_minor_third = profile.gather(1, ((s + 3) % 12)[:, None])[:, 0]
+        return (c_s > c_minor_third).to(y_a.dtype)
+
+
+def balance_loss(m_a: Tensor, m_b: Tensor) -> Tensor:
+    """``(μ − ½)²`` with ``μ`` the mean of ``m`` over the ``2B`` views A and B (SPEC §1.5.4)."""
+    mu = torch.cat([m_a, m_b]).mean()
+    return (mu - 0.5) ** 2
+
+
+# --------------------------------------------------------------------------- objectives
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which objective and its weights. ``n_rows`` is the model's ``H``."""
+
+    name: str = "skey"
+    omega: int = 7
+    #: S-KEY weights (w_k, w_m, w_b); the released checkpoint used (1, 1.7, 1)
+    key_weight: float = 1.0
+    mode_weight: float = 1.7
+    balance_weight: float = 1.0
+    #: fixed factors of SPEC §1.4/1.5: L_key + 1.5 L_mode (+ 20 L_bal)
+    mode_factor: float = 1.5
+    balance_factor: float = 20.0
+    #: number of output rows for the label-using objectives (supervised/semi): 1 or 2
+    supervised_rows: int = 2
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.omega not in range(1, 12) or math.gcd(self.omega, 12) != 1:
+            raise ConfigError(f"omega must be coprime with 12 (1, 5, 7 or 11), got {self.omega}")
+        if self.supervised_rows not in (1, 2):
+            raise ConfigError(f"supervised_rows must be 1 or 2, got {self.supervised_rows}")
+
+    @property
+    def n_rows(self) -> int:
+        """Output rows ``H`` the model needs for this objective."""
+        if self.name == "stone":
+            return 1
+        if self.name in ("stone24", "skey"):
+            return 2
+        return self.supervised_rows
+
+    @property
+    def uses_labels(self) -> bool:
+        return self.name in ("supervised", "semi")
+
+
+def key_targets(tonic_column: Tensor, is_major: Tensor, n_rows: int) -> Tensor:
+    """One-hot targets in the network's frame, ``(B, 12·H)``.
+
+    ``tonic_column``: ``(B,)`` column (0..11, in the crop's frame) of the key's
+    tonic; ``is_major``: ``(B,)`` bool. Convention for the label-using
+    objectives (calibration re-reads it anyway): row 0 = major keys at their
+    tonic's column; row 1 = minor keys at the column of their *relative major*
+    (tonic + 3), so ``y = P[0] + P[1]`` peaks on the key signature for both
+    modes. For ``H = 1`` the single row holds the key signature column.
+    """
+    tonic_column = tonic_column.long()
+    is_major = is_major.bool()
+    column = torch.where(is_major, tonic_column, (tonic_column + 3) % 12)
+    out = torch.zeros(tonic_column.shape[0], 12 * n_rows, device=tonic_column.device)
+    row = torch.zeros_like(column) if n_rows == 1 else (~is_major).long()
+    out[torch.arange(column.shape[0], device=column.device), row * 12 + column] = 1.0
+    return out
+
+
+def objective(
+    cfg: ObjectiveConfig,
+    probs_a: Tensor,
+    probs_b: Tensor,
+    probs_a2: Tensor,
+    k: Tensor,
+    *,
+    profile: Tensor | None = None,
+    targets_a: Tensor | None = None,
+    labelled: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The training loss of ``cfg.name`` for one batch of three views.
+
+    ``probs_*``: ``(B, 12·H)``; ``k``: ``(B,)`` shifts of A′; ``profile``:
+    ``(B, 12)`` pitch-class profile (S-KEY only); ``targets_a``: ``(B, 12·H)``
+    one-hot targets (see :func:`key_targets`) and ``labelled`` ``(B,)`` bool
+    mask for the label-using objectives: a labelled item's view A output is
+    replaced by its target (Sup-/Semi-TONE, SPEC §1.4). ``supervised`` uses
+    every item's label; ``semi`` only those with ``labelled`` true.
+    Returns the scalar loss and detached terms (``loss``, ``key``, ``pos``,
+    ``eq1``, ``eq2``, and ``mode``/``balance``/``pseudo_major`` when they apply).
+    """
+    n_rows = cfg.n_rows
+    if cfg.uses_labels:
+        if targets_a is None:
+            raise ConfigError(f"objective {cfg.name!r} needs key labels")
+        if cfg.name == "supervised" or labelled is None:
+            labelled = torch.ones(probs_a.shape[0], dtype=torch.bool, device=probs_a.device)
+        probs_a = torch.where(labelled[:, None], targets_a.to(probs_a.dtype), probs_a)
+    y_a, m_a = split_outputs(probs_a, n_rows)
+    y_b, m_b = split_outputs(probs_b, n_rows)
+    y_a2, m_a2 = split_outputs(probs_a2, n_rows)
+    l_key, terms = key_loss(y_a, y_b, y_a2, k, cfg.omega)
+
+    if cfg.name == "stone" or n_rows == 1:
+        terms["loss"] = l_key.detach()
+        return l_key, terms
+
+    if cfg.name == "skey":
+        if profile is None:
+            raise ConfigError("the S-KEY objective needs the pitch-class profile of views A and B")
+        ell = mode_pseudo_labels(y_a, y_b, profile)
+        l_mode = (binary_cross_entropy(ell, m_a2) + binary_cross_entropy(ell, m_b)
+                  + binary_cross_entropy(ell, m_a)).mean()
+        l_bal = balance_loss(m_a, m_b)
+        total = (cfg.key_weight * l_key + cfg.mode_factor * cfg.mode_weight * l_mode
+                 + cfg.balance_factor * cfg.balance_weight * l_bal)
+        terms.update(mode=l_mode.detach(), balance=l_bal.detach(), pseudo_major=ell.mean())
+    else:  # stone24, supervised, semi (24-STONE family)
+        l_mode = mode_consistency_loss(m_a, m_b, m_a2)
+        total = l_key + cfg.mode_factor * l_mode
+        terms.update(mode=l_mode.detach())
+    terms["major_share"] = torch.cat([m_a, m_b]).mean().detach()
+    terms["loss"] = total.detach()
+    return total, terms

@@ -1,0 +1,195 @@
+"""Hand-computed checks of the STONE / 24-STONE / S-KEY objectives (SPEC §1.3–1.5)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from musicssl.errors import ConfigError
+from musicssl.key import losses as L
+
+
+def one_hot(index, n=12):
+    out = torch.zeros(len(index), n)
+    out[torch.arange(len(index)), torch.as_tensor(index)] = 1.0
+    return out
+
+
+@pytest.mark.parametrize("omega", [7, 1])
+@pytest.mark.parametrize("k", [1, 5, -3, 11, -11])
+def test_sign_convention_shift_by_minus_k_gives_zero(omega, k):
+    q = torch.tensor([0, 4, 9])
+    y_a = one_hot(q)
+    y_a2 = one_hot((q - k) % 12)        # A' is A transposed down by k: column q - k
+    kk = torch.full((3,), k)
+    _, terms = L.key_loss(y_a, y_a, y_a2, kk, omega)
+    assert terms["eq1"].item() == pytest.approx(0.0, abs=1e-10)
+    assert terms["eq2"].item() == pytest.approx(0.0, abs=1e-10)
+    assert terms["pos"].item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("omega", [7, 1])
+def test_wrong_direction_is_penalised_by_hand_value(omega):
+    k = 1
+    q = torch.tensor([2])
+    y_a = one_hot(q)
+    y_wrong = one_hot((q + k) % 12)
+    _, terms = L.key_loss(y_a, y_a, y_wrong, torch.tensor([k]), omega)
+    theta = 2 * math.pi * omega * k / 12
+    # |e^{iθ} − e^{−iθ}|² = 4 sin²θ  (omega=7,k=1: θ=7π/6 → 1.0; omega=1: θ=π/6 → 1.0)
+    assert terms["eq1"].item() == pytest.approx(4 * math.sin(theta) ** 2, abs=1e-6)
+    assert terms["eq1"].item() > 0.5
+
+
+def test_positive_term_hand_values():
+    uniform = torch.full((1, 12), 1 / 12)
+    y = one_hot([3])
+    # uniform output: z = 0 → |1 − 0|² = 1
+    _, terms = L.key_loss(uniform, y, y, torch.tensor([0]), 7)
+    assert terms["pos"].item() == pytest.approx(1.0, abs=1e-6)
+    # opposite columns on the circle of fifths (q and q+6 with ω=7 → angle π): |1 − (−1)|² = 4
+    _, terms = L.key_loss(one_hot([0]), one_hot([6]), one_hot([0]), torch.tensor([0]), 7)
+    assert terms["pos"].item() == pytest.approx(4.0, abs=1e-6)
+
+
+def test_complex_projection_matches_numpy_complex():
+    y = torch.softmax(torch.randn(4, 12, generator=torch.Generator().manual_seed(0)), dim=1)
+    re, im = L.complex_projection(y, 7)
+    z = (y.double() * torch.exp(2j * math.pi * 7 * torch.arange(12) / 12)).sum(1)
+    assert torch.allclose(re.double(), z.real, atol=1e-6)
+    assert torch.allclose(im.double(), z.imag, atol=1e-6)
+
+
+def test_bce_clamps_log_at_minus_100():
+    p = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    q = torch.tensor([0.0, 1.0, 0.5, 1.0])
+    ce = L.binary_cross_entropy(p, q)
+    assert ce[0].item() == pytest.approx(100.0)
+    assert ce[1].item() == pytest.approx(100.0)
+    assert ce[2].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert ce[3].item() == pytest.approx(0.0, abs=1e-7)
+    assert torch.allclose(L.binary_cross_entropy(p, q),
+                          torch.nn.functional.binary_cross_entropy(q, p, reduction="none"))
+
+
+def test_balance_term_values():
+    half = torch.full((4,), 0.5)
+    assert L.balance_loss(half, half).item() == 0.0
+    ones = torch.ones(4)
+    assert L.balance_loss(ones, ones).item() == pytest.approx(0.25)
+    assert L.balance_loss(ones, torch.zeros(4)).item() == 0.0
+
+
+def test_pseudo_label_rule_on_crafted_profiles():
+    # item 0: argmax column 2; c[2]=0.9 > c[5]=0.1 → major (1)
+    # item 1: argmax column 2; c[2]=0.2 < c[5]=0.8 → minor (0)
+    # item 2: argmax column 10; (10+3)%12 = 1; c[10]=0.7 > c[1]=0.3 → 1 (wraps around)
+    # item 3: equal values → not greater → 0
+    y = one_hot([2, 2, 10, 4])
+    profile = torch.full((4, 12), 0.5)
+    profile[0, 2], profile[0, 5] = 0.9, 0.1
+    profile[1, 2], profile[1, 5] = 0.2, 0.8
+    profile[2, 10], profile[2, 1] = 0.7, 0.3
+    ell = L.mode_pseudo_labels(y, y, profile)
+    assert ell.tolist() == [1.0, 0.0, 1.0, 0.0]
+    # s comes from the mean of A and B
+    y_a = one_hot([2, 2, 10, 4]) * 0.6 + one_hot([5, 5, 1, 7]) * 0.4
+    y_b = one_hot([5, 5, 1, 7]) * 0.9 + one_hot([2, 2, 10, 4]) * 0.1
+    # mean: column of B wins (0.65 vs 0.35)
+    ell2 = L.mode_pseudo_labels(y_a, y_b, profile)
+    assert ell2.tolist() == [float(profile[i, s] > profile[i, (s + 3) % 12]) for i, s in enumerate([5, 5, 1, 7])]
+
+
+def test_pitch_class_profile_folds_octaves_in_crop_frame():
+    x = torch.zeros(1, 1, 84, 5)
+    x[0, 0, 12 * 3 + 4, :] = 7.0      # column 4 in octave 3
+    x[0, 0, 12 * 0 + 11, :2] = 5.0    # column 11, two frames of five
+    c = L.pitch_class_profile(x)
+    assert c.shape == (1, 12)
+    assert c[0, 4].item() == pytest.approx(1.0)            # 7 / 7 octaves
+    assert c[0, 11].item() == pytest.approx(5 * 2 / 5 / 7)
+    assert c[0, 0].item() == 0.0
+
+
+def test_split_outputs_rows_and_mode():
+    p = torch.arange(24, dtype=torch.float32)[None] / 276.0
+    y, m = L.split_outputs(p, 2)
+    assert torch.allclose(y[0], (torch.arange(12) + torch.arange(12, 24)).float() / 276.0)
+    assert m.item() == pytest.approx(sum(range(12)) / 276.0)
+    with pytest.raises(ConfigError):
+        L.split_outputs(p, 1)
+
+
+def _random_views(b, h, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.softmax(torch.randn(b, 12 * h, generator=g), 1).requires_grad_() for _ in range(3)]
+
+
+@pytest.mark.parametrize("name", ["stone", "stone24", "skey", "supervised", "semi"])
+def test_objectives_finite_gradients_at_one_hot_outputs(name):
+    cfg = L.ObjectiveConfig(name=name)
+    h = cfg.n_rows
+    b = 4
+    views = [one_hot([0, 5, 13 % (12 * h), 7], 12 * h).requires_grad_() for _ in range(3)]
+    views[1] = one_hot([11, 2, 3, 7], 12 * h).requires_grad_()
+    k = torch.tensor([1, -2, 3, -11])
+    targets = L.key_targets(torch.tensor([0, 3, 5, 9]), torch.tensor([True, False, True, False]), h)
+    loss, terms = L.objective(cfg, *views, k, profile=torch.rand(b, 12), targets_a=targets,
+                              labelled=torch.tensor([True, False, True, False]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for v in views:
+        assert v.grad is not None and torch.isfinite(v.grad).all()
+    assert "loss" in terms and "key" in terms
+
+
+def test_skey_total_uses_weights():
+    cfg = L.ObjectiveConfig(name="skey")
+    a, b, a2 = _random_views(6, 2)
+    k = torch.tensor([1, 2, 3, -1, -2, 5])
+    profile = torch.rand(6, 12, generator=torch.Generator().manual_seed(3))
+    loss, t = L.objective(cfg, a, b, a2, k, profile=profile)
+    expected = t["key"] + 1.5 * 1.7 * t["mode"] + 20 * 1.0 * t["balance"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    cfg2 = L.ObjectiveConfig(name="skey", mode_weight=0.0, balance_weight=0.0)
+    loss2, _ = L.objective(cfg2, a, b, a2, k, profile=profile)
+    assert loss2.item() == pytest.approx(t["key"].item(), rel=1e-6)
+
+
+def test_stone24_mode_consistency_hand_value():
+    # m_A = 1, m_B = 0.5, m_A' = 0.5: CE(1→.5)=ln2, ½CE(.5→.5)=½ln2, ½CE(.5→.5)=½ln2, CE(1→.5)=ln2
+    val = L.mode_consistency_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([0.5]))
+    assert val.item() == pytest.approx(3 * math.log(2), rel=1e-6)
+
+
+def test_supervised_replaces_view_a_by_target():
+    cfg = L.ObjectiveConfig(name="semi")
+    a, b, a2 = _random_views(2, 2, seed=1)
+    targets = L.key_targets(torch.tensor([0, 0]), torch.tensor([True, True]), 2)
+    k = torch.tensor([1, 1])
+    labelled = torch.tensor([True, False])
+    loss, _ = L.objective(cfg, a, b, a2, k, targets_a=targets, labelled=labelled)
+    loss.backward()
+    assert a.grad[0].abs().sum() == 0          # replaced by the target: no gradient into A
+    assert a.grad[1].abs().sum() > 0           # unlabelled item still trains through A
+    with pytest.raises(ConfigError):
+        L.objective(cfg, a, b, a2, k)
+
+
+def test_key_targets_convention():
+    t = L.key_targets(torch.tensor([2, 9]), torch.tensor([True, False]), 2)
+    assert t[0].argmax().item() == 2                # major: row 0, tonic column
+    assert t[1].argmax().item() == 12 + (9 + 3) % 12  # minor: row 1, relative-major column
+    t1 = L.key_targets(torch.tensor([9]), torch.tensor([False]), 1)
+    assert t1.shape == (1, 12) and t1[0].argmax().item() == 0
+
+
+def test_objective_config_validation():
+    with pytest.raises(ConfigError):
+        L.ObjectiveConfig(name="nope")
+    with pytest.raises(ConfigError):
+        L.ObjectiveConfig(omega=2)
+    assert L.ObjectiveConfig(name="stone").n_rows == 1
+    assert L.ObjectiveConfig(name="skey").n_rows == 2
