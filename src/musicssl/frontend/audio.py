@@ -1,0 +1,651 @@
+"""Audio input for every model: decode, mix down, resample, normalise, validate.
+
+The one place in musicssl that decodes or resamples audio.
+
+Pipeline (identical to the released S-KEY reference, bit for bit on its test
+recording): decode to float32 frames ``(n, channels)`` with libsndfile
+(:mod:`soundfile`), falling back to FFmpeg (:mod:`av`) for containers
+libsndfile cannot read (m4a/aac, wma, mp4, mkv, webm, ...); resample every
+channel with libsoxr at "HQ" quality; take the mean of the channels; divide by
+the peak absolute value. Files are decoded and resampled in blocks with a
+streaming resampler, so no float64 or multichannel copy of a whole long file is
+ever held in memory.
+
+Public functions
+----------------
+``load_audio(path, sr)``          file -> float32 ``(n,)`` at ``sr`` Hz
+``prepare_audio(samples, sr_in)`` in-memory array -> the same
+``iter_audio_blocks(path, sr)``   file -> float32 blocks, for long files
+``audio_info(path)``              cheap header information
+``find_audio_files(paths)``       files, folders and glob patterns -> files
+
+Bad input raises a subclass of :class:`musicssl.errors.AudioError` whose
+``path`` attribute names the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from musicssl.errors import (
+    AudioDecodeError,
+    AudioError,
+    AudioFileNotFoundError,
+    AudioTooLongError,
+    AudioTooShortError,
+    ConfigError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+    SilentAudioError,
+)
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "RESAMPLE_QUALITY",
+    "AudioBlocks",
+    "AudioInfo",
+    "audio_info",
+    "find_audio_files",
+    "iter_audio_blocks",
+    "load_audio",
+    "prepare_audio",
+]
+
+#: File name extensions (lower case, with the dot) treated as audio when
+#: searching folders. Video containers are included: their first audio stream
+#: is used.
+AUDIO_EXTENSIONS: frozenset[str] = frozenset({
+    # read by libsndfile
+    ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus",
+    ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
+    # read by FFmpeg (PyAV)
+    ".m4a", ".m4b", ".aac", ".alac", ".wma", ".ac3", ".eac3", ".amr", ".ape",
+    ".wv", ".mka", ".mp2", ".mpc", ".tta",
+    # video containers
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".3gp", ".mpg",
+    ".mpeg", ".ts",
+})
+
+#: libsoxr quality recipe used for every resampling (the S-KEY reference used HQ).
+RESAMPLE_QUALITY = "HQ"
+
+#: Arrays given to :func:`prepare_audio` have at most this many channels.
+MAX_CHANNELS = 16
+
+_DEFAULT_BLOCK_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says.
+
+    ``frames`` counts samples per channel at ``samplerate`` Hz; for files read
+    through FFmpeg it is derived from the container's duration and may be off
+    by a few milliseconds. ``format`` is ``"CONTAINER/CODEC"``, e.g.
+    ``"WAV/PCM_16"`` (libsndfile names) or ``"mov,mp4,m4a,3gp,3g2,mj2/aac"``
+    (FFmpeg names).
+    """
+
+    duration_s: float
+    samplerate: int
+    channels: int
+    frames: int
+    format: str
+
+
+# ----------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------
+def _check_rate(sr, name: str) -> float:
+    try:
+        value = float(sr)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a positive number of Hz, got {sr!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of Hz, got {sr!r}")
+    return value
+
+
+def _check_span(offset: float, duration: float | None) -> None:
+    if not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
+        raise ConfigError(f"offset must be a finite number of seconds >= 0, got {offset!r}")
+    if duration is not None and not (
+        isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0
+    ):
+        raise ConfigError(f"duration must be None or a number of seconds > 0, got {duration!r}")
+
+
+def _check_path(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise AudioFileNotFoundError("no such file", p)
+    if not p.is_file():
+        kind = "a directory" if p.is_dir() else "not a regular file"
+        raise AudioFileNotFoundError(f"is {kind}, not an audio file", p)
+    return p
+
+
+# ----------------------------------------------------------------------------
+# decoders: each yields float32 blocks (frames, channels) at the native rate
+# ----------------------------------------------------------------------------
+class _SoundfileSource:
+    """A file libsndfile can read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = soundfile.SoundFile(str(path))  # raises on failure
+        self.samplerate = int(self._file.samplerate)
+        self.channels = int(self._file.channels)
+        self.frames: int | None = int(self._file.frames)
+        self.format = f"{self._file.format}/{self._file.subtype}"
+
+    def info(self) -> AudioInfo:
+        return AudioInfo(self.frames / self.samplerate, self.samplerate, self.channels,
+                         self.frames, self.format)
+
+    def blocks(self, start: int, stop: int | None, block_frames: int) -> Iterator[np.ndarray]:
+        f = self._file
+        if start > 0:
+            if start >= self.frames:
+                return
+            f.seek(start)
+        position = start
+        while stop is None or position < stop:
+            want = block_frames if stop is None else min(block_frames, stop - position)
+            try:
+                block = f.read(want, dtype="float32", always_2d=True)
+            except (RuntimeError, soundfile.LibsndfileError) as e:
+                raise AudioDecodeError(
+                    f"decoding failed at {position / self.samplerate:.2f} s: {e}", self.path
+                ) from e
+            if len(block) == 0:
+                return
+            position += len(block)
+            yield block
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_INT_SCALE = {np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31,
+              np.dtype(np.int64): 2.0 ** 63}
+
+
+def _av_frame_to_float32(frame, channels: int) -> np.ndarray:
+    """One decoded PyAV audio frame -> float32 (samples, channels)."""
+    data = frame.to_ndarray()
+    if frame.format.is_planar:
+        data = data.T  # (channels, samples) -> (samples, channels)
+    else:
+        data = data.reshape(-1, channels)  # interleaved (1, samples * channels)
+    if data.dtype == np.uint8:
+        return (data.astype(np.float32) - 128.0) / 128.0
+    scale = _INT_SCALE.get(data.dtype)
+    if scale is not None:
+        return (data / scale).astype(np.float32)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+class _PyAVSource:
+    """The first audio stream of anything FFmpeg can demux and decode."""
+
+    def __init__(self, path: Path):
+        import av  # imported lazily: only needed for non-libsndfile formats
+
+        self._av = av
+        self.path = path
+        self._container = av.open(str(path), "r")
+        try:
+            if not self._container.streams.audio:
+                raise AudioDecodeError("the file contains no audio stream", path)
+            self._stream = stream = self._container.streams.audio[0]
+            ctx = stream.codec_context
+            self.samplerate = int(ctx.sample_rate or stream.rate or 0)
+            self.channels = int(getattr(ctx, "channels", 0) or ctx.layout.nb_channels)
+            if self.samplerate <= 0 or self.channels <= 0:
+                raise AudioDecodeError("the audio stream has no sample rate or channels", path)
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif self._container.duration is not None:
+                seconds = self._container.duration / av.time_base
+            else:
+                seconds = None
+            self.frames = None if seconds is None else int(round(seconds * self.samplerate))
+            self.format = f"{self._container.format.name}/{ctx.name}"
+        except BaseException:
+            self._container.close()
+            raise
+
+    def info(self) -> AudioInfo:
+        frames = self.frames
+        if frames is None:  # no duration in the header: count by decoding
+            frames = sum(len(b) for b in self.blocks(0, None, 1 << 20))
+        return AudioInfo(frames / self.samplerate, self.samplerate, self.channels, frames,
+                         self.format)
+
+    def blocks(self, start: int, stop: int | None, block_frames: int) -> Iterator[np.ndarray]:
+        """Decodes from the beginning (exact positions) and trims to [start, stop)."""
+        position = 0  # index of the next decoded sample
+        pending: list[np.ndarray] = []
+        n_pending = 0
+        frames = self._container.decode(self._stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except self._av.error.FFmpegError as e:
+                raise AudioDecodeError(
+                    f"decoding failed at {position / self.samplerate:.2f} s: {e}", self.path
+                ) from e
+            if frame.sample_rate != self.samplerate or frame.layout.nb_channels != self.channels:
+                raise AudioDecodeError(
+                    f"the stream changes format at {position / self.samplerate:.2f} s "
+                    f"({self.samplerate} Hz/{self.channels} ch -> "
+                    f"{frame.sample_rate} Hz/{frame.layout.nb_channels} ch)", self.path)
+            data = _av_frame_to_float32(frame, self.channels)
+            lo, hi = position, position + len(data)
+            position = hi
+            if hi <= start:
+                continue
+            data = data[max(0, start - lo):]
+            if stop is not None and hi > stop:
+                data = data[: len(data) - (hi - stop)]
+            if len(data):
+                pending.append(data)
+                n_pending += len(data)
+            if n_pending >= block_frames:
+                yield np.concatenate(pending)
+                pending, n_pending = [], 0
+            if stop is not None and position >= stop:
+                break
+        if pending:
+            yield np.concatenate(pending)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _open_source(path) -> _SoundfileSource | _PyAVSource:
+    """Opens ``path`` with libsndfile, else FFmpeg; typed errors for bad files."""
+    p = _check_path(path)
+    if p.stat().st_size == 0:
+        raise EmptyAudioError("the file is empty (0 bytes)", p)
+    try:
+        return _SoundfileSource(p)
+    except Exception as e:  # libsndfile: format not recognised / unsupported
+        sf_error = _short(e)
+    try:
+        return _PyAVSource(p)
+    except AudioError:
+        raise
+    except Exception as e:  # FFmpeg: invalid data, unknown format, ...
+        av_error = _short(e)
+    raise AudioDecodeError(
+        f"not readable as audio (soundfile: {sf_error}; PyAV/FFmpeg: {av_error})", p)
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().replace("\n", " ")
+    # soundfile prefixes its messages with the path, which the caller adds anyway
+    text = text.replace("Error opening ", "").strip()
+    return (text[:200] + "...") if len(text) > 200 else (text or type(error).__name__)
+
+
+# ----------------------------------------------------------------------------
+# mix-down and resampling
+# ----------------------------------------------------------------------------
+class _Resampler:
+    """Streaming: float32 (k, channels) at sr_in -> float32 (m,) or (m, channels) at sr_out.
+
+    Every channel is resampled (libsoxr HQ) and then averaged, the order of
+    operations of the S-KEY reference. Blocks must be fed in order; call
+    :meth:`flush` once at the end.
+    """
+
+    def __init__(self, sr_in: float, sr_out: float, channels: int, mono: bool):
+        self.mono = mono
+        self._stream = None
+        if sr_in != sr_out:
+            self._stream = soxr.ResampleStream(sr_in, sr_out, channels, dtype="float32",
+                                               quality=RESAMPLE_QUALITY)
+        self._channels = channels
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is not None:
+            block = self._stream.resample_chunk(np.ascontiguousarray(block), last=last)
+        return block.mean(axis=1, dtype=np.float32) if self.mono else block
+
+    def flush(self) -> np.ndarray:
+        return self(np.zeros((0, self._channels), np.float32), last=True)
+
+
+def _first_nonfinite(block: np.ndarray) -> int | None:
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return None
+    return int(np.argmax(bad.any(axis=1)))
+
+
+# ----------------------------------------------------------------------------
+# streaming
+# ----------------------------------------------------------------------------
+class AudioBlocks:
+    """Iterable of decoded, mixed-down, resampled blocks of one file.
+
+    Iterating yields float32 arrays ``(m,)`` (``mono=True``) or ``(m, channels)``
+    at ``sr`` Hz, about ``block_seconds`` long each (the first and last are
+    shorter), whose concatenation equals :func:`load_audio` with
+    ``normalize=False`` exactly. Blocks are NOT peak-normalised: after the
+    iteration finished, ``peak`` holds the peak absolute value of everything
+    yielded and ``n_samples`` its length; divide by ``peak`` to obtain what
+    :func:`load_audio` returns (or iterate twice).
+
+    Raises, while iterating: :class:`NonFiniteAudioError` at the first block
+    with NaN/inf, :class:`AudioTooLongError` as soon as more than
+    ``max_duration`` seconds were decoded, and at the end
+    :class:`EmptyAudioError` (nothing decoded) or :class:`SilentAudioError`
+    (all zero). Opening errors (missing file, undecodable) are raised by the
+    constructor. Each iteration re-reads the file.
+    """
+
+    def __init__(self, path, sr: float = 22050, block_seconds: float = _DEFAULT_BLOCK_SECONDS,
+                 *, offset: float = 0.0, duration: float | None = None, mono: bool = True,
+                 max_duration: float | None = None):
+        self.sr = _check_rate(sr, "sr")
+        if not (isinstance(block_seconds, (int, float)) and block_seconds > 0):
+            raise ConfigError(f"block_seconds must be > 0, got {block_seconds!r}")
+        _check_span(offset, duration)
+        self.path = Path(path)
+        self.block_seconds = float(block_seconds)
+        self.offset = float(offset)
+        self.duration = None if duration is None else float(duration)
+        self.mono = mono
+        self.max_duration = max_duration
+        self.peak: float = 0.0
+        self.n_samples: int = 0
+        source = _open_source(path)
+        self.info = AudioInfo(
+            (source.frames or 0) / source.samplerate, source.samplerate, source.channels,
+            source.frames or 0, source.format)
+        self._header_frames = source.frames
+        self._source = source  # used by the first iteration, then closed
+        if max_duration is not None and self.expected_seconds() is not None \
+                and self.expected_seconds() > max_duration + 1.0:
+            self.close()
+            raise AudioTooLongError(
+                f"audio lasts {self.expected_seconds():.1f} s, more than the allowed "
+                f"{max_duration:g} s", self.path)
+
+    def expected_seconds(self) -> float | None:
+        """Length of the requested span according to the header (None if unknown)."""
+        if self._header_frames is None:
+            return self.duration
+        total = max(0.0, self._header_frames / self.info.samplerate - self.offset)
+        return total if self.duration is None else min(total, self.duration)
+
+    def expected_samples(self) -> int | None:
+        """Number of output samples according to the header (None if unknown)."""
+        seconds = self.expected_seconds()
+        return None if seconds is None else int(math.ceil(seconds * self.sr))
+
+    def close(self) -> None:
+        """Releases the file if it was opened but never iterated."""
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        source, self._source = self._source, None
+        if source is None:
+            source = _open_source(self.path)
+        try:
+            yield from self._blocks(source)
+        finally:
+            source.close()
+
+    def _blocks(self, source) -> Iterator[np.ndarray]:
+        rate = source.samplerate
+        start = int(round(self.offset * rate))
+        stop = None if self.duration is None else start + int(round(self.duration * rate))
+        block_frames = max(1, int(round(self.block_seconds * rate)))
+        resample = _Resampler(rate, self.sr, source.channels, self.mono)
+        self.peak, self.n_samples = 0.0, 0
+        n_in = 0
+        for block in source.blocks(start, stop, block_frames):
+            bad = _first_nonfinite(block)
+            if bad is not None:
+                raise NonFiniteAudioError(
+                    f"NaN or infinite sample at {self.offset + (n_in + bad) / rate:.3f} s",
+                    self.path)
+            n_in += len(block)
+            if self.max_duration is not None and n_in / rate > self.max_duration:
+                raise AudioTooLongError(
+                    f"audio lasts more than the allowed {self.max_duration:g} s", self.path)
+            out = resample(block)
+            if len(out):
+                yield self._account(out)
+        if n_in == 0:
+            where = f" after offset {self.offset:g} s" if self.offset else ""
+            raise EmptyAudioError(f"no audio samples{where}", self.path)
+        out = resample.flush()
+        if len(out):
+            yield self._account(out)
+        if self.peak == 0.0:
+            raise SilentAudioError("every sample is zero (silent audio)", self.path)
+
+    def _account(self, out: np.ndarray) -> np.ndarray:
+        self.peak = max(self.peak, float(np.max(np.abs(out))))
+        self.n_samples += len(out)
+        return out
+
+
+def iter_audio_blocks(path, sr: float = 22050, block_seconds: float = _DEFAULT_BLOCK_SECONDS,
+                      *, offset: float = 0.0, duration: float | None = None,
+                      mono: bool = True, max_duration: float | None = None) -> AudioBlocks:
+    """Streams ``path`` as float32 blocks at ``sr`` Hz; see :class:`AudioBlocks`.
+
+    Memory stays bounded by a few blocks whatever the file's length. Example::
+
+        blocks = iter_audio_blocks("long.flac", 22050)
+        for block in blocks:      # (m,) float32, not normalised
+            ...
+        blocks.peak               # peak |x| over the whole file
+    """
+    return AudioBlocks(path, sr, block_seconds, offset=offset, duration=duration, mono=mono,
+                       max_duration=max_duration)
+
+
+# ----------------------------------------------------------------------------
+# whole files and arrays
+# ----------------------------------------------------------------------------
+def _check_min_duration(n: int, sr: float, min_duration: float | None, path) -> None:
+    if min_duration is not None and n / sr < min_duration:
+        raise AudioTooShortError(
+            f"audio lasts {n / sr:.3f} s, shorter than the required minimum of "
+            f"{min_duration:g} s", path, duration=n / sr, minimum=float(min_duration))
+
+
+def load_audio(path, sr: float = 22050, *, offset: float = 0.0, duration: float | None = None,
+               normalize: bool = True, mono: bool = True, min_duration: float | None = None,
+               max_duration: float | None = None) -> np.ndarray:
+    """Decodes ``path`` -> float32 ``(n,)`` at ``sr`` Hz (``(n, channels)`` if not ``mono``).
+
+    Mono is the mean of all channels (after resampling each with libsoxr HQ);
+    ``normalize`` divides by the peak absolute value. ``offset`` and
+    ``duration`` (seconds, in the file's time) select a span. ``min_duration``
+    / ``max_duration`` (seconds of the returned audio) raise
+    :class:`AudioTooShortError` / :class:`AudioTooLongError`.
+
+    Raises :class:`AudioFileNotFoundError`, :class:`AudioDecodeError`,
+    :class:`EmptyAudioError`, :class:`SilentAudioError`,
+    :class:`NonFiniteAudioError` for bad files (all with ``.path``).
+    """
+    blocks = AudioBlocks(path, sr, _DEFAULT_BLOCK_SECONDS, offset=offset, duration=duration,
+                         mono=mono, max_duration=max_duration)
+    # Write blocks into one buffer sized from the header: np.empty only reserves
+    # address space, pages are committed when written, so a generous size is free.
+    expected = blocks.expected_samples()
+    buffer = None if expected is None else np.empty(
+        (expected + int(blocks.sr) + 16,) if mono else
+        (expected + int(blocks.sr) + 16, blocks.info.channels), np.float32)
+    filled = 0
+    overflow: list[np.ndarray] = []
+    for block in blocks:
+        if buffer is not None and not overflow and filled + len(block) <= len(buffer):
+            buffer[filled:filled + len(block)] = block
+            filled += len(block)
+        else:
+            overflow.append(block)
+    if buffer is None:
+        audio = np.concatenate(overflow)
+    elif overflow:
+        audio = np.concatenate([buffer[:filled], *overflow])
+    else:
+        audio = buffer[:filled]
+    _check_min_duration(len(audio), blocks.sr, min_duration, blocks.path)
+    if normalize:
+        audio /= np.float32(blocks.peak)
+    return audio
+
+
+def _as_frames_by_channels(samples, path) -> np.ndarray:
+    """Array-like -> float32 (n, channels); see :func:`prepare_audio` for layouts."""
+    x = np.asarray(samples)
+    if x.ndim == 1:
+        x = x[:, None]
+    elif x.ndim == 2:
+        if x.shape[1] > MAX_CHANNELS and x.shape[0] <= MAX_CHANNELS:
+            x = x.T  # (channels, n) layout
+        elif x.shape[1] > MAX_CHANNELS:
+            raise AudioError(
+                f"cannot tell channels from samples in an array of shape {x.shape}: "
+                f"expected (n,), (n, channels) or (channels, n) with channels <= "
+                f"{MAX_CHANNELS}", path)
+    else:
+        raise AudioError(f"audio must be 1-D or 2-D, got shape {x.shape}", path)
+    if x.dtype == np.uint8:
+        x = (x.astype(np.float32) - 128.0) / 128.0
+    elif x.dtype in _INT_SCALE:
+        x = (x / _INT_SCALE[x.dtype]).astype(np.float32)
+    elif x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    elif x.dtype == np.bool_ or x.dtype.kind not in "iu":
+        raise AudioError(f"audio samples must be numbers, got dtype {x.dtype}", path)
+    else:
+        x = x.astype(np.float32)
+    return np.ascontiguousarray(x)
+
+
+def prepare_audio(samples, sr_in: float, sr_out: float = 22050, *, normalize: bool = True,
+                  path=None, mono: bool = True, min_duration: float | None = None,
+                  max_duration: float | None = None) -> np.ndarray:
+    """In-memory audio -> float32 ``(n,)`` at ``sr_out`` Hz, exactly as :func:`load_audio`.
+
+    ``samples`` layouts: ``(n,)`` mono; ``(n, channels)`` (soundfile's layout)
+    when ``channels <= 16``; ``(channels, n)`` (librosa/torch layout) is
+    accepted only when unambiguous, i.e. ``channels <= 16 < n``. Integer arrays
+    are scaled to [-1, 1) (int16 by 2**15, int32 by 2**31, uint8 offset by 128).
+    ``path`` (optional) is only used in error messages. Raises the same errors
+    as :func:`load_audio`.
+    """
+    sr_in = _check_rate(sr_in, "sr_in")
+    sr_out = _check_rate(sr_out, "sr_out")
+    x = _as_frames_by_channels(samples, path)
+    if len(x) == 0 or x.shape[1] == 0:
+        raise EmptyAudioError("no audio samples", path)
+    bad = _first_nonfinite(x)
+    if bad is not None:
+        raise NonFiniteAudioError(f"NaN or infinite sample at {bad / sr_in:.3f} s", path)
+    if max_duration is not None and len(x) / sr_in > max_duration:
+        raise AudioTooLongError(
+            f"audio lasts {len(x) / sr_in:.1f} s, more than the allowed {max_duration:g} s", path)
+    audio = _Resampler(sr_in, sr_out, x.shape[1], mono)(x, last=True)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak == 0.0:
+        raise SilentAudioError("every sample is zero (silent audio)", path)
+    _check_min_duration(len(audio), sr_out, min_duration, path)
+    if normalize:
+        audio = audio / np.float32(peak)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def audio_info(path) -> AudioInfo:
+    """Header information of ``path`` without decoding (FFmpeg files lacking a
+    duration in their header are decoded once to count). Raises
+    :class:`AudioFileNotFoundError`, :class:`AudioDecodeError`,
+    :class:`EmptyAudioError` (0-byte file)."""
+    source = _open_source(path)
+    try:
+        return source.info()
+    finally:
+        source.close()
+
+
+# ----------------------------------------------------------------------------
+# finding files
+# ----------------------------------------------------------------------------
+def _is_audio_name(p: Path) -> bool:
+    return p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
+
+
+def _search_folder(folder: Path, recursive: bool) -> Iterator[Path]:
+    if not recursive:
+        yield from (p for p in folder.iterdir() if p.is_file() and _is_audio_name(p))
+        return
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            p = Path(root) / name
+            if _is_audio_name(p):
+                yield p
+
+
+def find_audio_files(paths, recursive: bool = True) -> list[Path]:
+    """Files, folders and glob patterns -> sorted, de-duplicated audio files.
+
+    ``paths``: one path or an iterable of them. A file is taken as given
+    (whatever its extension); a folder is searched (recursively by default)
+    for files whose extension is in :data:`AUDIO_EXTENSIONS`; a string with
+    ``*``, ``?`` or ``[`` that is not an existing path is a glob pattern
+    (``**`` allowed) whose matching audio files and folders are used. Hidden
+    files and folders (names starting with ``.``) are skipped when searching.
+    Raises :class:`AudioFileNotFoundError` for a path that does not exist or a
+    pattern that matches nothing.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: dict[Path, Path] = {}
+
+    def add(p: Path) -> None:
+        found.setdefault(p.resolve(), p)
+
+    for item in paths:
+        p = Path(item)
+        if p.is_file():
+            add(p)
+        elif p.is_dir():
+            for f in _search_folder(p, recursive):
+                add(f)
+        elif any(ch in str(item) for ch in "*?["):
+            matches = sorted(glob.glob(str(item), recursive=True))
+            if not matches:
+                raise AudioFileNotFoundError("no file matches this pattern", str(item))
+            for m in map(Path, matches):
+                if m.is_dir():
+                    for f in _search_folder(m, recursive):
+                        add(f)
+                elif m.is_file() and _is_audio_name(m):
+                    add(m)
+        else:
+            raise AudioFileNotFoundError("no such file or folder", p)
+    return sorted(found.values(), key=lambda q: str(q))
