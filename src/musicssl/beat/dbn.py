@@ -1,0 +1,383 @@
+"""Beat decoding with a dynamic Bayesian network (beat-pointer HMM) and Viterbi.
+
+The hidden state is a pair (tempo interval ``d`` in frames, position ``k`` in
+the current beat, ``0 <= k < d``), the state space of Krebs, Böck & Widmer
+(2015, "An efficient state space model for joint tempo and meter tracking")
+restricted to one beat, as in madmom's ``DBNBeatTrackingProcessor``.
+
+* Inside a beat the pointer advances deterministically: ``(d, k) -> (d, k+1)``.
+* At the end of a beat ``(d, d-1)`` it jumps to the start of a beat of any
+  tempo ``(d', 0)`` with probability proportional to
+  ``exp(-transition_lambda * |d'/d - 1|)``: the tempo changes only at beats.
+* Observation: the first ``1/observation_lambda`` of each beat are "beat"
+  states, scored ``p`` (the activation); the others ``(1-p)/(observation_lambda-1)``.
+
+So every state has one predecessor except the beat starts, which have one per
+tempo: Viterbi costs O(states + tempi²) per frame and stores back-pointers
+only for the beat starts. Decoding runs in numpy; numba speeds it up when it
+is installed (optional).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from musicssl.errors import ConfigError, MusicsslError
+
+try:  # optional acceleration
+    import numba as _numba
+except Exception:  # pragma: no cover - depends on the environment
+    _numba = None
+
+__all__ = [
+    "ActivationError",
+    "BeatStateSpace",
+    "DBNBeatTracker",
+    "DBNResult",
+    "decode_beats",
+]
+
+_LOG_EPS = 1e-12
+
+
+class ActivationError(MusicsslError, ValueError):
+    """A beat activation is unusable (wrong shape, NaN/inf, outside [0, 1])."""
+
+
+# --------------------------------------------------------------------------
+# state space
+# --------------------------------------------------------------------------
+def tempo_intervals(min_bpm: float, max_bpm: float, fps: float,
+                    num_tempi: int | None = None) -> np.ndarray:
+    """Beat intervals in frames (int, ascending) covering ``[min_bpm, max_bpm]``.
+
+    All integer intervals from ``round(60*fps/max_bpm)`` to ``round(60*fps/min_bpm)``;
+    with ``num_tempi`` smaller than that count, ``num_tempi`` log-spaced ones.
+    """
+    lo = max(1, int(round(60.0 * fps / max_bpm)))
+    hi = max(lo, int(round(60.0 * fps / min_bpm)))
+    intervals = np.arange(lo, hi + 1)
+    if num_tempi is None or num_tempi >= len(intervals):
+        return intervals
+    # Log-spaced, rounded, unique: ask for more points until num_tempi distinct ones.
+    n = num_tempi
+    chosen = intervals[[0, -1]] if num_tempi >= 2 else intervals[:1]
+    while True:
+        candidate = np.unique(np.round(np.geomspace(lo, hi, n)).astype(int))
+        if len(candidate) > num_tempi:
+            break
+        chosen = candidate
+        if len(candidate) == num_tempi:
+            break
+        n += 1
+    return chosen
+
+
+@dataclass(frozen=True)
+class BeatStateSpace:
+    """The (interval, position) states laid out tempo after tempo.
+
+    ``intervals`` (n_tempi,) frames per beat; state ``first[i] + k`` is
+    position ``k`` of tempo ``i``; ``last[i] = first[i] + intervals[i] - 1``.
+    """
+
+    intervals: np.ndarray
+    first: np.ndarray = field(init=False)
+    last: np.ndarray = field(init=False)
+    state_interval: np.ndarray = field(init=False)
+    state_position: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        intervals = np.asarray(self.intervals, dtype=np.int64)
+        if intervals.ndim != 1 or len(intervals) == 0 or np.any(intervals < 1):
+            raise ConfigError("intervals must be a non-empty 1-D array of positive integers")
+        first = np.concatenate([[0], np.cumsum(intervals)[:-1]])
+        object.__setattr__(self, "intervals", intervals)
+        object.__setattr__(self, "first", first)
+        object.__setattr__(self, "last", first + intervals - 1)
+        object.__setattr__(self, "state_interval", np.repeat(intervals, intervals))
+        object.__setattr__(self, "state_position",
+                           np.arange(int(intervals.sum())) - np.repeat(first, intervals))
+
+    @property
+    def n_states(self) -> int:
+        return int(self.intervals.sum())
+
+    @property
+    def n_tempi(self) -> int:
+        return len(self.intervals)
+
+
+def tempo_log_transitions(intervals: np.ndarray, transition_lambda: float) -> np.ndarray:
+    """(n_tempi, n_tempi) log P(next tempo j | tempo i) at a beat boundary.
+
+    Rows sum to one: ``exp(-lambda * |d_j / d_i - 1|)`` normalised over ``j``.
+    """
+    d = np.asarray(intervals, dtype=np.float64)
+    ratio = d[None, :] / d[:, None]
+    logits = -float(transition_lambda) * np.abs(ratio - 1.0)
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+# --------------------------------------------------------------------------
+# Viterbi kernels (numpy and optional numba); identical results
+# --------------------------------------------------------------------------
+def _viterbi_numpy(log_beat, log_other, beat_states, first, last, log_trans, log_init):
+    """Forward pass. Returns final scores (S,) and back-pointers (T, n_tempi) int32.
+
+    ``bp[t, j]`` is the tempo index whose beat end led to the start of tempo
+    ``j`` at frame ``t``; other states have the deterministic predecessor s-1.
+    """
+    n_frames = len(log_beat)
+    n_tempi = len(first)
+    bp = np.zeros((n_frames, n_tempi), dtype=np.int32)
+    score = log_init.copy()
+    score += log_other[0]
+    score[beat_states] += log_beat[0] - log_other[0]
+    new = np.empty_like(score)
+    for t in range(1, n_frames):
+        new[1:] = score[:-1]
+        cand = score[last][:, None] + log_trans          # (from, to)
+        best = np.argmax(cand, axis=0)
+        bp[t] = best
+        new[first] = cand[best, np.arange(n_tempi)]
+        new += log_other[t]
+        new[beat_states] += log_beat[t] - log_other[t]
+        score, new = new, score
+    return score, bp
+
+
+def _viterbi_loop(log_beat, log_other, is_beat, first, last, log_trans, log_init):  # pragma: no cover - compiled
+    n_frames = log_beat.shape[0]
+    n_tempi = first.shape[0]
+    n_states = log_init.shape[0]
+    bp = np.zeros((n_frames, n_tempi), dtype=np.int32)
+    score = np.empty(n_states)
+    for s in range(n_states):
+        score[s] = log_init[s] + (log_beat[0] if is_beat[s] else log_other[0])
+    new = np.empty(n_states)
+    for t in range(1, n_frames):
+        lb = log_beat[t]
+        lo = log_other[t]
+        for s in range(1, n_states):
+            new[s] = score[s - 1] + (lb if is_beat[s] else lo)
+        for j in range(n_tempi):
+            best_i = 0
+            best_v = -np.inf
+            for i in range(n_tempi):
+                v = score[last[i]] + log_trans[i, j]
+                if v > best_v:
+                    best_v = v
+                    best_i = i
+            bp[t, j] = best_i
+            new[first[j]] = best_v + lb  # a beat start is always a beat state
+        score, new = new, score
+    return score, bp
+
+
+_viterbi_numba = None
+
+
+def _get_numba_kernel():
+    global _viterbi_numba
+    if _viterbi_numba is None and _numba is not None:
+        try:
+            _viterbi_numba = _numba.njit(cache=True, nogil=True)(_viterbi_loop)
+        except Exception:  # pragma: no cover
+            _viterbi_numba = False
+    return _viterbi_numba or None
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+@dataclass
+class DBNResult:
+    """Decoded beats.
+
+    ``beats`` (n,) seconds; ``beat_frames`` (n,) frame indices; ``tempo`` BPM
+    from the median inter-beat interval (``None`` with fewer than two beats);
+    ``log_probability`` of the best state path (``None`` when nothing was decoded);
+    ``path_intervals`` / ``path_positions`` (T,) the decoded states (-1 outside
+    the decoded span).
+    """
+
+    beats: np.ndarray
+    beat_frames: np.ndarray
+    tempo: float | None
+    log_probability: float | None
+    fps: float
+    path_intervals: np.ndarray = field(repr=False)
+    path_positions: np.ndarray = field(repr=False)
+
+
+@dataclass
+class DBNBeatTracker:
+    """Beat-pointer DBN decoder of a frame-wise beat activation in [0, 1].
+
+    Parameters (defaults of SPEC §2.4 / madmom):
+      fps: activation frame rate (frames per second).
+      min_bpm, max_bpm: tempo range.
+      num_tempi: number of tempo states (None: every integer interval).
+      transition_lambda: tempo-change penalty at beat boundaries (higher = steadier).
+      observation_lambda: a beat's first ``1/observation_lambda`` are beat states.
+      correct: move each beat to the activation peak inside its beat-state span.
+      threshold: leading/trailing frames with activation <= threshold are not
+        decoded; nothing above it -> no beats (silence).
+      use_numba: use the compiled kernel when numba is importable.
+    """
+
+    fps: float = 62.5
+    min_bpm: float = 55.0
+    max_bpm: float = 215.0
+    num_tempi: int | None = None
+    transition_lambda: float = 100.0
+    observation_lambda: float = 16.0
+    correct: bool = True
+    threshold: float = 0.0
+    use_numba: bool = True
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+
+        for name in ("fps", "min_bpm", "max_bpm", "transition_lambda"):
+            positive(name)
+        if self.min_bpm >= self.max_bpm:
+            raise ConfigError(f"min_bpm ({self.min_bpm}) must be below max_bpm ({self.max_bpm})")
+        if not isinstance(self.observation_lambda, (int, float)) or not (self.observation_lambda > 1):
+            raise ConfigError(f"observation_lambda must be > 1, got {self.observation_lambda!r}")
+        if self.num_tempi is not None and (not isinstance(self.num_tempi, int) or self.num_tempi < 1):
+            raise ConfigError(f"num_tempi must be a positive integer or None, got {self.num_tempi!r}")
+        if not (0.0 <= float(self.threshold) < 1.0):
+            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold!r}")
+        if 60.0 * self.fps / self.max_bpm < 1.0:
+            raise ConfigError(f"max_bpm {self.max_bpm} is above one beat per frame at fps {self.fps}")
+        self.state_space = BeatStateSpace(
+            tempo_intervals(self.min_bpm, self.max_bpm, self.fps, self.num_tempi))
+        self.log_transitions = tempo_log_transitions(self.state_space.intervals,
+                                                     self.transition_lambda)
+        ss = self.state_space
+        self._is_beat = ss.state_position < ss.state_interval / float(self.observation_lambda)
+        self._is_beat[ss.first] = True  # position 0 is always a beat state
+        self._beat_states = np.flatnonzero(self._is_beat)
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def bpm_grid(self) -> np.ndarray:
+        """The tempi (BPM, descending) of the tempo states."""
+        return 60.0 * self.fps / self.state_space.intervals
+
+    def _check_activation(self, activation) -> np.ndarray:
+        act = np.asarray(activation, dtype=np.float64)
+        if act.ndim == 2 and 1 in act.shape:
+            act = act.reshape(-1)
+        if act.ndim != 1:
+            raise ActivationError(f"activation must be 1-D (frames,), got shape {act.shape}")
+        if not np.all(np.isfinite(act)):
+            bad = int(np.flatnonzero(~np.isfinite(act))[0])
+            raise ActivationError(f"activation contains NaN or infinite values (first at frame {bad})")
+        if act.size and (act.min() < 0.0 or act.max() > 1.0):
+            raise ActivationError(
+                f"activation must lie in [0, 1] (a probability), got range "
+                f"[{act.min():.4g}, {act.max():.4g}]; apply a sigmoid first")
+        return act
+
+    def _empty(self, n_frames: int) -> DBNResult:
+        minus = np.full(n_frames, -1, dtype=np.int64)
+        return DBNResult(np.zeros(0), np.zeros(0, dtype=np.int64), None, None, self.fps,
+                         minus, minus.copy())
+
+    # ---------------------------------------------------------------- decode
+    def decode(self, activation) -> DBNResult:
+        """Decode a beat activation (T,) in [0, 1] at ``fps`` into beats (seconds)."""
+        act = self._check_activation(activation)
+        n_frames = len(act)
+        above = np.flatnonzero(act > self.threshold)
+        if len(above) == 0:
+            return self._empty(n_frames)
+        start, stop = int(above[0]), int(above[-1]) + 1
+        seg = act[start:stop]
+
+        ss = self.state_space
+        p = np.clip(seg, _LOG_EPS, 1.0 - _LOG_EPS)
+        log_beat = np.log(p)
+        log_other = np.log((1.0 - p) / (self.observation_lambda - 1.0))
+        log_init = np.full(ss.n_states, -math.log(ss.n_states))
+
+        kernel = _get_numba_kernel() if self.use_numba else None
+        if kernel is not None:
+            score, bp = kernel(log_beat, log_other, self._is_beat, ss.first, ss.last,
+                               self.log_transitions, log_init)
+        else:
+            score, bp = _viterbi_numpy(log_beat, log_other, self._beat_states, ss.first,
+                                       ss.last, self.log_transitions, log_init)
+        path = self._backtrack(score, bp)
+        log_prob = float(score[path[-1]])
+
+        positions = ss.state_position[path]
+        intervals = ss.state_interval[path]
+        if self.correct:
+            frames = self._corrected_beats(seg, self._is_beat[path])
+        else:
+            frames = np.flatnonzero(positions == 0)
+        frames = frames.astype(np.int64) + start
+
+        full_pos = np.full(n_frames, -1, dtype=np.int64)
+        full_int = np.full(n_frames, -1, dtype=np.int64)
+        full_pos[start:stop] = positions
+        full_int[start:stop] = intervals
+        beats = frames / float(self.fps)
+        tempo = float(60.0 / np.median(np.diff(beats))) if len(beats) >= 2 else None
+        return DBNResult(beats, frames, tempo, log_prob, self.fps, full_int, full_pos)
+
+    __call__ = decode
+
+    def _backtrack(self, score: np.ndarray, bp: np.ndarray) -> np.ndarray:
+        """State path (T,) from final scores and the beat-start back-pointers."""
+        ss = self.state_space
+        n_frames = bp.shape[0]
+        path = np.empty(n_frames, dtype=np.int64)
+        state = int(np.argmax(score))
+        tempo_of_state = np.repeat(np.arange(ss.n_tempi), ss.intervals)
+        first, last = ss.first, ss.last
+        t = n_frames - 1
+        while True:
+            tempo = tempo_of_state[state]
+            pos = state - first[tempo]
+            # Walk back inside this beat: positions pos, pos-1, ..., 0.
+            steps = min(pos, t)
+            path[t - steps:t + 1] = np.arange(state - steps, state + 1)
+            t -= steps
+            if t == 0:
+                break
+            # Now at position 0 at frame t: jump to the end of the predecessor tempo.
+            state = int(last[bp[t, tempo]])
+            t -= 1
+            path[t] = state
+            if t == 0:
+                break
+        return path
+
+    @staticmethod
+    def _corrected_beats(act: np.ndarray, beat_mask: np.ndarray) -> np.ndarray:
+        """For each run of beat states on the path, the frame of highest activation."""
+        if not beat_mask.any():
+            return np.zeros(0, dtype=np.int64)
+        m = beat_mask.astype(np.int8)
+        edges = np.diff(np.concatenate([[0], m, [0]]))
+        starts = np.flatnonzero(edges == 1)
+        stops = np.flatnonzero(edges == -1)
+        return np.array([s + int(np.argmax(act[s:e])) for s, e in zip(starts, stops)],
+                        dtype=np.int64)
+
+
+def decode_beats(activation, fps: float = 62.5, **params) -> DBNResult:
+    """Convenience: ``DBNBeatTracker(fps=fps, **params).decode(activation)``."""
+    return DBNBeatTracker(fps=fps, **params).decode(activation)
