@@ -283,21 +283,27 @@ def _open_source(path) -> _SoundfileSource | _PyAVSource:
     try:
         return _SoundfileSource(p)
     except Exception as e:  # libsndfile: format not recognised / unsupported
-        sf_error = _short(e)
+        sf_error = _short(e, p)
     try:
         return _PyAVSource(p)
     except AudioError:
         raise
     except Exception as e:  # FFmpeg: invalid data, unknown format, ...
-        av_error = _short(e)
+        av_error = _short(e, p)
     raise AudioDecodeError(
         f"not readable as audio (soundfile: {sf_error}; PyAV/FFmpeg: {av_error})", p)
 
 
-def _short(error: Exception) -> str:
-    text = str(error).strip().replace("\n", " ")
-    # soundfile prefixes its messages with the path, which the caller adds anyway
-    text = text.replace("Error opening ", "").strip()
+def _short(error: Exception, path: Path) -> str:
+    """A decoder's error message without the path (the caller adds it once)."""
+    text = getattr(error, "strerror", None) or str(error)
+    for noise in (f"Error opening {str(path)!r}:", f"{str(path)!r}:", f": {str(path)!r}",
+                  str(path)):
+        text = text.replace(noise, "")
+    text = " ".join(text.split()).strip(" :")
+    # libsndfile's generic message for a failed MP3 open, misleading once the file exists
+    text = text.replace("File does not exist or is not a regular file (possibly a pipe?).",
+                        "format not recognised.")
     return (text[:200] + "...") if len(text) > 200 else (text or type(error).__name__)
 
 
