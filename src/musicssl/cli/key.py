@@ -1,0 +1,278 @@
+"""``musicssl key PATH...``: the key of audio files, folders (recursive) and globs.
+
+Examples::
+
+    musicssl key song.mp3
+    musicssl key music/ --format jsonl -o keys.jsonl --jobs 4
+    musicssl key music/ --format jsonl -o keys.jsonl --skip-existing   # resume
+    musicssl key "sets/**/*.flac" --notation camelot --probabilities
+    musicssl key song.flac --local --window 20 --hop 5
+    musicssl key music/ --write-tags --dry-run
+
+Output per file: text ``path<TAB>key<TAB>confidence`` (default), or CSV /
+JSON / JSONL records. JSON and JSONL records always carry all 24
+probabilities (mir_eval labels, canonical order C major … B minor); text and
+CSV add them with ``--probabilities``. A file that cannot be analysed gives
+an error record (``path``, ``error`` type, ``message``) and the run goes on.
+
+Exit status: 0 all files analysed, 1 some failed, 2 usage error (including
+no input files found), 130 interrupted (the output file keeps every finished
+record; rerun with ``--skip-existing`` to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import warnings
+
+from musicssl.errors import ConfigError
+from musicssl.keys import KEY_LABELS, NOTATIONS
+from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok, path_identity
+
+MODELS = ("default", "krumhansl", "temperley")
+
+
+def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key of audio files or folders"):
+    """Register ``musicssl key`` on ``subparsers``."""
+    p = subparsers.add_parser(
+        name, help=help_text, description=__doc__.split("\n\n")[0].strip(),
+        epilog="exit status: 0 all files analysed, 1 some files failed, 2 usage error",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="audio files, folders (searched recursively) or glob patterns ('**' spans folders)")
+    out = p.add_argument_group("output")
+    out.add_argument("--format", choices=FORMATS, default=None,
+                     help="output format (default: from the -o file extension, else text)")
+    out.add_argument("-o", "--output", metavar="FILE", default=None,
+                     help="write to FILE (atomically) instead of standard output")
+    out.add_argument("--notation", choices=NOTATIONS, default="standard",
+                     help="key names: standard ('Eb major'), camelot ('5B'), openkey ('10d'), tkey ('Eb')")
+    out.add_argument("--probabilities", action="store_true",
+                     help="include all 24 key probabilities in text/CSV output (always in JSON/JSONL)")
+    out.add_argument("--local", action="store_true",
+                     help="also estimate keys over time (sliding windows) and the segments where the key changes")
+    out.add_argument("--window", type=_positive_float, default=20.0, metavar="SECONDS",
+                     help="length of the --local analysis windows")
+    out.add_argument("--hop", type=_positive_float, default=5.0, metavar="SECONDS",
+                     help="hop between --local analysis windows")
+    out.add_argument("--skip-existing", "--resume", dest="skip_existing", action="store_true",
+                     help="keep the records already in the -o FILE (or left by an interrupted run) "
+                          "and analyse only the other files")
+    out.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="never show a progress bar (it is shown on a terminal for many files)")
+    model = p.add_argument_group("model")
+    choice = model.add_mutually_exclusive_group()
+    choice.add_argument("--model", choices=MODELS, default="default",
+                        help="the shipped model or a template baseline (Krumhansl-Kessler, Temperley)")
+    choice.add_argument("--checkpoint", metavar="PATH", default=None,
+                        help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
+    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the network runs")
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
+                       help="worker processes decoding files and computing spectrograms in parallel")
+    speed.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                       help="files per network batch")
+    tags = p.add_argument_group("tags")
+    tags.add_argument("--write-tags", action="store_true",
+                      help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, MP4 initialkey)")
+    tags.add_argument("--tag-notation", choices=NOTATIONS, default="tkey",
+                      help="notation for Vorbis/MP4 key tags (ID3 TKEY is always the 3-character tkey form)")
+    tags.add_argument("--dry-run", action="store_true", help="with --write-tags: report, change nothing")
+    p.set_defaults(func=run, _parser=p)
+    return p
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+# --- records ------------------------------------------------------------------------
+
+def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
+    """Header of the key CSV for the chosen options."""
+    columns = ["path", "key", "confidence", "duration"]
+    if probabilities:
+        columns += list(KEY_LABELS)
+    if local:
+        columns.append("segments")
+    if tags:
+        columns += ["tag_field", "tag_value", "tag_written", "tag_error"]
+    return columns + ["error", "message"]
+
+
+def key_csv_row(record: dict) -> dict:
+    """Flat CSV row of a key record: one column per probability label,
+    segments as ``start-end key; ...``."""
+    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "error", "message")
+           if name in record}
+    row.update(record.get("probabilities", {}))
+    if "segments" in record:
+        row["segments"] = "; ".join(f"{s['start']:g}-{s['end']:g} {s['key']}" for s in record["segments"])
+    tag = record.get("tag")
+    if isinstance(tag, dict):
+        for name in ("field", "value", "written", "error"):
+            if name in tag:
+                row[f"tag_{name}"] = tag[name]
+    return row
+
+
+def key_text_block(record: dict, probabilities: bool = False) -> str:
+    """``path<TAB>key<TAB>confidence`` plus indented probability / segment / tag lines."""
+    if record.get("error"):
+        return f"{record['path']}\tERROR\t{record['error']}: {record.get('message', '')}"
+    lines = [f"{record['path']}\t{record['key']}\t{record['confidence']:.3f}"]
+    probs = record.get("probabilities")
+    if probabilities and probs:
+        labels = list(probs)
+        half = len(labels) // 2
+        for major, minor in zip(labels[:half], labels[half:]):
+            lines.append(f"    {major:<9} {probs[major]:.3f}  {_bar(probs[major])}"
+                         f"    {minor:<9} {probs[minor]:.3f}  {_bar(probs[minor])}")
+    for segment in record.get("segments", []):
+        lines.append(f"    {segment['start']:7.1f} - {segment['end']:7.1f} s  {segment['key']}")
+    tag = record.get("tag")
+    if isinstance(tag, dict):
+        if tag.get("error"):
+            lines.append(f"    tag not written: {tag['error']}")
+        else:
+            state = "written" if tag.get("written") else "dry run, not written"
+            lines.append(f"    tag {tag['field']} = {tag['value']!r} ({state}; was {tag.get('previous')!r})")
+    return "\n".join(lines)
+
+
+def _bar(p: float, width: int = 12) -> str:
+    return "#" * int(round(p * width))
+
+
+# --- running -------------------------------------------------------------------------
+
+def load_key_estimator(args):
+    """The estimator chosen by ``--model``/``--checkpoint`` on ``--device``."""
+    from musicssl.key.estimator import load_estimator
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here")
+    spec = args.checkpoint if args.checkpoint is not None else args.model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator = load_estimator(spec, args.device)
+    for warning in caught:
+        print(f"musicssl key: note: {warning.message}", file=sys.stderr)
+    return estimator
+
+
+def make_finish(estimator, args):
+    """``finish`` for :func:`musicssl.batch.run_batch`: a batch of features → records."""
+    def finish(items):
+        results = estimator.estimate_features([payload for _, payload in items], local=args.local,
+                                              window_s=args.window, hop_s=args.hop)
+        records = []
+        for (path, _), result in zip(items, results):
+            record = {"path": path}
+            record.update(result.to_dict(args.notation, probabilities=True, local=args.local))
+            record["path"] = path
+            if not getattr(result, "mode_estimated", True):
+                record["mode_estimated"] = False
+            if args.write_tags:
+                record["tag"] = _tag(path, result.key, args)
+            records.append(record)
+        return records
+    return finish
+
+
+def _tag(path: str, key, args) -> dict:
+    from musicssl.tags import TagError, write_key_tag
+
+    try:
+        return write_key_tag(path, key, args.tag_notation, dry_run=args.dry_run).to_dict()
+    except TagError as exc:
+        message = str(exc)
+        return {"error": message[len(path) + 2:] if message.startswith(f"{path}: ") else message}
+
+
+def _usage_error(args, message: str) -> int:
+    parser = getattr(args, "_parser", None)
+    if parser is not None:
+        parser.print_usage(sys.stderr)
+    print(f"musicssl key: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args) -> int:
+    """Estimate keys for ``args.paths``; returns the exit status."""
+    from musicssl.batch import expand_inputs, run_batch
+
+    fmt_name = args.format or format_from_path(args.output)
+    if args.dry_run and not args.write_tags:
+        return _usage_error(args, "--dry-run only makes sense with --write-tags")
+    if args.skip_existing and args.output is None:
+        return _usage_error(args, "--skip-existing needs an output file (-o FILE)")
+    files = expand_inputs(args.paths)
+    if not files:
+        return _usage_error(args, "no audio files found in " + ", ".join(repr(p) for p in args.paths))
+    if args.output is not None and path_identity(args.output) in {path_identity(f) for f in files}:
+        return _usage_error(args, f"the output file {args.output} is also an input")
+
+    fmt = RecordFormat(
+        fmt_name,
+        text_line=functools.partial(key_text_block, probabilities=args.probabilities),
+        csv_row=key_csv_row if args.probabilities else _without_probabilities(key_csv_row),
+        csv_columns=key_csv_columns(args.probabilities, args.local, args.write_tags))
+    output = RecordOutput(args.output, fmt, resume=args.skip_existing)
+    estimator = load_key_estimator(args)
+    done = output.done()
+    todo = [f for f in files if path_identity(f) not in done]
+    skipped = len(files) - len(todo)
+    if skipped:
+        print(f"musicssl key: {skipped} of {len(files)} files already in {args.output}; "
+              f"analysing the other {len(todo)}", file=sys.stderr)
+
+    from musicssl.key.estimator import compute_features
+
+    # workers compute spectrograms on the CPU; in this process the front end may use the GPU
+    prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
+                                device="cpu" if args.jobs > 1 else args.device)
+    show_progress = (args.progress and len(todo) > 1 and sys.stderr.isatty()
+                     and (args.output is not None or not sys.stdout.isatty()))
+    failed = 0
+    try:
+        with output:
+            for record in run_batch(todo, prepare, make_finish(estimator, args), jobs=args.jobs,
+                                    batch_size=args.batch_size, progress=show_progress, description="key"):
+                output.write(record)
+                failed += not is_ok(record)
+    except KeyboardInterrupt:
+        if args.output is not None:
+            print(f"musicssl key: interrupted after {len(output.new)} files; {args.output} holds them. "
+                  f"Rerun with --skip-existing to continue.", file=sys.stderr)
+        raise
+    if failed:
+        print(f"musicssl key: {failed} of {len(todo)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _without_probabilities(row_function):
+    def row(record: dict) -> dict:
+        return row_function({k: v for k, v in record.items() if k != "probabilities"})
+    return row
