@@ -313,3 +313,37 @@ def test_pyav_writer_roundtrip_stereo_content(tmp_path):
     y = load_audio(path, SR)
     assert dominant_frequency(y, SR) == pytest.approx(330.0, abs=3.0)
     assert write_audio(tmp_path, "t2.wav").exists()
+
+
+def test_truncated_files(tmp_path):
+    wav = write_audio(tmp_path, "t.wav", duration_s=2.0)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(wav.read_bytes()[: wav.stat().st_size // 2])
+    # libsndfile reads what is there: about half the audio
+    assert len(load_audio(cut, SR)) == pytest.approx(SR, abs=SR // 50)
+    flac = write_audio(tmp_path, "t.flac", duration_s=2.0)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
+    with pytest.raises(AudioDecodeError, match="truncated or corrupt"):
+        load_audio(cut, SR)
+    m4a = write_audio(tmp_path, "t.m4a", duration_s=2.0)
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(m4a.read_bytes()[: m4a.stat().st_size // 2])
+    with pytest.raises(AudioDecodeError):
+        load_audio(cut, SR)
+
+
+def test_container_without_audio_stream(tmp_path):
+    import av
+
+    path = tmp_path / "silent_video.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with pytest.raises(AudioDecodeError, match="no audio stream"):
+        load_audio(path)

@@ -82,6 +82,7 @@ RESAMPLE_QUALITY = "HQ"
 MAX_CHANNELS = 16
 
 _DEFAULT_BLOCK_SECONDS = 60.0
+_LOAD_BLOCK_SECONDS = 10.0  # smaller blocks inside load_audio: less working memory
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def _check_path(path) -> Path:
     if not p.is_file():
         kind = "a directory" if p.is_dir() else "not a regular file"
         raise AudioFileNotFoundError(f"is {kind}, not an audio file", p)
+    if not os.access(p, os.R_OK):
+        raise AudioDecodeError("permission denied: the file is not readable", p)
     return p
 
 
@@ -165,8 +168,9 @@ class _SoundfileSource:
                 block = f.read(want, dtype="float32", always_2d=True)
             except (RuntimeError, soundfile.LibsndfileError) as e:
                 raise AudioDecodeError(
-                    f"decoding failed at {position / self.samplerate:.2f} s: {e}", self.path
-                ) from e
+                    f"decoding failed between {position / self.samplerate:.2f} s and "
+                    f"{min(position + want, self.frames) / self.samplerate:.2f} s (truncated or corrupt?): "
+                    f"{_short(e, self.path)}", self.path) from e
             if len(block) == 0:
                 return
             position += len(block)
@@ -196,34 +200,44 @@ def _av_frame_to_float32(frame, channels: int) -> np.ndarray:
 
 
 class _PyAVSource:
-    """The first audio stream of anything FFmpeg can demux and decode."""
+    """The first audio stream of anything FFmpeg can demux and decode.
+
+    Sample rate and channel count are those of the first decoded frame (the
+    container header can disagree, e.g. HE-AAC). Positions count decoded
+    samples from the first one, so a span is always decoded from the start of
+    the file (exact; FFmpeg's seeking is not sample-accurate for most codecs):
+    for long files use :func:`iter_audio_blocks` rather than many offsets.
+    """
 
     def __init__(self, path: Path):
         import av  # imported lazily: only needed for non-libsndfile formats
 
         self._av = av
         self.path = path
-        self._container = av.open(str(path), "r")
-        try:
-            if not self._container.streams.audio:
+        with av.open(str(path), "r") as container:
+            if not container.streams.audio:
                 raise AudioDecodeError("the file contains no audio stream", path)
-            self._stream = stream = self._container.streams.audio[0]
-            ctx = stream.codec_context
-            self.samplerate = int(ctx.sample_rate or stream.rate or 0)
-            self.channels = int(getattr(ctx, "channels", 0) or ctx.layout.nb_channels)
-            if self.samplerate <= 0 or self.channels <= 0:
-                raise AudioDecodeError("the audio stream has no sample rate or channels", path)
+            stream = container.streams.audio[0]
+            try:
+                first = next(container.decode(stream), None)
+            except av.error.FFmpegError as e:
+                raise AudioDecodeError(
+                    f"the audio stream cannot be decoded: {_short(e, path)}", path) from e
+            if first is None:
+                raise EmptyAudioError("the audio stream has no decodable samples", path)
+            self.samplerate = int(first.sample_rate)
+            self.channels = int(first.layout.nb_channels)
             if stream.duration is not None and stream.time_base is not None:
                 seconds = float(stream.duration * stream.time_base)
-            elif self._container.duration is not None:
-                seconds = self._container.duration / av.time_base
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
             else:
                 seconds = None
             self.frames = None if seconds is None else int(round(seconds * self.samplerate))
-            self.format = f"{self._container.format.name}/{ctx.name}"
-        except BaseException:
-            self._container.close()
-            raise
+            self.format = f"{container.format.name}/{stream.codec_context.name}"
+        # a fresh container: decoders are not reliably reset by seeking back to 0
+        self._container = av.open(str(path), "r")
+        self._stream = self._container.streams.audio[0]
 
     def info(self) -> AudioInfo:
         frames = self.frames
@@ -233,7 +247,7 @@ class _PyAVSource:
                          self.format)
 
     def blocks(self, start: int, stop: int | None, block_frames: int) -> Iterator[np.ndarray]:
-        """Decodes from the beginning (exact positions) and trims to [start, stop)."""
+        """Float32 ``(k, channels)`` blocks covering samples [start, stop)."""
         position = 0  # index of the next decoded sample
         pending: list[np.ndarray] = []
         n_pending = 0
@@ -245,8 +259,8 @@ class _PyAVSource:
                 break
             except self._av.error.FFmpegError as e:
                 raise AudioDecodeError(
-                    f"decoding failed at {position / self.samplerate:.2f} s: {e}", self.path
-                ) from e
+                    f"decoding failed at {position / self.samplerate:.2f} s (truncated or "
+                    f"corrupt?): {_short(e, self.path)}", self.path) from e
             if frame.sample_rate != self.samplerate or frame.layout.nb_channels != self.channels:
                 raise AudioDecodeError(
                     f"the stream changes format at {position / self.samplerate:.2f} s "
@@ -301,6 +315,7 @@ def _short(error: Exception, path: Path) -> str:
                   str(path)):
         text = text.replace(noise, "")
     text = " ".join(text.split()).strip(" :")
+    text = text.removeprefix("Error : ").strip()
     # libsndfile's generic message for a failed MP3 open, misleading once the file exists
     text = text.replace("File does not exist or is not a regular file (possibly a pipe?).",
                         "format not recognised.")
@@ -496,7 +511,7 @@ def load_audio(path, sr: float = 22050, *, offset: float = 0.0, duration: float 
     :class:`EmptyAudioError`, :class:`SilentAudioError`,
     :class:`NonFiniteAudioError` for bad files (all with ``.path``).
     """
-    blocks = AudioBlocks(path, sr, _DEFAULT_BLOCK_SECONDS, offset=offset, duration=duration,
+    blocks = AudioBlocks(path, sr, _LOAD_BLOCK_SECONDS, offset=offset, duration=duration,
                          mono=mono, max_duration=max_duration)
     # Write blocks into one buffer sized from the header: np.empty only reserves
     # address space, pages are committed when written, so a generous size is free.
