@@ -1,0 +1,628 @@
+"""Training data for the key objectives: tracks, scan, split, feature cache, pairs of segments.
+
+Pipeline (SPEC §1.3)::
+
+    sources (folders / manifests) -> gather_tracks -> scan_tracks (validated once, cached)
+      -> split_tracks (by track) -> [build_feature_cache] -> PairDataset -> EpochSampler -> DataLoader
+
+Each training item is two segments A and B of one track (``segment_frames``
+CQT frames each, disjoint when the track is long enough), positions drawn at
+random *per epoch* from ``(seed, epoch, track)`` only, so the data are the
+same whatever the number of workers or processes. Transposition by cropping:
+``o ~ U{1..12}``, ``t ~ U{1..11}``, ``o' = (o + t) mod 12``, ``k = o' − o``
+(never 0, in −11..10). ``o ≤ 12`` and ``o' ≤ 11``, so both 84-bin crops fit
+in the 99 CQT bins (largest valid offset 15).
+
+Short tracks: a track shorter than two segments but at least one segment
+long gives two *overlapping* segments (``short_tracks="overlap"``, the
+default: A and B at the two ends of the track, in random order) or is
+skipped (``"skip"``); tracks shorter than one segment are always skipped.
+Both counts are reported by :func:`segment_policy_counts`.
+
+Feature cache: the whole-track CQT *magnitude* is stored once per track as
+decibels ``10·log10(max(mag, 1e-10))`` in float16 ``.npy`` files
+(memory-mapped when read; float16 keeps ≈ 0.05 dB near −100 dB and finer
+above), with ``index.json``. Log compression is relative to each example's
+loudest bin, so it is applied per *segment* at training time, exactly as
+inference does on a window: ``x = max(db, max(db) − 80) / 80 + 1``.
+Segments cut from a whole-track CQT differ from a CQT of the cut audio only
+within the kernels' reach of the segment edges (≈ 0.3 s at the lowest bins).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from musicssl.errors import AnnotationError, ConfigError, MusicsslError
+from musicssl.keys import cqt_bin_pitch_class, parse_key
+
+#: crop offset range of SPEC §1.3: o ~ U{1..12}, t ~ U{1..11}
+MAX_CROP_OFFSET = 12
+CACHE_INDEX = "index.json"
+CACHE_VERSION = 1
+DB_FLOOR = -100.0  # 10 * log10(1e-10)
+
+
+# --------------------------------------------------------------------------- tracks
+@dataclass
+class Track:
+    """One audio file usable for training. ``key`` is a label text or None."""
+
+    path: str
+    duration_s: float = float("nan")
+    samplerate: int = 0
+    key: str | None = None
+    split: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def read_manifest(path: str | Path) -> list[Track]:
+    """Tracks listed in a manifest.
+
+    CSV/TSV with a header containing ``path`` (optional ``key``, ``split``,
+    ``duration_s``), or a text file with one path per line (``#`` comments).
+    Relative paths are relative to the manifest's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: manifest not found")
+    base = path.resolve().parent
+    text = path.read_text(encoding="utf-8-sig")
+    first = text.splitlines()[0] if text.strip() else ""
+    if path.suffix.lower() in (".csv", ".tsv") or ("path" in first.lower() and ("," in first or "\t" in first)):
+        delimiter = "\t" if (path.suffix.lower() == ".tsv" or "\t" in first) else ","
+        reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        if "path" not in fields:
+            raise AnnotationError(f"{path}: manifest has no 'path' column (columns: {reader.fieldnames})")
+        tracks = []
+        for row in reader:
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if not row.get("path"):
+                continue
+            key = row.get("key") or None
+            duration = row.get("duration_s")
+            tracks.append(Track(path=_resolve(base, row["path"]), key=key, split=row.get("split") or None,
+                                duration_s=float(duration) if duration else float("nan")))
+        return tracks
+    return [Track(path=_resolve(base, line.strip())) for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def gather_tracks(sources: str | Path | Sequence[str | Path]) -> list[Track]:
+    """Tracks from folders (searched recursively), manifests (``.csv``/``.tsv``/``.txt``) and audio files."""
+    from musicssl.frontend.audio import find_audio_files
+
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    tracks: dict[str, Track] = {}
+    for source in sources:
+        p = Path(source)
+        if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt"):
+            found = read_manifest(p)
+        else:
+            found = [Track(path=str(f)) for f in find_audio_files([p])]
+        for t in found:
+            tracks.setdefault(str(Path(t.path).resolve()), t)
+    if not tracks:
+        raise ConfigError(f"no audio found in {', '.join(map(str, sources))}")
+    return list(tracks.values())
+
+
+# --------------------------------------------------------------------------- scan
+@dataclass
+class ScanReport:
+    """Result of :func:`scan_tracks`: usable tracks and ``(path, reason)`` of the rest."""
+
+    usable: list[Track]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float:
+        return sum(t.duration_s for t in self.usable) / 3600.0
+
+    def summary(self) -> str:
+        return f"{len(self.usable)} usable tracks ({self.hours:.2f} h), {len(self.rejected)} rejected"
+
+
+def _file_stamp(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_size}:{int(st.st_mtime)}"
+
+
+def _check_track(path: str, decode_seconds: float, sr: int) -> tuple[float, int]:
+    """``(duration_s, samplerate)`` of a usable file; raises MusicsslError otherwise."""
+    from musicssl.frontend.audio import audio_info, load_audio
+
+    info = audio_info(path)
+    if not (info.duration_s > 0):
+        raise MusicsslError(f"duration {info.duration_s} s")
+    if decode_seconds > 0:
+        mid = max(0.0, info.duration_s / 2 - decode_seconds / 2)
+        load_audio(path, sr=sr, offset=mid, duration=min(decode_seconds, info.duration_s))
+    return float(info.duration_s), int(info.samplerate)
+
+
+def scan_tracks(tracks: Iterable[Track], cache_file: str | Path | None = None, *,
+                min_duration_s: float = 0.0, decode_seconds: float = 1.0, sr: int = 22050,
+                progress: bool = False) -> ScanReport:
+    """Validate every file once: it opens, has a duration and sample rate, and
+    ``decode_seconds`` from its middle decode to non-silent, finite audio.
+
+    Results are cached in ``cache_file`` (JSON, keyed by path, size and
+    mtime), so a second scan costs only ``stat`` calls. Unusable files are
+    listed with the reason and skipped, never raised.
+    """
+    cache: dict[str, dict] = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+    report = ScanReport(usable=[])
+    tracks = list(tracks)
+    iterator: Iterable[Track] = tracks
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(tracks, desc="scan", unit="file")
+    changed = False
+    for t in iterator:
+        path = str(Path(t.path).resolve())
+        try:
+            stamp = _file_stamp(path)
+        except OSError as exc:
+            report.rejected.append((t.path, f"cannot read: {exc.strerror or exc}"))
+            continue
+        entry = cache.get(path)
+        if entry is None or entry.get("stamp") != stamp:
+            try:
+                duration, rate = _check_track(path, decode_seconds, sr)
+                entry = {"stamp": stamp, "duration_s": duration, "samplerate": rate}
+            except MusicsslError as exc:
+                entry = {"stamp": stamp, "error": f"{type(exc).__name__}: {exc}"}
+            except Exception as exc:  # a decoder library failing in an unexpected way
+                entry = {"stamp": stamp, "error": f"{type(exc).__name__}: {exc}"}
+            cache[path] = entry
+            changed = True
+        if "error" in entry:
+            report.rejected.append((t.path, entry["error"]))
+        elif entry["duration_s"] < min_duration_s:
+            report.rejected.append((t.path, f"too short: {entry['duration_s']:.1f} s < {min_duration_s:g} s"))
+        else:
+            report.usable.append(Track(path=path, duration_s=entry["duration_s"], samplerate=entry["samplerate"],
+                                       key=t.key, split=t.split))
+    if cache_file is not None and changed:
+        _atomic_write_text(Path(cache_file), json.dumps(cache, indent=0))
+    return report
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def split_tracks(tracks: Sequence[Track], val_fraction: float = 0.05, seed: int = 0
+                 ) -> tuple[list[Track], list[Track]]:
+    """Train/validation split *by track*.
+
+    A manifest's ``split`` column (``train``/``val``/``valid``/``validation``)
+    wins; other tracks go to validation when a stable hash of their path and
+    ``seed`` falls below ``val_fraction`` (adding files never moves others).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    train, val = [], []
+    for t in tracks:
+        if t.split:
+            (val if t.split.lower() in ("val", "valid", "validation", "dev") else train).append(t)
+            continue
+        h = hashlib.sha1(f"{seed}:{t.path}".encode()).digest()
+        u = int.from_bytes(h[:8], "little") / 2.0 ** 64
+        (val if u < val_fraction else train).append(t)
+    return train, val
+
+
+# --------------------------------------------------------------------------- segments and transpositions
+def segment_frames(segment_seconds: float, sr: int, hop_length: int) -> int:
+    """CQT frames of a segment: ``round(seconds · sr) // hop + 1`` (as the CQT of that many samples)."""
+    return int(round(segment_seconds * sr)) // hop_length + 1
+
+
+def choose_segments(n_frames: int, seg: int, rng: np.random.Generator, short_tracks: str = "overlap"
+                    ) -> tuple[int, int] | None:
+    """Start frames ``(a, b)`` of two segments of ``seg`` frames in a track of ``n_frames``.
+
+    Disjoint and uniformly placed when ``n_frames ≥ 2·seg``; for shorter
+    tracks see the module docstring; None when the track cannot be used.
+    """
+    if n_frames < seg:
+        return None
+    if n_frames < 2 * seg:
+        if short_tracks != "overlap":
+            return None
+        ends = (0, n_frames - seg)
+        return ends if rng.random() < 0.5 else ends[::-1]
+    free = n_frames - 2 * seg
+    u = np.sort(rng.integers(0, free + 1, size=2))
+    first, second = int(u[0]), int(u[1]) + seg
+    return (first, second) if rng.random() < 0.5 else (second, first)
+
+
+def draw_transposition(rng: np.random.Generator) -> tuple[int, int, int]:
+    """``(o, o', k)``: ``o ~ U{1..12}``, ``t ~ U{1..11}``, ``o' = (o + t) mod 12``, ``k = o' − o``."""
+    o = int(rng.integers(1, 13))
+    t = int(rng.integers(1, 12))
+    o2 = (o + t) % 12
+    return o, o2, o2 - o
+
+
+def segment_policy_counts(frame_counts: Iterable[int], seg: int) -> dict[str, int]:
+    """How many tracks get two disjoint segments, overlapping segments, or are too short."""
+    out = {"disjoint": 0, "overlapping": 0, "too_short": 0}
+    for n in frame_counts:
+        out["disjoint" if n >= 2 * seg else "overlapping" if n >= seg else "too_short"] += 1
+    return out
+
+
+def log_compress_db(db: np.ndarray | torch.Tensor, top_db: float = 80.0):
+    """Per-example log compression from decibels: ``(..., F, T)`` → ``max(db, peak − top_db)/top_db + 1``.
+
+    The peak is over the last two axes (one example = one segment, all bins),
+    matching :func:`musicssl.frontend.cqt.log_compress` applied to the magnitude.
+    """
+    if torch.is_tensor(db):
+        peak = db.amax(dim=(-2, -1), keepdim=True)
+        return torch.maximum(db, peak - top_db) / top_db + 1.0
+    peak = db.max(axis=(-2, -1), keepdims=True)
+    return np.maximum(db, peak - top_db) / np.float32(top_db) + np.float32(1.0)
+
+
+def make_views(logcqt_ab: torch.Tensor, o: torch.Tensor, o2: torch.Tensor, crop: int = 84
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three views and the pitch-class profile from log-CQTs of A and B.
+
+    ``logcqt_ab``: ``(B, 2, F, T)`` (segment A, segment B, all bins); ``o``,
+    ``o2``: ``(B,)`` crop offsets. Returns ``views (B, 3, crop, T)`` = (A at
+    o, B at o, A at o') and ``profile (B, 12)``: time- and octave-averaged
+    mean of A and B at ``o``, in the crop's frame (S-KEY's pseudo-label input).
+    """
+    b, _, f, t = logcqt_ab.shape
+    bins = torch.arange(crop, device=logcqt_ab.device)
+    offsets = torch.stack([o, o, o2], dim=1).to(logcqt_ab.device).long()         # (B, 3)
+    index = (offsets[..., None] + bins).view(b, 3, crop, 1).expand(b, 3, crop, t)
+    source = logcqt_ab[:, [0, 1, 0]]                                               # (B, 3, F, T)
+    views = torch.gather(source, 2, index)
+    profile = views[:, :2].float().mean(dim=(1, 3)).view(b, crop // 12, 12).mean(dim=1)
+    return views, profile
+
+
+def _label_fields(key_text: str | None, o: int) -> dict[str, int]:
+    """Label of an item in the crop frame at offset ``o`` (−1 when unlabelled)."""
+    if not key_text:
+        return {"labelled": 0, "tonic_column": 0, "is_major": 0}
+    key = parse_key(key_text)
+    column = (key.tonic - int(cqt_bin_pitch_class(o))) % 12
+    return {"labelled": 1, "tonic_column": column, "is_major": int(key.is_major)}
+
+
+# --------------------------------------------------------------------------- feature cache
+def _cache_name(path: str, stamp: str) -> str:
+    return hashlib.sha1(f"{path}|{stamp}".encode()).hexdigest()[:20] + ".npy"
+
+
+class FeatureCache:
+    """Whole-track CQT decibels, float16 ``(F, T)`` per track, memory-mapped.
+
+    ``index.json``: ``{"version", "frontend": FrontEndConfig dict,
+    "max_track_seconds", "tracks": {path: {"file", "n_frames", "stamp"}},
+    "failed": {path: reason}}``.
+    """
+
+    def __init__(self, root: str | Path, frontend_config):
+        self.root = Path(root)
+        self.frontend_config = frontend_config
+        self.index: dict = {"version": CACHE_VERSION, "frontend": frontend_config.to_dict(),
+                            "tracks": {}, "failed": {}}
+        index_file = self.root / CACHE_INDEX
+        if index_file.is_file():
+            index = json.loads(index_file.read_text())
+            if index.get("version") != CACHE_VERSION or index.get("frontend") != frontend_config.to_dict():
+                raise ConfigError(
+                    f"feature cache {self.root} was built with other front-end settings "
+                    f"({index.get('frontend')}); use another --cache-dir")
+            self.index = index
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.index["tracks"]
+
+    def n_frames(self, path: str) -> int:
+        return int(self.index["tracks"][path]["n_frames"])
+
+    def array(self, path: str) -> np.ndarray:
+        """Memory-mapped float16 decibels ``(F, T)`` of a cached track."""
+        arr = self._maps.get(path)
+        if arr is None:
+            arr = np.load(self.root / self.index["tracks"][path]["file"], mmap_mode="r")
+            self._maps[path] = arr
+        return arr
+
+    def __getstate__(self):  # worker processes re-open their own memory maps
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+    def save_index(self) -> None:
+        _atomic_write_text(self.root / CACHE_INDEX, json.dumps(self.index))
+
+    def build(self, tracks: Sequence[Track], *, device: str = "cpu", max_track_seconds: float | None = 900.0,
+              chunk_seconds: float = 60.0, progress: bool = True, save_every: int = 20) -> dict[str, str]:
+        """Compute and store every missing track; returns ``{path: reason}`` of tracks that failed.
+
+        Tracks longer than ``max_track_seconds`` are cut to that length.
+        Interrupting is safe: finished tracks stay cached (index saved every
+        ``save_every`` tracks and at the end).
+        """
+        from musicssl.frontend.audio import load_audio
+        from musicssl.frontend.cqt import CQT, cqt_chunked
+
+        c = self.frontend_config
+        self.root.mkdir(parents=True, exist_ok=True)
+        todo = [t for t in tracks if t.path not in self.index["tracks"] and t.path not in self.index["failed"]]
+        if not todo:
+            return {t.path: self.index["failed"][t.path] for t in tracks if t.path in self.index["failed"]}
+        cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
+                  bins_per_octave=c.bins_per_octave).to(device)
+        iterator: Iterable[Track] = todo
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(todo, desc="feature cache", unit="track")
+        for i, t in enumerate(iterator):
+            try:
+                stamp = _file_stamp(t.path)
+                audio = load_audio(t.path, sr=c.sr, duration=max_track_seconds)
+                with torch.inference_mode():
+                    mag = cqt_chunked(cqt, torch.from_numpy(audio).to(device), chunk_seconds)[0]
+                    db = (10.0 * torch.log10(mag.clamp_min(1e-10))).to(torch.float16).cpu().numpy()
+                name = _cache_name(t.path, stamp)
+                tmp = self.root / f".{name}.{os.getpid()}.tmp.npy"
+                np.save(tmp, db)
+                os.replace(tmp, self.root / name)
+                self.index["tracks"][t.path] = {"file": name, "n_frames": int(db.shape[1]), "stamp": stamp}
+            except MusicsslError as exc:
+                self.index["failed"][t.path] = f"{type(exc).__name__}: {exc}"
+            except (OSError, RuntimeError, ValueError) as exc:
+                self.index["failed"][t.path] = f"{type(exc).__name__}: {exc}"
+            if (i + 1) % save_every == 0:
+                self.save_index()
+        self.save_index()
+        return {t.path: self.index["failed"][t.path] for t in tracks if t.path in self.index["failed"]}
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How items are cut. ``segment_seconds`` per segment; see module docstring for ``short_tracks``."""
+
+    segment_seconds: float = 15.0
+    short_tracks: str = "overlap"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.segment_seconds <= 0:
+            raise ConfigError("segment_seconds must be positive")
+        if self.short_tracks not in ("overlap", "skip"):
+            raise ConfigError(f"short_tracks must be 'overlap' or 'skip', got {self.short_tracks!r}")
+
+
+class PairDataset(Dataset):
+    """Items of two segments of one track plus a transposition.
+
+    Index ``epoch * len(tracks) + i`` (see :class:`EpochSampler`) → item of
+    track ``i`` with randomness from ``(seed, epoch, i)``. With a
+    :class:`FeatureCache` the item holds ready views::
+
+        views float32 (3, crop, T)  A at o, B at o, A at o'   (log-CQT in [0, 1])
+        profile float32 (12,)       pitch-class profile of A and B at o
+        k int, o int, o2 int, labelled int, tonic_column int, is_major int
+
+    Without one it holds ``audio float32 (2, N)`` (A, B; each peak-normalised)
+    and the module computes the CQT on the training device (:func:`audio_batch_views`).
+    """
+
+    def __init__(self, tracks: Sequence[Track], frontend_config, segments: SegmentConfig,
+                 cache: FeatureCache | None = None, fixed_epoch: int | None = None):
+        self.frontend_config = frontend_config
+        self.segments = segments
+        self.cache = cache
+        self.fixed_epoch = fixed_epoch
+        c = frontend_config
+        if c.n_bins - c.crop_bins < MAX_CROP_OFFSET:
+            raise ConfigError(f"crops up to offset {MAX_CROP_OFFSET} need n_bins - crop_bins >= {MAX_CROP_OFFSET}")
+        self.seg = segment_frames(segments.segment_seconds, c.sr, c.hop_length)
+        self.seg_samples = int(round(segments.segment_seconds * c.sr))
+        kept, frames = [], []
+        for t in tracks:
+            if cache is not None:
+                if t.path not in cache:
+                    continue
+                n = cache.n_frames(t.path)
+            else:
+                n = segment_frames(t.duration_s, c.sr, c.hop_length) - 1
+            if choose_segments(n, self.seg, np.random.default_rng(0), segments.short_tracks) is not None:
+                kept.append(t)
+                frames.append(n)
+        self.tracks = kept
+        self.frames = frames
+        self.counts = segment_policy_counts(
+            [cache.n_frames(t.path) if cache is not None and t.path in cache
+             else segment_frames(t.duration_s, c.sr, c.hop_length) - 1 for t in tracks], self.seg)
+        if segments.short_tracks == "skip":
+            self.counts["skipped_overlapping"] = self.counts["overlapping"]
+        self.counts["uncached"] = 0 if cache is None else sum(1 for t in tracks if t.path not in cache)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def _rng(self, epoch: int, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.segments.seed, epoch, i])
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.tracks)
+        epoch, i = divmod(int(index), n)
+        if self.fixed_epoch is not None:
+            epoch = self.fixed_epoch
+        rng = self._rng(epoch, i)
+        track = self.tracks[i]
+        a, b = choose_segments(self.frames[i], self.seg, rng, self.segments.short_tracks)
+        o, o2, k = draw_transposition(rng)
+        item = {"k": k, "o": o, "o2": o2, "index": i, **_label_fields(track.key, o)}
+        if self.cache is not None:
+            db = self.cache.array(track.path)
+            ab = np.stack([db[:, a:a + self.seg], db[:, b:b + self.seg]]).astype(np.float32)
+            logcqt = torch.from_numpy(log_compress_db(ab, self.frontend_config.top_db))[None]
+            views, profile = make_views(logcqt, torch.tensor([o]), torch.tensor([o2]),
+                                        self.frontend_config.crop_bins)
+            item["views"] = views[0]
+            item["profile"] = profile[0]
+        else:
+            from musicssl.frontend.audio import load_audio
+
+            hop, sr = self.frontend_config.hop_length, self.frontend_config.sr
+            audio = np.zeros((2, self.seg_samples), np.float32)
+            for row, start in enumerate((a, b)):
+                x = load_audio(track.path, sr=sr, offset=start * hop / sr, duration=self.seg_samples / sr)
+                audio[row, :min(len(x), self.seg_samples)] = x[:self.seg_samples]
+            item["audio"] = torch.from_numpy(audio)
+        return item
+
+
+def audio_batch_views(frontend: torch.nn.Module, audio: torch.Tensor, o: torch.Tensor, o2: torch.Tensor,
+                      crop: int = 84) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views from raw segments on the training device: ``audio (B, 2, N)`` → ``views (B, 3, crop, T)``, ``profile (B, 12)``.
+
+    ``frontend`` maps ``(M, N)`` waveforms to log-CQT ``(M, 1, F, T)``
+    (:class:`musicssl.frontend.cqt.KeyFrontEnd`); each segment is
+    log-compressed on its own.
+    """
+    b, _, n = audio.shape
+    logcqt = frontend(audio.reshape(b * 2, n))                # (2B, 1, F, T)
+    logcqt = logcqt.view(b, 2, logcqt.shape[-2], logcqt.shape[-1])
+    return make_views(logcqt, o, o2, crop)
+
+
+# --------------------------------------------------------------------------- sampling
+class EpochSampler(Sampler[int]):
+    """Seeded per-epoch permutation of ``n`` tracks, sharded across ``world_size`` ranks.
+
+    Yields ``epoch * n + i`` so the dataset derives each item's randomness
+    from ``(seed, epoch, i)``. Every rank gets ``n // world_size`` distinct
+    tracks per epoch (``drop_last``; the rest are left out for that epoch
+    only). ``skip`` items are skipped once at the start of the next iteration
+    (exact resume mid-epoch).
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if n < world_size:
+            raise ConfigError(f"{n} training tracks cannot be shared by {world_size} processes")
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def indices(self) -> list[int]:
+        order = (np.random.default_rng([self.seed, 7919, self.epoch]).permutation(self.n)
+                 if self.shuffle else np.arange(self.n))
+        per_rank = self.n // self.world_size
+        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return [self.epoch * self.n + int(i) for i in mine]
+
+    def __iter__(self) -> Iterator[int]:
+        idx = self.indices()
+        skip, self.skip = self.skip, 0
+        return iter(idx[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position survives checkpoints (Lightning calls ``state_dict``).
+
+    ``step_source()`` returns the number of optimizer steps done so far (set by
+    the data module); the state is that count, and loading it makes the next
+    iteration skip the batches of the current epoch already trained on.
+    """
+
+    step_source = None
+
+    def state_dict(self) -> dict:
+        steps = int(self.step_source()) if self.step_source is not None else 0
+        return {"steps": steps, "batches_per_epoch": len(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        per_epoch = int(state.get("batches_per_epoch") or len(self))
+        done_in_epoch = int(state.get("steps", 0)) % per_epoch if per_epoch else 0
+        sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
+        if isinstance(sampler, EpochSampler):
+            sampler.skip = done_in_epoch * self.batch_size
+
+
+def collate_items(items: list[dict]) -> dict:
+    """Stack a list of items into a batch dict of tensors."""
+    out = {}
+    for name in items[0]:
+        values = [it[name] for it in items]
+        out[name] = torch.stack(values) if torch.is_tensor(values[0]) else torch.tensor(values)
+    return out
+
+
+def seed_worker(worker_id: int) -> None:
+    """Worker init: one intra-op thread per worker, numpy/torch seeded from torch's per-worker seed."""
+    torch.set_num_threads(1)
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+
+
+def make_loader(dataset: PairDataset, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                num_workers: int = 0, shuffle: bool = True, resumable: bool = True,
+                prefetch_factor: int = 2) -> DataLoader:
+    """DataLoader over ``dataset`` with an :class:`EpochSampler` (drop_last, deterministic)."""
+    sampler = EpochSampler(len(dataset), seed, rank, world_size, shuffle)
+    cls = ResumableLoader if resumable else DataLoader
+    kwargs = dict(num_workers=num_workers, collate_fn=collate_items, worker_init_fn=seed_worker,
+                  drop_last=True, pin_memory=False)
+    if num_workers > 0:
+        kwargs.update(persistent_workers=False, prefetch_factor=prefetch_factor)
+    return cls(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+
+
+def timing_summary(seconds: Sequence[float]) -> str:
+    """Mean ± std of a list of durations, for logs."""
+    if not seconds:
+        return "n/a"
+    arr = np.asarray(seconds)
+    return f"{arr.mean() * 1e3:.1f} ± {arr.std() * 1e3:.1f} ms"

@@ -1,0 +1,567 @@
+"""Training of key models (STONE, 24-STONE, S-KEY, Sup-/Semi-TONE) with Lightning.
+
+:class:`TrainConfig` holds every setting (YAML file and/or CLI flags);
+:func:`train` runs scan → split → feature cache → fit → calibrate → export.
+The same code runs on CPU, one GPU, several GPUs and several nodes
+(Lightning DDP; launch with ``torchrun`` or SLURM ``srun``).
+
+Determinism: data randomness comes from ``(seed, epoch, track)``; model
+randomness (stochastic depth) is re-seeded every step from ``(seed, step,
+rank)``, so an interrupted and resumed run continues exactly as an
+uninterrupted one (model, optimizer, scheduler, step and data position are
+restored from the Lightning checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from musicssl.errors import ConfigError
+
+try:  # lightning is a runtime dependency, but keep `import musicssl.key.training` cheap to fail clearly
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover
+    raise ConfigError("training needs the 'lightning' package (pip install lightning)") from exc
+
+from musicssl.key import losses
+from musicssl.key.data import (
+    FeatureCache, PairDataset, SegmentConfig, Track, audio_batch_views, gather_tracks, log_compress_db,
+    make_loader, read_manifest, scan_tracks, split_tracks,
+)
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Every training setting. Field names are the YAML keys and (with ``-``) the CLI flags."""
+
+    # data
+    data: list[str] = field(default_factory=list)        # folders, manifests (.csv/.txt) or files
+    val_manifest: str | None = None                      # labelled set (path,key) for MIREX/KSEA/mode
+    val_fraction: float = 0.05                           # unlabelled validation tracks (split by track)
+    cache_dir: str | None = None                         # feature cache (whole-track CQT, float16)
+    segment_seconds: float = 15.0
+    short_tracks: str = "overlap"                        # overlap | skip (tracks < 2 segments)
+    min_track_seconds: float = 0.0
+    max_track_seconds: float = 900.0                     # longer tracks are cut (cache)
+    val_labelled_limit: int | None = None                # score only the first N labelled clips
+    # front end
+    hop_length: int = 512
+    # model
+    objective: str = "skey"                              # stone | stone24 | skey | supervised | semi
+    omega: int = 7
+    key_weight: float = 1.0
+    mode_weight: float = 1.7
+    balance_weight: float = 1.0
+    supervised_rows: int = 2
+    channels: list[int] = field(default_factory=lambda: [2, 3, 40, 40, 30, 10, 3])
+    kernels: list[int] = field(default_factory=lambda: [7, 7, 7, 7, 7, 5, 5])
+    drop_path: float = 0.1
+    # optimisation
+    epochs: int = 50
+    max_steps: int = -1
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None                      # default: 5 % of all steps (at most 2000)
+    min_lr_fraction: float = 0.0
+    grad_clip: float = 1.0
+    # hardware and run
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"                              # auto: bf16-mixed/16-mixed on GPU, 32 on CPU
+    num_workers: int = 2
+    threads: int | None = None                           # torch intra-op threads (None: torch default)
+    compile: bool = False                                # torch.compile the network
+    channels_last: bool = False
+    seed: int = 0
+    out: str = "runs/key"
+    resume: str | None = None                            # checkpoint path or "last"
+    checkpoint_every: int = 500                          # optimizer steps
+    log_every: int = 10
+    val_every: int = 1                                   # epochs
+    progress: bool = True
+    export: bool = True                                  # calibrate + write OUT/model.safetensors
+    name: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        self.data = [str(d) for d in self.data]
+        losses.ObjectiveConfig(**self.objective_kwargs())   # validates
+        SegmentConfig(self.segment_seconds, self.short_tracks, self.seed)
+        for name in ("batch_size", "num_nodes", "checkpoint_every", "log_every", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 1 and self.max_steps <= 0:
+            raise ConfigError("set epochs >= 1 or max_steps > 0")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if len(self.channels) != len(self.kernels):
+            raise ConfigError("channels and kernels must have the same length")
+
+    # -- helpers
+    def objective_kwargs(self) -> dict:
+        return dict(name=self.objective, omega=self.omega, key_weight=self.key_weight,
+                    mode_weight=self.mode_weight, balance_weight=self.balance_weight,
+                    supervised_rows=self.supervised_rows)
+
+    def frontend(self):
+        from musicssl.frontend.cqt import FrontEndConfig
+
+        return FrontEndConfig(hop_length=self.hop_length)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        clean = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**clean)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
+        """Settings from a YAML file (relative ``data``/``val_manifest``/``cache_dir``/``out``
+        paths are relative to the file), then ``overrides``."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        base = path.resolve().parent
+        rel = lambda p: p if p is None or Path(os.path.expanduser(str(p))).is_absolute() else str(base / str(p))
+        if "data" in values:
+            data = values["data"] if isinstance(values["data"], list) else [values["data"]]
+            values["data"] = [rel(d) for d in data]
+        for key in ("val_manifest", "cache_dir", "out"):
+            if values.get(key) is not None:
+                values[key] = rel(values[key])
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(values)
+
+
+# --------------------------------------------------------------------------- schedule
+def warmup_cosine(step: int, total: int, warmup: int, min_fraction: float = 0.0) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_fraction`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- labelled validation
+class LabelledValidation:
+    """Calibrated MIREX / KSEA / mode accuracy on a labelled set, from cached CQT decibels.
+
+    The clips' CQT and the calibration signals' CQT are computed once; each
+    evaluation is network forwards only.
+    """
+
+    def __init__(self, tracks: Sequence[Track], cache: FeatureCache, frontend_config, limit: int | None = None):
+        self.frontend_config = frontend_config
+        usable = [t for t in tracks if t.key and t.path in cache]
+        self.tracks = usable[:limit] if limit else usable
+        self.cache = cache
+        self._reference_logcqt: torch.Tensor | None = None
+
+    def _reference(self) -> tuple[torch.Tensor, list]:
+        from musicssl.frontend.cqt import CQT, log_compress
+        from musicssl.key.calibration import reference_keys, reference_signal
+
+        keys = reference_keys()
+        if self._reference_logcqt is None:
+            c = self.frontend_config
+            signals = [reference_signal(k, c.sr) for k in keys]
+            n = min(len(s) for s in signals)
+            cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
+                      bins_per_octave=c.bins_per_octave)
+            with torch.inference_mode():
+                mag = cqt(torch.from_numpy(np.stack([s[:n] for s in signals])))
+                self._reference_logcqt = log_compress(mag, c.top_db)[:, None].clone()
+        return self._reference_logcqt, keys
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, device) -> dict[str, float]:
+        """Calibrate ``model`` on the reference signals, then score the labelled clips."""
+        from musicssl.key.calibration import calibration_accuracy, fit_calibration, to_canonical
+        from musicssl.errors import CalibrationError
+        from musicssl.keys import Key
+        from musicssl.evaluation.key_metrics import score_key, summarize
+
+        crop = self.frontend_config.crop_bins
+        was_training = model.training
+        model.eval()
+        try:
+            ref, keys = self._reference()
+            native = model(ref[:, :, :crop].to(device)).float().cpu().numpy()
+            try:
+                calibration = fit_calibration(native, keys)
+            except CalibrationError:
+                return {"calib_acc": 0.0}
+            out = {"calib_acc": calibration_accuracy(native, keys, calibration)}
+            scores = []
+            for t in self.tracks:
+                db = torch.from_numpy(np.asarray(self.cache.array(t.path), dtype=np.float32))
+                x = log_compress_db(db, self.frontend_config.top_db)[:crop][None, None]
+                probs = to_canonical(model(x.to(device)).float().cpu().numpy(), calibration)[0]
+                scores.append(score_key(t.key, Key.from_index(int(np.argmax(probs)))))
+            if scores:
+                s = summarize(scores)
+                out.update(mirex=s.mirex, mirex_both=s.mirex_both, ksea=s.ksea, mode_acc=s.mode,
+                           key_acc=s.accuracy)
+            return out
+        finally:
+            model.train(was_training)
+
+
+# --------------------------------------------------------------------------- the Lightning module
+class KeyTrainingModule(pl.LightningModule):
+    """ChromaNet + objective. Batches come from :class:`musicssl.key.data.PairDataset`.
+
+    The three views of a batch go through the network as one ``(3B, 1, 84, T)``
+    batch (A's, then B's, then A′'s), so the final batch norm (H = 2) sees all
+    three views.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        from musicssl.key.model import ChromaNet
+
+        self.save_hyperparameters({"config": dict(config)})
+        self.config = TrainConfig.from_mapping(config)
+        c = self.config
+        self.objective_config = losses.ObjectiveConfig(**c.objective_kwargs())
+        self.frontend_config = c.frontend()
+        self.model = ChromaNet(n_rows=self.objective_config.n_rows, channels=c.channels, kernels=c.kernels,
+                               n_bins=self.frontend_config.crop_bins, drop_path=c.drop_path)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._network = self.model
+        if c.compile:
+            self._network = torch.compile(self.model, dynamic=False)
+        self._frontend = None            # built on demand for batches of raw audio (no feature cache)
+        self.labelled_validation: LabelledValidation | None = None
+        self._timer: dict[str, float] = {}
+        self._window = {"items": 0, "compute": 0.0, "wait": 0.0, "start": None}
+
+    # -- network
+    def _frontend_module(self):
+        if self._frontend is None:
+            from musicssl.frontend.cqt import KeyFrontEnd
+
+            self._frontend = KeyFrontEnd(self.frontend_config)
+        self._frontend = self._frontend.to(self.device)
+        return self._frontend
+
+    def _views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "views" in batch:
+            return batch["views"], batch["profile"]
+        with torch.no_grad():
+            return audio_batch_views(self._frontend_module(), batch["audio"], batch["o"], batch["o2"],
+                                     self.frontend_config.crop_bins)
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        views, profile = self._views(batch)
+        b, _, f, t = views.shape
+        x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        probs = self._network(x)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            probs = probs.float()
+            pa, pb, pa2 = probs[:b], probs[b:2 * b], probs[2 * b:]
+            targets = None
+            if self.objective_config.uses_labels:
+                targets = losses.key_targets(batch["tonic_column"], batch["is_major"].bool(),
+                                             self.objective_config.n_rows).to(probs.device)
+            return losses.objective(self.objective_config, pa, pb, pa2, batch["k"], profile=profile.float(),
+                                    targets_a=targets, labelled=batch["labelled"].bool())
+
+    # -- steps
+    def on_train_batch_start(self, batch, batch_idx):
+        now = time.perf_counter()
+        if "end" in self._timer:
+            self._window["wait"] += now - self._timer["end"]
+        self._timer["start"] = now
+        if self._window["start"] is None:
+            self._window["start"] = now
+
+    def training_step(self, batch: dict, batch_idx: int):
+        # stochastic depth randomness from (seed, step, rank): exact resume, distinct ranks
+        torch.manual_seed((self.config.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2 ** 63)
+        loss, terms = self._loss(batch)
+        b = batch["k"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False,
+                      batch_size=b)
+        self.log("loss", terms["loss"], prog_bar=True, on_step=True, logger=False, batch_size=b)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        self._timer["end"] = now
+        w = self._window
+        w["compute"] += now - self._timer["start"]
+        w["items"] += batch["k"].shape[0] * self.trainer.world_size
+        if (self.global_step % self.config.log_every == 0) and w["compute"] > 0:
+            elapsed = now - w["start"]
+            items_per_s = w["items"] / max(elapsed, 1e-9)
+            self.log_dict({
+                "perf/items_per_s": items_per_s,
+                "perf/audio_hours_per_s": items_per_s * 2 * self.config.segment_seconds / 3600.0,
+                "perf/data_wait_share": w["wait"] / max(elapsed, 1e-9),
+                "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            }, on_step=True, on_epoch=False)
+            self._window = {"items": 0, "compute": 0.0, "wait": 0.0, "start": now}
+
+    def on_train_epoch_start(self):
+        self._timer.pop("end", None)
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        loss, terms = self._loss(batch)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_step=False, on_epoch=True,
+                      sync_dist=True, batch_size=batch["k"].shape[0])
+        return loss
+
+    def on_validation_epoch_end(self):
+        if self.labelled_validation is None or self.trainer.sanity_checking:
+            return
+        if self.global_rank == 0:
+            metrics = self.labelled_validation.evaluate(self.model, self.device)
+            for k, v in metrics.items():
+                self.log(f"val_labelled/{k}", float(v), rank_zero_only=True)
+
+    # -- optimisation
+    def configure_optimizers(self):
+        c = self.config
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=c.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = c.warmup_steps if c.warmup_steps is not None else min(2000, max(1, total // 20))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warmup, c.min_lr_fraction))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["musicssl"] = {"frontend": self.frontend_config.to_dict(),
+                                  "architecture": self.model.architecture()}
+
+
+# --------------------------------------------------------------------------- data module
+class KeyDataModule(pl.LightningDataModule):
+    """Training/validation loaders from prepared track lists (see :func:`prepare_data`)."""
+
+    def __init__(self, config: TrainConfig, train_tracks: Sequence[Track], val_tracks: Sequence[Track],
+                 cache: FeatureCache | None):
+        super().__init__()
+        self.config = config
+        fe = config.frontend()
+        seg = SegmentConfig(config.segment_seconds, config.short_tracks, config.seed)
+        self.train_set = PairDataset(train_tracks, fe, seg, cache)
+        self.val_set = PairDataset(val_tracks, fe, seg, cache, fixed_epoch=0) if val_tracks else None
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def train_dataloader(self):
+        rank, world = self._rank_world()
+        loader = make_loader(self.train_set, self.config.batch_size, seed=self.config.seed, rank=rank,
+                             world_size=world, num_workers=self.config.num_workers)
+        if len(loader) == 0:
+            raise ConfigError(f"{len(self.train_set)} training tracks give no full batch of "
+                              f"{self.config.batch_size} per process; lower --batch-size")
+        trainer = self.trainer
+        loader.step_source = (lambda: trainer.global_step) if trainer is not None else None
+        return loader
+
+    def val_dataloader(self):
+        if self.val_set is None or len(self.val_set) == 0:
+            return []
+        rank, world = self._rank_world()
+        batch = max(1, min(self.config.batch_size, len(self.val_set) // world))
+        return make_loader(self.val_set, batch, seed=self.config.seed, rank=rank, world_size=world,
+                           num_workers=self.config.num_workers, shuffle=False, resumable=False)
+
+
+# --------------------------------------------------------------------------- orchestration
+@dataclass
+class PreparedData:
+    train: list[Track]
+    val: list[Track]
+    labelled: list[Track]
+    cache: FeatureCache | None
+    report: dict
+
+
+def prepare_data(config: TrainConfig, log=print) -> PreparedData:
+    """Gather, scan (cached), split by track and build the feature cache."""
+    if not config.data:
+        raise ConfigError("no training data: set data (folders or manifests)")
+    fe = config.frontend()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scan_file = Path(config.cache_dir or out) / "scan.json"
+    tracks = gather_tracks(config.data)
+    scan = scan_tracks(tracks, scan_file, min_duration_s=config.min_track_seconds, sr=fe.sr,
+                       progress=config.progress)
+    log(f"scan: {scan.summary()}")
+    train, val = split_tracks(scan.usable, config.val_fraction, config.seed)
+    labelled: list[Track] = []
+    if config.val_manifest:
+        labelled_scan = scan_tracks(read_manifest(config.val_manifest), scan_file, sr=fe.sr,
+                                    progress=config.progress)
+        labelled = [t for t in labelled_scan.usable if t.key]
+        held = {t.path for t in labelled}
+        overlap = [t for t in train if t.path in held]
+        if overlap:
+            raise ConfigError(f"{len(overlap)} labelled validation files are also training files")
+    if config.objective in ("supervised",) and not all(t.key for t in train):
+        raise ConfigError("objective 'supervised' needs a key for every training track (manifest 'key' column)")
+    cache = None
+    failed: dict[str, str] = {}
+    if config.cache_dir:
+        cache = FeatureCache(config.cache_dir, fe)
+        failed = cache.build(train + val + labelled, max_track_seconds=config.max_track_seconds,
+                             progress=config.progress)
+        train = [t for t in train if t.path in cache]
+        val = [t for t in val if t.path in cache]
+        if failed:
+            log(f"feature cache: {len(failed)} tracks failed and are skipped")
+    report = {"scan": {"usable": len(scan.usable), "hours": scan.hours, "rejected": scan.rejected},
+              "cache_failed": failed, "train_tracks": len(train), "val_tracks": len(val),
+              "labelled_val": len(labelled)}
+    (out / "data_report.json").write_text(json.dumps(report, indent=1))
+    return PreparedData(train, val, labelled, cache, report)
+
+
+def _precision(config: TrainConfig, accelerator: str) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), loggers=None) -> pl.Trainer:
+    """A Lightning Trainer for ``config`` (checkpoints in OUT/checkpoints, logs in OUT/logs)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    out = Path(config.out)
+    if loggers is None:
+        loggers = [CSVLogger(out, name="logs", version="")]
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+            import tensorboard  # noqa: F401
+
+            loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
+        except ImportError:
+            pass
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}",
+                                 every_n_train_steps=config.checkpoint_every, save_top_k=-1,
+                                 save_last=True, auto_insert_metric_name=False)
+    devices = config.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    strategy = config.strategy
+    return pl.Trainer(
+        accelerator=config.accelerator, devices=devices, num_nodes=config.num_nodes, strategy=strategy,
+        precision=_precision(config, config.accelerator), max_epochs=config.epochs if config.epochs > 0 else -1,
+        max_steps=config.max_steps, gradient_clip_val=config.grad_clip or None,
+        check_val_every_n_epoch=config.val_every, log_every_n_steps=config.log_every,
+        callbacks=[checkpoint, *callbacks], logger=loggers, use_distributed_sampler=False,
+        enable_progress_bar=config.progress, num_sanity_val_steps=0, deterministic=False,
+        enable_model_summary=config.progress, default_root_dir=str(out),
+    )
+
+
+def resolve_resume(config: TrainConfig) -> str | None:
+    """Checkpoint to resume from: a path, or ``last`` (OUT/checkpoints/last.ckpt, if it exists)."""
+    if not config.resume:
+        return None
+    if config.resume in ("last", "auto"):
+        last = Path(config.out) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        if config.resume == "last":
+            raise ConfigError(f"--resume last: {last} does not exist")
+        return None
+    if not Path(config.resume).is_file():
+        raise ConfigError(f"--resume: {config.resume} does not exist")
+    return config.resume
+
+
+def export_model(module: KeyTrainingModule, path: str | Path, extra_provenance: Mapping[str, Any] | None = None,
+                 device: str = "cpu") -> dict:
+    """Calibrate (SPEC §1.6) and write the project checkpoint; returns the calibration."""
+    from musicssl.checkpoint import save_key_model
+    from musicssl.key.estimator import calibrate_model
+
+    model = module.model.to(device).eval()
+    calibration = calibrate_model(model, module.frontend_config, device)
+    provenance = {"trainer": "musicssl.key.training", "objective": module.config.objective,
+                  "config": module.config.to_dict(), "global_step": int(module.global_step),
+                  **dict(extra_provenance or {})}
+    save_key_model(path, model.cpu(), module.frontend_config, calibration, provenance)
+    return calibration
+
+
+def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print) -> dict:
+    """Run a whole training; returns a summary (paths, steps, calibration, last metrics)."""
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    data = prepare_data(config, log=log)
+    if not data.train:
+        raise ConfigError("no usable training tracks")
+    datamodule = KeyDataModule(config, data.train, data.val, data.cache)
+    counts = datamodule.train_set.counts
+    log(f"train: {len(datamodule.train_set)} tracks, val: {len(data.val)} tracks; segments: {counts}")
+    module = KeyTrainingModule(config.to_dict())
+    if data.labelled and data.cache is not None:
+        module.labelled_validation = LabelledValidation(data.labelled, data.cache, module.frontend_config,
+                                                        config.val_labelled_limit)
+    elif data.labelled:
+        log("labelled validation needs the feature cache (--cache-dir); skipped")
+    trainer = build_trainer(config, callbacks)
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(config))
+    summary = {"global_step": int(trainer.global_step), "seconds": time.time() - started,
+               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+               "data": {k: v for k, v in data.report.items() if k != "scan"}, "segments": counts}
+    if config.export and trainer.is_global_zero:
+        path = Path(config.out) / "model.safetensors"
+        summary["calibration"] = export_model(module, path, {"train_summary": summary})
+        summary["model"] = str(path)
+        if module.labelled_validation is not None:
+            summary["final_labelled"] = module.labelled_validation.evaluate(module.model, "cpu")
+        (Path(config.out) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        log(f"model written to {path}")
+    return summary
