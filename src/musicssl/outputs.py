@@ -288,6 +288,7 @@ class RecordOutput:
         self.new: list[dict] = []
         self.kept: list[Entry] = []
         self._journal: IO[str] | None = None
+        self._resume = resume
         self._csv_header_written = False
         self._closed = False
         if self.path is None:
@@ -308,11 +309,23 @@ class RecordOutput:
                 latest.pop(path_identity(entry.path), None)
                 latest[path_identity(entry.path)] = entry
             self.kept = list(latest.values())
-        # the journal keeps the records written in this and earlier runs
-        self._journal = open(self.journal_path, "w", encoding="utf-8")
-        for entry in self.kept:
-            if entry.record is not None:
-                self._append_journal(entry.record)
+
+    def _open_journal(self) -> None:
+        """Open the journal: appended to when resuming (its records stay valid
+        until the file is written), truncated otherwise."""
+        assert self.path is not None
+        if self._resume and self.journal_path.exists():
+            with open(self.journal_path, "rb") as raw:
+                size = raw.seek(0, os.SEEK_END)
+                cut_off = False
+                if size > 0:
+                    raw.seek(size - 1)
+                    cut_off = raw.read(1) != b"\n"
+            self._journal = open(self.journal_path, "a", encoding="utf-8")
+            if cut_off:  # the last record was cut off by a crash: start a fresh line
+                self._journal.write("\n")
+        else:
+            self._journal = open(self.journal_path, "w", encoding="utf-8")
 
     @property
     def journal_path(self) -> Path:
@@ -324,6 +337,8 @@ class RecordOutput:
         return {path_identity(e.path) for e in self.kept if e.ok}
 
     def _append_journal(self, record: dict) -> None:
+        if self._journal is None:
+            self._open_journal()
         assert self._journal is not None
         self._journal.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._journal.flush()
@@ -369,10 +384,12 @@ class RecordOutput:
         atomic_write_text(self.path, document)
         if self._journal is not None:
             self._journal.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.journal_path)
+        with contextlib.suppress(OSError):
+            os.unlink(self.journal_path)
 
     def __enter__(self) -> "RecordOutput":
+        if self.path is not None and self._journal is None:
+            self._open_journal()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -239,7 +239,7 @@ def run(args) -> int:
         text_line=functools.partial(key_text_block, probabilities=args.probabilities),
         csv_row=key_csv_row if args.probabilities else _without_probabilities(key_csv_row),
         csv_columns=key_csv_columns(args.probabilities, args.local, args.write_tags))
-    output = RecordOutput(args.output, fmt, resume=args.skip_existing)
+    output = RecordOutput(args.output, fmt, resume=args.skip_existing)  # validates; writes nothing yet
     estimator = load_key_estimator(args)
     done = output.done()
     todo = [f for f in files if path_identity(f) not in done]
