@@ -1,0 +1,258 @@
+"""``musicssl evaluate-beats``: score beat trackers on a dataset with beat annotations.
+
+Examples::
+
+    musicssl evaluate-beats --dataset dev-synth ../shared/data/dev-synth --tracker librosa
+    musicssl evaluate-beats --dataset folder music/ --annotations beats/ \\
+        --tracker zerons --tracker librosa --out results/
+    musicssl evaluate-beats --dataset csv list.csv --tracker my_model.safetensors --limit 20
+
+Trackers (``--tracker``, repeatable; each becomes a row of the table):
+
+* ``zerons`` — the shipped Zero-Note Samba model + the project's DBN;
+* ``zerons-librosa`` — the ZeroNS activation + librosa's dynamic-programming tracker;
+* ``librosa`` — ``librosa.beat.beat_track`` on the audio (onset envelope + DP);
+* ``librosa-dbn`` — librosa's onset envelope (62.5 frames/s) + the project's DBN;
+* a path to a ZeroNS checkpoint — that model + the DBN.
+
+Scores (``mir_eval.beat``, first 5 s trimmed): F-measure (±70 ms), CMLc,
+CMLt, AMLc, AMLt, P-score, Cemgil, Information gain. With ``--out DIR``:
+``scores.csv`` (per file and tracker), ``summary.json`` (means) and the
+estimated beats ``<tracker>/<id>.beats``.
+
+Exit status: 0 every file scored, 1 some files failed (listed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from musicssl.errors import ConfigError, MusicsslError
+from musicssl.evaluation.beat_annotations import BEAT_DATASETS, DEFAULT_EXTENSIONS, load_beat_dataset
+from musicssl.evaluation.beat_metrics import ALL_METRICS, CORE_METRICS, BeatScores, format_table
+
+BUILTIN_TRACKERS = ("zerons", "zerons-librosa", "librosa", "librosa-dbn")
+
+#: librosa tracker settings: analysis rate and hop (librosa's defaults).
+LIBROSA_SR, LIBROSA_HOP = 22050, 512
+#: librosa-dbn: onset envelope at 16 kHz / hop 256 = 62.5 frames/s, the ZeroNS rate.
+ONSET_SR, ONSET_HOP = 16000, 256
+
+Tracker = Callable[[Path], np.ndarray]  # audio path -> beat times (n,) in seconds
+
+
+def add_parser(subparsers, name: str = "evaluate-beats",
+               help_text: str = "score beat trackers on a dataset with beat annotations"):
+    """Register ``musicssl evaluate-beats`` on ``subparsers``."""
+    p = subparsers.add_parser(
+        name, help=help_text, description=__doc__.split("\n\n")[0].strip(),
+        epilog="exit status: 0 all files scored, 1 some files failed, 2 usage error",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("path", metavar="PATH",
+                   help="dataset: the dev-synth folder, an audio folder, or a CSV manifest")
+    p.add_argument("--dataset", choices=BEAT_DATASETS, default="dev-synth",
+                   help="layout of PATH: dev-synth (labels.csv with beats_path), folder "
+                        "(audio + annotation files paired by stem), csv (audio and beats columns)")
+    p.add_argument("--tracker", action="append", default=None, metavar="NAME|CHECKPOINT",
+                   help=f"tracker to score, repeatable: {', '.join(BUILTIN_TRACKERS)} or a "
+                        "ZeroNS checkpoint path (default: zerons)")
+    p.add_argument("--annotations", metavar="DIR", default=None,
+                   help="--dataset folder: where the annotation files are (default: beside the audio)")
+    p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS), metavar="EXT",
+                   help="--dataset folder: annotation file endings, in order of preference")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="write scores.csv, summary.json and the estimated beats here")
+    p.add_argument("--limit", type=_non_negative_int, default=None, metavar="N",
+                   help="score only the first N files")
+    p.add_argument("--trim", type=float, default=5.0, metavar="SECONDS",
+                   help="ignore beats before this time (the standard 5 s)")
+    p.add_argument("--metrics", choices=("core", "all"), default="all",
+                   help="table columns: core = F-measure, CMLt, AMLt")
+    p.add_argument("--per-file", action="store_true", help="also print one line per file and tracker")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where ZeroNS networks run")
+    p.set_defaults(func=run)
+    return p
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+# --- trackers ----------------------------------------------------------------------------
+
+def _librosa_beats(path: Path) -> np.ndarray:
+    import librosa
+
+    from musicssl.frontend.audio import load_audio
+
+    y = load_audio(path, sr=LIBROSA_SR)
+    _, beats = librosa.beat.beat_track(y=y, sr=LIBROSA_SR, hop_length=LIBROSA_HOP, units="time")
+    return np.asarray(beats, dtype=np.float64)
+
+
+def onset_activation(path: Path) -> tuple[np.ndarray, float]:
+    """librosa's onset-strength envelope scaled to [0, 1]: ((T,), frames per second)."""
+    import librosa
+
+    from musicssl.frontend.audio import load_audio
+
+    y = load_audio(path, sr=ONSET_SR)
+    env = librosa.onset.onset_strength(y=y, sr=ONSET_SR, hop_length=ONSET_HOP)
+    peak = float(env.max()) if env.size else 0.0
+    return (env / peak if peak > 0 else np.zeros_like(env)).astype(np.float64), ONSET_SR / ONSET_HOP
+
+
+def _dp_beats_from_activation(activation: np.ndarray, fps: float) -> np.ndarray:
+    """librosa's dynamic-programming tracker on a given activation at ``fps``."""
+    import librosa
+
+    # librosa only needs the frame rate sr / hop_length; pick an integer pair with that ratio.
+    hop = 256
+    sr = int(round(fps * hop))
+    _, beats = librosa.beat.beat_track(onset_envelope=np.asarray(activation, dtype=np.float64),
+                                       sr=sr, hop_length=hop, units="time")
+    return np.asarray(beats, dtype=np.float64)
+
+
+def _load_estimator(checkpoint: str | None, device: str):
+    try:
+        from musicssl.beat.estimator import BeatEstimator
+    except ImportError as exc:
+        raise ConfigError(f"the ZeroNS beat estimator is not available ({exc}); "
+                          "use --tracker librosa or librosa-dbn") from None
+    return BeatEstimator.from_checkpoint(checkpoint, device=device)
+
+
+def make_tracker(name: str, device: str = "cpu") -> Tracker:
+    """The beat function of a tracker name (see module docstring) or checkpoint path."""
+    if name == "librosa":
+        return _librosa_beats
+    if name == "librosa-dbn":
+        from musicssl.beat.dbn import DBNBeatTracker
+
+        dbn = DBNBeatTracker(fps=ONSET_SR / ONSET_HOP)
+        return lambda path: dbn.decode(onset_activation(path)[0]).beats
+    if name in ("zerons", "zerons-librosa"):
+        estimator = _load_estimator(None, device)
+    elif Path(name).expanduser().is_file():
+        estimator = _load_estimator(str(Path(name).expanduser()), device)
+    else:
+        raise ConfigError(f"unknown tracker {name!r}: not one of {', '.join(BUILTIN_TRACKERS)} "
+                          "and not an existing checkpoint file")
+    if name == "zerons-librosa":
+        def zerons_librosa(path: Path) -> np.ndarray:
+            activation, fps = estimator.activation_file(path)
+            return _dp_beats_from_activation(activation, fps)
+        return zerons_librosa
+    return lambda path: np.asarray(estimator.estimate_file(path).beats, dtype=np.float64)
+
+
+def _tracker_label(name: str) -> str:
+    return name if name in BUILTIN_TRACKERS else Path(name).stem
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "_"
+
+
+# --- run -------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    from musicssl.outputs import atomic_write_text
+
+    trackers = args.tracker or ["zerons"]
+    if len(set(trackers)) != len(trackers):
+        raise ConfigError(f"--tracker given twice: {trackers}")
+    if not np.isfinite(args.trim) or args.trim < 0:
+        raise ConfigError(f"--trim must be >= 0 seconds, got {args.trim}")
+    if args.annotations and args.dataset != "folder":
+        raise ConfigError("--annotations only applies to --dataset folder")
+    dataset = load_beat_dataset(args.dataset, args.path, annotations=args.annotations,
+                                extensions=args.extensions).limit(args.limit)
+    print(dataset.describe(), file=sys.stderr)
+    if len(dataset) == 0:
+        raise ConfigError(f"no annotated audio files found in {args.path}")
+    labels = [_tracker_label(t) for t in trackers]
+    functions = {label: make_tracker(t, args.device) for label, t in zip(labels, trackers)}
+
+    out = Path(args.out).expanduser() if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    results = {label: BeatScores() for label in labels}
+    seconds = {label: 0.0 for label in labels}
+    failures: list[tuple[str, str, str]] = []
+    rows: list[dict] = []
+    for n, item in enumerate(dataset, 1):
+        try:
+            reference = item.reference().times
+        except MusicsslError as exc:
+            failures.append((item.id, "annotation", str(exc)))
+            continue
+        for label, track in functions.items():
+            start = time.perf_counter()
+            try:
+                estimated = track(item.audio_path)
+            except MusicsslError as exc:
+                failures.append((item.id, label, str(exc)))
+                continue
+            seconds[label] += time.perf_counter() - start
+            scores = results[label].add(item.id, reference, estimated, trim=args.trim)
+            if scores is None:
+                failures.append((item.id, label, results[label].errors[item.id]))
+                continue
+            rows.append({"id": item.id, "tracker": label, "n_reference": len(reference),
+                         "n_estimated": len(estimated), **scores})
+            if args.per_file:
+                core = "  ".join(f"{m} {scores[m]:.3f}" for m in CORE_METRICS)
+                print(f"{item.id}\t{label}\t{core}")
+            if out:
+                folder = out / _safe_name(label)
+                folder.mkdir(exist_ok=True)
+                atomic_write_text(folder / f"{_safe_name(item.id)}.beats",
+                                  "".join(f"{t:.4f}\n" for t in estimated))
+        if sys.stderr.isatty():
+            print(f"\r{n}/{len(dataset)}", end="", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+
+    metrics = CORE_METRICS if args.metrics == "core" else ALL_METRICS
+    summary = {label: res.mean for label, res in results.items()}
+    print(format_table(summary, metrics, label="tracker"))
+    for label, res in results.items():
+        n_files = len(res.per_file)
+        rate = seconds[label] / n_files if n_files else float("nan")
+        print(f"{label}: {n_files} files scored, {rate:.2f} s per file", file=sys.stderr)
+    for item_id, where, message in failures:
+        print(f"failed: {item_id} ({where}): {message}", file=sys.stderr)
+
+    if out:
+        buffer = io.StringIO()
+        columns = ["id", "tracker", "n_reference", "n_estimated", *ALL_METRICS]
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out / "scores.csv", buffer.getvalue())
+        atomic_write_text(out / "summary.json", json.dumps({
+            "dataset": {"kind": args.dataset, "path": str(args.path), "files": len(dataset)},
+            "trim_s": args.trim,
+            "trackers": {label: {"files": len(results[label].per_file), "mean": summary[label],
+                                 "seconds_per_file": (seconds[label] / len(results[label].per_file)
+                                                      if results[label].per_file else None)}
+                         for label in labels},
+            "failures": [{"id": i, "tracker": w, "message": m} for i, w, m in failures],
+        }, indent=2) + "\n")
+        print(f"wrote {out / 'scores.csv'} and {out / 'summary.json'}", file=sys.stderr)
+    return 1 if failures else 0
