@@ -14,8 +14,12 @@ Probabilities are always in the canonical 24-key order of
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -162,7 +166,7 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     ``offset``/``duration`` (seconds) select part of a file.
     """
     from musicssl.frontend.audio import load_audio, prepare_audio
-    from musicssl.frontend.cqt import FrontEndConfig, magnitude_cqt
+    from musicssl.frontend.cqt import FrontEndConfig
 
     config = frontend_config or FrontEndConfig()
     path = None
@@ -173,7 +177,7 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
         if sr is None:
             raise TypeError("sr is required when source is an array of samples")
         samples = prepare_audio(np.asarray(source), sr, config.sr)
-    minimum_s = config.min_duration_s
+    minimum_s = min_duration_s(config)
     duration_s = len(samples) / config.sr
     if duration_s < minimum_s:
         raise AudioTooShortError(
@@ -181,6 +185,41 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
             path, duration=duration_s, minimum=minimum_s)
     magnitude = magnitude_cqt(samples, config, device=device)
     return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path)
+
+
+#: Fewest CQT frames a ChromaNet with the default 7 stages accepts.
+MIN_FRAMES = 2 ** 7
+#: CQT chunk length (s) above which tracks are transformed piecewise (bounded memory).
+CQT_CHUNK_SECONDS = 120.0
+
+
+def min_duration_s(frontend_config) -> float:
+    """Shortest audio (seconds) the key models accept with this front end."""
+    return MIN_FRAMES * frontend_config.hop_length / frontend_config.sr
+
+
+@lru_cache(maxsize=8)
+def _cqt_module(frontend_config, device: str):
+    from musicssl.frontend.cqt import CQT
+
+    c = frontend_config
+    return CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
+               bins_per_octave=c.bins_per_octave).to(device)
+
+
+@torch.inference_mode()
+def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu") -> np.ndarray:
+    """CQT magnitude float32 ``(n_bins, T)`` of mono ``samples`` at ``frontend_config.sr``;
+    long inputs are transformed in chunks with the same result."""
+    from musicssl.frontend.cqt import cqt_chunked
+
+    cqt = _cqt_module(frontend_config, device)
+    x = torch.as_tensor(np.ascontiguousarray(samples, dtype=np.float32), device=device)[None]
+    if x.shape[-1] > CQT_CHUNK_SECONDS * frontend_config.sr:
+        mag = cqt_chunked(cqt, x, CQT_CHUNK_SECONDS)
+    else:
+        mag = cqt(x)
+    return mag[0].float().cpu().numpy()
 
 
 # --- the estimator -------------------------------------------------------------------
@@ -220,7 +259,7 @@ class KeyEstimator:
         loaded = load_key_model(path)
         calibration = loaded.calibration
         if calibration is None:
-            calibration = calibrate_model(loaded.model, loaded.frontend_config, device)
+            calibration = _cached_calibration(Path(path), loaded, device)
         return cls(loaded.model, loaded.frontend_config, calibration, device, name=Path(path).name)
 
     # --- layer 1: spectrogram -> probabilities
@@ -293,7 +332,7 @@ class KeyEstimator:
         n = features.magnitude.shape[-1]
         win = max(1, int(round(window_s * fps)))
         hop = max(1, int(round(hop_s * fps)))
-        min_frames = int(np.ceil(self.frontend_config.min_duration_s * fps))
+        min_frames = MIN_FRAMES
         if n <= win:
             starts = [0]
             win = n
@@ -337,9 +376,34 @@ class KeyEstimator:
                 yield str(path), exc
 
 
+def _calibration_cache_dir() -> Path:
+    base = os.environ.get("MUSICSSL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "musicssl")
+    return Path(base) / "calibration"
+
+
+def _cached_calibration(path: Path, loaded, device: str) -> dict:
+    """Calibrate an uncalibrated checkpoint once; the result is cached by file hash."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    cache = _calibration_cache_dir() / f"{digest}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    calibration = calibrate_model(loaded.model, loaded.frontend_config, device)
+    try:
+        from musicssl.outputs import atomic_write_text
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(calibration))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return calibration
+
+
 def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:
     """Calibrate ``model`` (SPEC §1.6) with the package's reference signals."""
-    from musicssl.frontend.cqt import crop_bins, log_compress, magnitude_cqt
+    from musicssl.frontend.cqt import crop_bins, log_compress
     from musicssl.key.calibration import calibrate
 
     model = model.to(device).eval()

@@ -1,0 +1,37 @@
+"""``musicssl calibrate``: calibrate a 24-key (or 12-signature) model and save it
+in the project format, so later loads need no calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(name, help=help_text, description=(
+        "Run the package's reference signals (cadences and scales in all 24 keys) through a model, "
+        "find which output row is major and which column is which tonic (SPEC §1.6), print the "
+        "mapping, and with -o save the model with it in the project's .safetensors format."))
+    p.add_argument("checkpoint", help="project .safetensors or released S-KEY/STONE .pt checkpoint")
+    p.add_argument("-o", "--output", help="write the calibrated model here (.safetensors)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from musicssl.checkpoint import load_key_model, save_key_model
+    from musicssl.key.estimator import calibrate_model
+
+    loaded = load_key_model(args.checkpoint)
+    calibration = calibrate_model(loaded.model, loaded.frontend_config, args.device)
+    print(json.dumps(calibration, indent=1))
+    if loaded.calibration is not None:
+        stored = {k: loaded.calibration.get(k) for k in ("row_modes", "row_offsets")}
+        found = {k: calibration[k] for k in ("row_modes", "row_offsets")}
+        print("stored calibration", "agrees" if stored == found else f"DIFFERS: {stored}")
+    if args.output:
+        provenance = dict(loaded.provenance or {})
+        provenance["calibrated_from"] = str(Path(args.checkpoint).name)
+        save_key_model(args.output, loaded.model, loaded.frontend_config, calibration, provenance)
+        print(f"saved {args.output}")
+    return 0

@@ -1,0 +1,97 @@
+"""Calibration: mapping model rows/columns to keys (SPEC §1.6)."""
+
+import numpy as np
+import pytest
+
+from musicssl.errors import CalibrationError
+from musicssl.key.calibration import (calibration_accuracy, fit_calibration, reference_keys, reference_signal,
+                                      to_canonical, validate_calibration)
+from musicssl.keys import Key
+
+RELEASED = {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [9, 11]}
+
+
+def _native_for(keys, calibration, sharpness=8.0, seed=0):
+    """Fake model outputs that put most mass where ``calibration`` says each key lives."""
+    rng = np.random.default_rng(seed)
+    out = rng.uniform(0.0, 0.1, size=(len(keys), 24))
+    for i, k in enumerate(keys):
+        row = calibration["row_modes"].index(k.mode)
+        col = (k.tonic - calibration["row_offsets"][row]) % 12
+        out[i, 12 * row + col] += sharpness
+    return out / out.sum(1, keepdims=True)
+
+
+def test_to_canonical_released_mapping_by_hand():
+    native = np.zeros(24)
+    native[0] = 0.7    # row 0 col 0 -> A major
+    native[12] = 0.3   # row 1 col 0 -> B minor
+    canonical = to_canonical(native, RELEASED)
+    assert canonical[9] == pytest.approx(0.7)        # A major
+    assert canonical[12 + 11] == pytest.approx(0.3)  # B minor
+    assert canonical.sum() == pytest.approx(1.0)
+
+
+def test_one_row_model_splits_signature_between_relatives():
+    native = np.zeros(12)
+    native[0] = 1.0
+    canonical = to_canonical(native, {"n_rows": 1, "row_modes": ["signature"], "row_offsets": [7]})
+    assert canonical[7] == pytest.approx(0.5) and canonical[12 + 4] == pytest.approx(0.5)  # G major / E minor
+
+
+@pytest.mark.parametrize("truth", [
+    RELEASED,
+    {"n_rows": 2, "row_modes": ["minor", "major"], "row_offsets": [4, 2]},
+    {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 7]},
+])
+def test_fit_recovers_any_permutation(truth):
+    keys = reference_keys()
+    native = _native_for(keys, truth)
+    found = fit_calibration(native, keys)
+    assert found == truth
+    assert calibration_accuracy(native, keys, found) == 1.0
+
+
+def test_fit_one_row():
+    keys = reference_keys()
+    native = np.zeros((24, 12))
+    for i, k in enumerate(keys):
+        major = k if k.is_major else k.relative
+        native[i, (major.tonic - 5) % 12] = 1.0
+    assert fit_calibration(native, keys)["row_offsets"] == [5]
+
+
+def test_reference_signal_is_in_its_key():
+    sr = 8000
+    for key in (Key(0, "major"), Key(9, "minor")):
+        x = reference_signal(key, sr)
+        assert x.dtype == np.float32 and np.abs(x).max() == pytest.approx(1.0)
+        spectrum = np.abs(np.fft.rfft(x)) ** 2
+        freqs = np.fft.rfftfreq(len(x), 1 / sr)
+        ok = (freqs > 60) & (freqs < 2000)
+        pcs = np.round(12 * np.log2(freqs[ok] / 440.0) + 69).astype(int) % 12
+        chroma = np.bincount(pcs, weights=spectrum[ok], minlength=12)
+        in_scale = {0, 2, 4, 5, 7, 9, 11} | ({8} if not key.is_major else set())  # harmonic minor G#
+        top7 = set(np.argsort(-chroma)[:7])
+        assert top7 <= in_scale
+        assert np.argmax(chroma) in ({0, 4, 7} if key.is_major else {9, 0, 4})
+
+
+def test_validate_rejects_nonsense():
+    with pytest.raises(CalibrationError):
+        validate_calibration({"n_rows": 2, "row_modes": ["major", "major"], "row_offsets": [0, 0]}, 2)
+    with pytest.raises(CalibrationError):
+        validate_calibration(RELEASED, 1)
+    with pytest.raises(CalibrationError):
+        to_canonical(np.zeros(12), RELEASED)
+
+
+def test_released_checkpoint_calibrates_to_the_spec_mapping(shared_fixtures):
+    from musicssl.checkpoint import load_key_model
+    from musicssl.key.estimator import calibrate_model
+
+    loaded = load_key_model(shared_fixtures / "skey.pt")
+    assert loaded.calibration is None  # never hard-coded for imported checkpoints
+    found = calibrate_model(loaded.model, loaded.frontend_config)
+    assert {k: found[k] for k in ("n_rows", "row_modes", "row_offsets")} == RELEASED
+    assert found["reference_accuracy"] >= 0.9

@@ -1,0 +1,87 @@
+"""KeyEstimator: layers, results, local keys, parity with the authors' pipeline."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from musicssl.errors import AudioTooShortError, MusicsslError, SilentAudioError
+from musicssl.key.calibration import reference_signal
+from musicssl.keys import KEY_LABELS, Key
+
+
+@pytest.fixture(scope="module")
+def released(shared_fixtures, tmp_path_factory):
+    from musicssl.key.estimator import KeyEstimator
+
+    os.environ["MUSICSSL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return KeyEstimator.from_checkpoint(shared_fixtures / "skey.pt")
+
+
+def test_result_fields_and_dict(released):
+    x = np.concatenate([reference_signal(Key(7, "major"))] * 2)
+    result = released.estimate(x, 22050)
+    assert result.key == Key(7, "major")
+    assert result.probabilities.shape == (24,) and result.probabilities.sum() == pytest.approx(1, abs=1e-5)
+    top = result.top(2)
+    assert result.confidence == pytest.approx(top[0][1] - top[1][1])
+    d = result.to_dict(notation="camelot")
+    assert d["key"] == "9B" and list(d["probabilities"]) == list(KEY_LABELS)
+
+
+def test_stereo_and_other_rates_give_the_same_key(released):
+    x = np.concatenate([reference_signal(Key(2, "minor"), sr=44100)] * 2)
+    stereo = np.stack([x, 0.5 * x], axis=1)
+    assert released.estimate(stereo, 44100).key == Key(2, "minor")
+
+
+def test_local_keys_find_the_modulation(released):
+    first = np.concatenate([reference_signal(Key(0, "major"))] * 2)
+    second = np.concatenate([reference_signal(Key(3, "major"))] * 2)
+    change_s = len(first) / 22050
+    result = released.estimate(np.concatenate([first, second]), 22050, local=True, window_s=10, hop_s=2.5)
+    segments = result.segments
+    assert segments[0].key == Key(0, "major") and segments[-1].key == Key(3, "major")
+    boundaries = [s.start_s for s in segments[1:]]
+    assert any(abs(b - change_s) < 6 for b in boundaries)
+    assert segments[0].start_s == 0 and segments[-1].end_s == pytest.approx(result.duration_s)
+    d = result.to_dict()
+    assert d["local"][0]["start"] == 0 and "segments" in d
+
+
+def test_bad_input_is_reported(released):
+    with pytest.raises(AudioTooShortError, match="at least 2.9"):
+        released.estimate(np.ones(22050, dtype=np.float32), 22050)
+    with pytest.raises(SilentAudioError):
+        released.estimate(np.zeros(22050 * 10, dtype=np.float32), 22050)
+    results = dict(released.estimate_files(["/nonexistent/file.wav"]))
+    assert isinstance(results["/nonexistent/file.wav"], MusicsslError)
+
+
+def test_features_batch_equals_single(released, shared_fixtures):
+    from musicssl.key.estimator import compute_features
+
+    x = reference_signal(Key(5, "major"))
+    features = [compute_features(np.concatenate([x, x]), sr=22050),
+                compute_features(np.concatenate([x[::-1], x]), sr=22050)]
+    batch = released.estimate_features(features)
+    single = [released.estimate_features([f])[0] for f in features]
+    for a, b in zip(batch, single):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+
+def test_end_to_end_parity_with_authors_code(released, shared_fixtures):
+    """Same arg-max on all 40 files, probabilities within 2e-3 (fixtures README)."""
+    rows = list(csv.DictReader(open(shared_fixtures / "skey_reference" / "dev-synth-official.csv")))
+    assert len(rows) == 40
+    shared = shared_fixtures.parent
+    worst = 0.0
+    for row in rows:
+        result = released.estimate_file(shared / row["path"])
+        expected = np.array([float(row[f"p_{label}"]) for label in
+                             [f"{n} {m}" for m in ("major", "minor") for n in
+                              ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")]])
+        assert result.key == Key.parse(row["key"]), row["path"]
+        worst = max(worst, float(np.abs(result.probabilities - expected).max()))
+    assert worst < 2e-3, worst
