@@ -1,0 +1,364 @@
+"""Model files: the project's checkpoint format and safe import of released S-KEY/STONE ``.pt``.
+
+This is the only module that reads or writes model files.
+
+Project format (``format_version`` 1): one ``.safetensors`` file holding the
+network's state dict, with JSON strings in the safetensors header metadata:
+
+* ``format``: ``"musicssl-key"``; ``format_version``: ``"1"``;
+* ``architecture``: ``{"model": "chromanet", "n_rows", "channels", "kernels",
+  "n_bins", "temperature"}``;
+* ``frontend``: :class:`~musicssl.frontend.cqt.FrontEndConfig` as a dict;
+* ``calibration``: a dict or ``null``. Convention: ``{"major_row": r,
+  "major_offset": a, "minor_offset": b}`` means the probability at
+  ``[row, j]`` belongs to the key with tonic ``(offset_of_row + j) % 12``
+  (C = 0) and the mode of that row;
+* ``provenance``: free-form dict (source file, training run, date ...).
+
+Released S-KEY / STONE checkpoints (``torch.save`` of a dict with keys
+``stone`` (``hcqt.*`` + ``chromanet.*`` tensors), ``optimizer``,
+``gin_info``, ``audio``, ...) are read with ``torch.load(weights_only=True)``
+and an allow-list of the few numpy globals they contain, so no pickled code
+can run. Their CQT kernels are checked against the project's own front end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from musicssl.errors import CheckpointError, ConfigError
+from musicssl.frontend.cqt import CQT, FrontEndConfig
+from musicssl.key.model import ChromaNet
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "LoadedKeyModel",
+    "save_key_model",
+    "load_key_model",
+    "read_metadata",
+    "import_skey_checkpoint",
+    "convert_skey_checkpoint",
+    "IMPORTED_SKEY_CALIBRATION",
+]
+
+FORMAT_NAME = "musicssl-key"
+FORMAT_VERSION = 1
+
+#: Expected calibration of the released S-KEY checkpoint (SPEC §1.6): row 0
+#: column j is the major key with tonic A + j, row 1 column j the minor key
+#: with tonic B + j. Documentation / test value only: imported checkpoints are
+#: returned with ``calibration=None`` and calibrated by
+#: ``musicssl.key.calibration``.
+IMPORTED_SKEY_CALIBRATION: dict[str, int] = {"major_row": 0, "major_offset": 9, "minor_offset": 11}
+
+
+@dataclass
+class LoadedKeyModel:
+    """A key network ready for inference, with what is needed to use it."""
+
+    model: ChromaNet                   # in eval mode, on CPU
+    frontend_config: FrontEndConfig
+    calibration: dict | None
+    provenance: dict = field(default_factory=dict)
+    source_format: str = FORMAT_NAME   # "musicssl-key" or "skey-pt"
+
+
+# --------------------------------------------------------------------------
+# project format
+# --------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the file into place atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_key_model(path: str | os.PathLike, model: ChromaNet,
+                   frontend_config: FrontEndConfig | Mapping[str, Any],
+                   calibration: Mapping[str, Any] | None = None,
+                   provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights, architecture, front end, calibration) to a ``.safetensors`` file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not isinstance(model, ChromaNet):
+        raise CheckpointError(f"save_key_model expects a ChromaNet, got {type(model).__name__}")
+    if not isinstance(frontend_config, FrontEndConfig):
+        frontend_config = FrontEndConfig.from_dict(frontend_config)
+    if calibration is not None and not isinstance(calibration, Mapping):
+        raise CheckpointError("calibration must be a dict or None")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "architecture": json.dumps(model.architecture()),
+        "frontend": json.dumps(frontend_config.to_dict()),
+        "calibration": json.dumps(None if calibration is None else dict(calibration)),
+        "provenance": json.dumps(dict(provenance or {}), default=str),
+    }
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 0 < size < 100_000_000 and head[8:9] == b"{"
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Decoded JSON metadata of a project checkpoint (architecture, frontend, calibration, ...)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not _is_safetensors(path):
+        raise CheckpointError(f"{path}: not a musicssl .safetensors checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+    if raw.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: safetensors file is not a {FORMAT_NAME} checkpoint "
+                              f"(format={raw.get('format')!r})")
+    try:
+        version = int(raw.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format_version {raw.get('format_version')!r} "
+                              f"(this musicssl reads {FORMAT_VERSION})")
+    out: dict[str, Any] = {"format": FORMAT_NAME, "format_version": version}
+    for key in ("architecture", "frontend", "calibration", "provenance"):
+        try:
+            out[key] = json.loads(raw[key]) if key in raw else None
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON") from exc
+    return out
+
+
+def _build_chromanet(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str) -> ChromaNet:
+    if not isinstance(arch, Mapping) or arch.get("model") != "chromanet":
+        raise CheckpointError(f"{where}: unknown architecture {arch!r}")
+    kwargs = {k: arch[k] for k in ("n_rows", "channels", "kernels", "n_bins", "temperature") if k in arch}
+    try:
+        model = ChromaNet(**kwargs)
+        model.load_state_dict(dict(state), strict=True)
+    except (ConfigError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{where}: weights do not fit the architecture ({exc})") from exc
+    return model.eval()
+
+
+def load_key_model(path: str | os.PathLike) -> LoadedKeyModel:
+    """Load a key model: a project ``.safetensors`` file or a released S-KEY/STONE ``.pt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not _is_safetensors(path):
+        return import_skey_checkpoint(path)
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable tensors ({exc})") from exc
+    model = _build_chromanet(meta["architecture"], state, str(path))
+    try:
+        frontend = FrontEndConfig.from_dict(meta["frontend"] or {})
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad front-end settings ({exc})") from exc
+    calibration = meta["calibration"]
+    if calibration is not None and not isinstance(calibration, dict):
+        raise CheckpointError(f"{path}: calibration must be an object or null")
+    return LoadedKeyModel(model=model, frontend_config=frontend, calibration=calibration,
+                          provenance=meta["provenance"] or {}, source_format=FORMAT_NAME)
+
+
+# --------------------------------------------------------------------------
+# released S-KEY / STONE checkpoints
+# --------------------------------------------------------------------------
+def _numpy_safe_globals() -> list:
+    """The numpy globals a released checkpoint pickles (numpy scalars in its metadata)."""
+    try:
+        scalar = np._core.multiarray.scalar  # numpy >= 2
+    except AttributeError:  # pragma: no cover - numpy 1.x
+        scalar = np.core.multiarray.scalar
+    # files written under numpy 1 name it numpy.core..., under numpy 2 numpy._core...
+    allowed: list = [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [dtypes.Float64DType, dtypes.Float32DType, dtypes.Int64DType, dtypes.Int32DType]
+    return allowed
+
+
+def _safe_torch_load(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, zipfile errors ...
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "unsupported" in ln.lower() or "blocked" in ln),
+                      lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(
+            f"{path}: refused or unreadable as a weights-only torch checkpoint "
+            f"(only tensors and plain data are accepted; no pickled code is run): {reason}") from exc
+
+
+_GIN_LINE = re.compile(r"^\s*([\w.]+)\s*=\s*(.+?)\s*$")
+
+
+def _parse_gin(lines: Any) -> dict[str, Any]:
+    """``gin_info`` lines ``Scope.name = value`` → ``{"Scope.name": value}`` (literals parsed)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    if not isinstance(lines, (list, tuple)):
+        return out
+    for line in lines:
+        if not isinstance(line, str):
+            continue
+        m = _GIN_LINE.match(line)
+        if not m:
+            continue
+        try:
+            out[m.group(1)] = ast.literal_eval(m.group(2))
+        except (ValueError, SyntaxError):
+            out[m.group(1)] = m.group(2).strip('"')
+    return out
+
+
+def _gin_value(gin: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """Value of ``*.name`` in parsed gin settings (any scope)."""
+    for key, value in gin.items():
+        if key == name or key.endswith("." + name):
+            return value
+    return default
+
+
+def import_skey_checkpoint(path: str | os.PathLike) -> LoadedKeyModel:
+    """Read a released S-KEY (24 outputs) or STONE (12 outputs) ``.pt`` safely.
+
+    Architecture comes from the tensor shapes (cross-checked with
+    ``gin_info``); the front end from ``gin_info`` / ``audio`` with nnAudio
+    defaults (hop 512); the stored CQT kernels must equal the project's.
+    ``calibration`` is ``None``: calibrate with ``musicssl.key.calibration``.
+    """
+    path = Path(path)
+    where = str(path)
+    data = _safe_torch_load(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("stone"), Mapping):
+        keys = sorted(map(str, data.keys())) if isinstance(data, Mapping) else type(data).__name__
+        raise CheckpointError(f"{where}: unknown checkpoint format (expected a released S-KEY/STONE "
+                              f"checkpoint with a 'stone' state dict; found {keys})")
+    stone = data["stone"]
+    state = {k[len("chromanet."):]: v for k, v in stone.items() if k.startswith("chromanet.")}
+    if not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{where}: no 'chromanet.*' tensors in the checkpoint")
+    gin = _parse_gin(data.get("gin_info"))
+
+    # architecture from the shapes
+    try:
+        n_stages = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("convnext_blocks."))
+        channels = [int(state[f"time_downsampling_blocks.{i}.conv.weight"].shape[0]) for i in range(n_stages)]
+        kernels = [int(state[f"convnext_blocks.{i}.dwconv.weight"].shape[-1]) for i in range(n_stages)]
+        in_channels = int(state["time_downsampling_blocks.0.conv.weight"].shape[1])
+        n_rows = int(state["classifier.weight"].shape[0])
+    except (KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{where}: the ChromaNet tensors are incomplete ({exc})") from exc
+    if in_channels != 1:
+        raise CheckpointError(f"{where}: harmonic CQT inputs ({in_channels} channels) are not supported")
+    for name, from_shapes in (("out_channels", channels), ("kernels", kernels)):
+        stated = _gin_value(gin, name)
+        if stated is not None and list(stated) != from_shapes:
+            raise CheckpointError(f"{where}: gin_info says {name}={stated} but the tensors have {from_shapes}")
+    arch = {"model": "chromanet", "n_rows": n_rows, "channels": channels, "kernels": kernels,
+            "n_bins": int(_gin_value(gin, "Stone.n_bins", _gin_value(gin, "ChromaNet.n_bins", 84))),
+            "temperature": float(_gin_value(gin, "temperature", 1.0))}
+    model = _build_chromanet(arch, state, where)
+
+    # front end
+    audio = data.get("audio") if isinstance(data.get("audio"), Mapping) else {}
+    harmonics = _gin_value(gin, "HarmonicVQT.harmonics", [1])
+    if list(harmonics) != [1]:
+        raise CheckpointError(f"{where}: harmonic CQT (harmonics={harmonics}) is not supported")
+    lengths = stone.get("hcqt.lenghts")
+    n_bins_cqt = int(lengths.numel()) if torch.is_tensor(lengths) else 99
+    try:
+        frontend = FrontEndConfig(
+            sr=int(audio.get("sr", _gin_value(gin, "get_datasets.sr", 22050))),
+            hop_length=int(_gin_value(gin, "HarmonicVQT.hop_length", 512)),
+            fmin=float(_gin_value(gin, "HarmonicVQT.fmin", 27.5)),
+            n_bins=int(_gin_value(gin, "HarmonicVQT.n_bins", n_bins_cqt)),
+            bins_per_octave=int(_gin_value(gin, "HarmonicVQT.bins_per_octave", 12)),
+            crop_bins=arch["n_bins"])
+        _check_stored_kernels(stone, frontend, where)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: unusable front-end settings ({exc})") from exc
+
+    provenance = {"source": path.name, "source_format": "skey-pt",
+                  "epoch": _plain(data.get("epoch")), "val_loss": _plain(data.get("val_loss")),
+                  "training_audio": {k: _plain(v) for k, v in audio.items()},
+                  "gin_info": [s for s in data.get("gin_info", []) if isinstance(s, str)]}
+    return LoadedKeyModel(model=model, frontend_config=frontend, calibration=None,
+                          provenance=provenance, source_format="skey-pt")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python numbers (for JSON)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _check_stored_kernels(stone: Mapping[str, Any], frontend: FrontEndConfig, where: str) -> None:
+    """The checkpoint's ``hcqt.*`` buffers must equal the kernels our CQT computes."""
+    if not any(k.startswith("hcqt.") for k in stone):
+        return
+    cqt = CQT(sr=frontend.sr, hop_length=frontend.hop_length, fmin=frontend.fmin,
+              n_bins=frontend.n_bins, bins_per_octave=frontend.bins_per_octave)
+    checks = [("hcqt.lowpass_filter", cqt.lowpass)]
+    for i in range(cqt.n_octaves):
+        checks += [(f"hcqt.cqt_kernels_real_{i}", cqt.kernels_real),
+                   (f"hcqt.cqt_kernels_imag_{i}", cqt.kernels_imag)]
+    for name, ours in checks:
+        stored = stone.get(name)
+        if not torch.is_tensor(stored) or stored.numel() != ours.numel():
+            raise CheckpointError(f"{where}: CQT buffer {name} missing or of unexpected shape")
+        if not torch.allclose(stored.reshape(ours.shape).float(), ours, atol=1e-6, rtol=0):
+            raise CheckpointError(f"{where}: CQT buffer {name} differs from the project's front end")
+
+
+def convert_skey_checkpoint(src_pt: str | os.PathLike, dst_safetensors: str | os.PathLike,
+                            calibration: Mapping[str, Any] | None = None) -> Path:
+    """Import a released ``.pt`` and save it in the project format (optionally with a calibration)."""
+    loaded = import_skey_checkpoint(src_pt)
+    return save_key_model(dst_safetensors, loaded.model, loaded.frontend_config,
+                          calibration=calibration, provenance=loaded.provenance)
