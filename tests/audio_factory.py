@@ -95,7 +95,13 @@ def write_samples(directory, name: str, samples: np.ndarray, sr: int,
     ``"PCM_32"``, ``"FLOAT"``, ``"DOUBLE"``)."""
     path = Path(directory) / name
     fmt, default_subtype = _SOUNDFILE_FORMATS[path.suffix.lower()]
-    soundfile.write(str(path), samples, sr, format=fmt, subtype=subtype or default_subtype)
+    samples = np.asarray(samples)
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    with soundfile.SoundFile(str(path), "w", sr, channels, subtype or default_subtype,
+                             format=fmt) as f:
+        # small writes: libsndfile 1.2.2's Vorbis encoder crashes on very large ones
+        for i in range(0, len(samples), 8192):
+            f.write(samples[i:i + 8192])
     return path
 
 

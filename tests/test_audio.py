@@ -347,3 +347,20 @@ def test_container_without_audio_stream(tmp_path):
         out.mux(stream.encode(None))
     with pytest.raises(AudioDecodeError, match="no audio stream"):
         load_audio(path)
+
+
+def test_streaming_span_and_channels(files):
+    full = load_audio(files["wav_6ch"], SR, mono=False, offset=0.2, duration=0.5,
+                      normalize=False)
+    blocks = iter_audio_blocks(files["wav_6ch"], SR, 0.05, offset=0.2, duration=0.5,
+                               mono=False)
+    streamed = np.concatenate(list(blocks))
+    assert streamed.shape == full.shape == (SR // 2, 6)
+    np.testing.assert_array_equal(streamed, full)
+    assert blocks.info.channels == 6 and blocks.info.samplerate == 44100
+    assert blocks.expected_samples() == SR // 2
+
+
+def test_streaming_too_long(files):
+    with pytest.raises(AudioTooLongError):
+        list(iter_audio_blocks(files["flac"], SR, 0.1, max_duration=0.5))
