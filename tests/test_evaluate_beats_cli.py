@@ -86,3 +86,26 @@ def test_librosa_tracker(folder, capsys):
     assert rc == 0, captured.err
     row = next(line for line in captured.out.splitlines() if line.startswith("librosa "))
     assert float(row.split()[1]) >= 0.8
+
+
+def test_zerons_checkpoint_tracker_runs(folder, capsys):
+    """An (untrained) ZeroNS checkpoint as tracker: the pipeline runs and is scored."""
+    estimator = pytest.importorskip("musicssl.beat.estimator")
+    from musicssl.beat.model import ZeroNS
+
+    checkpoint = estimator.save_zerons(folder / "tiny.safetensors", ZeroNS(width=0.25))
+    rc = main(["evaluate-beats", "--dataset", "folder", str(folder / "audio"),
+               "--annotations", str(folder / "ann"), "--tracker", str(checkpoint), "--limit", "1",
+               "--out", str(folder / "res")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("tiny "))
+    assert 0.0 <= float(row.split()[1]) <= 1.0
+    assert (folder / "res" / "tiny" / "a.beats").is_file()
+
+
+def test_missing_checkpoint_is_a_usage_error(folder, capsys):
+    rc = main(["evaluate-beats", "--dataset", "folder", str(folder / "audio"),
+               "--annotations", str(folder / "ann"), "--tracker", str(folder / "nope.safetensors")])
+    assert rc == 2
+    assert "unknown tracker" in capsys.readouterr().err

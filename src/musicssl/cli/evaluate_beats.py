@@ -115,28 +115,39 @@ def onset_activation(path: Path) -> tuple[np.ndarray, float]:
     return (env / peak if peak > 0 else np.zeros_like(env)).astype(np.float64), ONSET_SR / ONSET_HOP
 
 
-def _dp_beats_from_activation(activation: np.ndarray, fps: float) -> np.ndarray:
-    """librosa's dynamic-programming tracker on a given activation at ``fps``."""
-    import librosa
-
-    # librosa only needs the frame rate sr / hop_length; pick an integer pair with that ratio.
-    hop = 256
-    sr = int(round(fps * hop))
-    _, beats = librosa.beat.beat_track(onset_envelope=np.asarray(activation, dtype=np.float64),
-                                       sr=sr, hop_length=hop, units="time")
-    return np.asarray(beats, dtype=np.float64)
-
-
 def _load_estimator(checkpoint: str | None, device: str):
-    try:
-        from musicssl.beat.estimator import BeatEstimator
-    except ImportError as exc:
-        raise ConfigError(f"the ZeroNS beat estimator is not available ({exc}); "
-                          "use --tracker librosa or librosa-dbn") from None
+    from musicssl.beat.estimator import BeatEstimator
+
     return BeatEstimator.from_checkpoint(checkpoint, device=device)
 
 
-def make_tracker(name: str, device: str = "cpu") -> Tracker:
+class _ZeroNSTrackers:
+    """ZeroNS estimators by checkpoint, remembering the last activation so that
+    ``zerons`` and ``zerons-librosa`` on the same file run the networks once."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.estimators: dict[str | None, object] = {}
+        self.last: tuple[str | None, Path, np.ndarray] | None = None
+
+    def activation(self, checkpoint: str | None, path: Path) -> np.ndarray:
+        if self.last is not None and self.last[:2] == (checkpoint, path):
+            return self.last[2]
+        if checkpoint not in self.estimators:
+            self.estimators[checkpoint] = _load_estimator(checkpoint, self.device)
+        result = self.estimators[checkpoint].estimate_file(path, keep_activation=True)
+        self.last = (checkpoint, path, result.activation)
+        return result.activation
+
+    def tracker(self, checkpoint: str | None, decoder: str) -> Tracker:
+        if checkpoint not in self.estimators:  # load now: a bad checkpoint is a usage error
+            self.estimators[checkpoint] = _load_estimator(checkpoint, self.device)
+        estimator = self.estimators[checkpoint]
+        return lambda path: np.asarray(
+            estimator.decode(self.activation(checkpoint, path), tracker=decoder)[0], dtype=np.float64)
+
+
+def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None = None) -> Tracker:
     """The beat function of a tracker name (see module docstring) or checkpoint path."""
     if name == "librosa":
         return _librosa_beats
@@ -145,19 +156,15 @@ def make_tracker(name: str, device: str = "cpu") -> Tracker:
 
         dbn = DBNBeatTracker(fps=ONSET_SR / ONSET_HOP)
         return lambda path: dbn.decode(onset_activation(path)[0]).beats
-    if name in ("zerons", "zerons-librosa"):
-        estimator = _load_estimator(None, device)
-    elif Path(name).expanduser().is_file():
-        estimator = _load_estimator(str(Path(name).expanduser()), device)
-    else:
-        raise ConfigError(f"unknown tracker {name!r}: not one of {', '.join(BUILTIN_TRACKERS)} "
-                          "and not an existing checkpoint file")
+    zerons = zerons or _ZeroNSTrackers(device)
+    if name == "zerons":
+        return zerons.tracker(None, "dbn")
     if name == "zerons-librosa":
-        def zerons_librosa(path: Path) -> np.ndarray:
-            activation, fps = estimator.activation_file(path)
-            return _dp_beats_from_activation(activation, fps)
-        return zerons_librosa
-    return lambda path: np.asarray(estimator.estimate_file(path).beats, dtype=np.float64)
+        return zerons.tracker(None, "librosa")
+    if Path(name).expanduser().is_file():
+        return zerons.tracker(str(Path(name).expanduser()), "dbn")
+    raise ConfigError(f"unknown tracker {name!r}: not one of {', '.join(BUILTIN_TRACKERS)} "
+                      "and not an existing checkpoint file")
 
 
 def _tracker_label(name: str) -> str:
@@ -186,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise ConfigError(f"no annotated audio files found in {args.path}")
     labels = [_tracker_label(t) for t in trackers]
-    functions = {label: make_tracker(t, args.device) for label, t in zip(labels, trackers)}
+    zerons = _ZeroNSTrackers(args.device)
+    functions = {label: make_tracker(t, args.device, zerons) for label, t in zip(labels, trackers)}
 
     out = Path(args.out).expanduser() if args.out else None
     if out:
