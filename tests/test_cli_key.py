@@ -178,6 +178,16 @@ def test_local_segments(fake, music, capsys):
     assert code == 0 and "G major" in out.splitlines()[2]
 
 
+def test_progress_bar_only_on_a_terminal(fake, music, capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, music, "-o", tmp_path / "a.jsonl")
+    assert code == 0 and "3/3" not in err  # stderr is not a terminal here
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    code, _, err = run_cli(capsys, music, "-o", tmp_path / "b.jsonl")
+    assert code == 0 and "3/3" in err
+    code, _, err = run_cli(capsys, music, "-o", tmp_path / "c.jsonl", "--no-progress")
+    assert code == 0 and "3/3" not in err
+
+
 # --- errors --------------------------------------------------------------------------
 
 def test_bad_files_give_error_records_and_exit_1(fake, music, capsys):
@@ -336,13 +346,14 @@ def test_tag_failure_is_reported_and_exit_1(fake, tmp_path, capsys):
 
 def _has_front_end() -> bool:
     try:
-        from musicssl.frontend.cqt import magnitude_cqt  # noqa: F401
+        from musicssl.key.estimator import compute_features  # noqa: F401
+        from musicssl.frontend.cqt import CQT  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-needs_front_end = pytest.mark.skipif(not _has_front_end(), reason="musicssl.frontend.cqt.magnitude_cqt missing")
+needs_front_end = pytest.mark.skipif(not _has_front_end(), reason="key front end not importable")
 
 
 @needs_front_end

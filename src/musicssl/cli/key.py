@@ -33,30 +33,40 @@ from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_pa
 
 MODELS = ("default", "krumhansl", "temperley")
 
+EPILOG = """examples:
+  musicssl key song.mp3
+  musicssl key music/ -o keys.jsonl --jobs 4
+  musicssl key music/ -o keys.jsonl --skip-existing      # resume an interrupted run
+  musicssl key "sets/**/*.flac" --notation camelot --probabilities
+  musicssl key song.flac --local --window 20 --hop 5
+  musicssl key music/ --write-tags --dry-run
+
+exit status: 0 all files analysed, 1 some files failed, 2 usage error, 130 interrupted"""
+
 
 def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key of audio files or folders"):
     """Register ``musicssl key`` on ``subparsers``."""
     p = subparsers.add_parser(
-        name, help=help_text, description=__doc__.split("\n\n")[0].strip(),
-        epilog="exit status: 0 all files analysed, 1 some files failed, 2 usage error",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        name, help=help_text,
+        description="Estimate the key of audio files, folders (searched recursively) and glob patterns.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="audio files, folders (searched recursively) or glob patterns ('**' spans folders)")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=FORMATS, default=None,
-                     help="output format (default: from the -o file extension, else text)")
+                     help="output format (default: from the -o extension .csv/.json/.jsonl, else text)")
     out.add_argument("-o", "--output", metavar="FILE", default=None,
                      help="write to FILE (atomically) instead of standard output")
     out.add_argument("--notation", choices=NOTATIONS, default="standard",
-                     help="key names: standard ('Eb major'), camelot ('5B'), openkey ('10d'), tkey ('Eb')")
+                     help="key names: standard ('Eb major', the default), camelot ('5B'), openkey ('10d'), tkey ('Eb')")
     out.add_argument("--probabilities", action="store_true",
                      help="include all 24 key probabilities in text/CSV output (always in JSON/JSONL)")
     out.add_argument("--local", action="store_true",
                      help="also estimate keys over time (sliding windows) and the segments where the key changes")
     out.add_argument("--window", type=_positive_float, default=20.0, metavar="SECONDS",
-                     help="length of the --local analysis windows")
+                     help="length of the --local analysis windows (default 20)")
     out.add_argument("--hop", type=_positive_float, default=5.0, metavar="SECONDS",
-                     help="hop between --local analysis windows")
+                     help="hop between --local analysis windows (default 5)")
     out.add_argument("--skip-existing", "--resume", dest="skip_existing", action="store_true",
                      help="keep the records already in the -o FILE (or left by an interrupted run) "
                           "and analyse only the other files")
@@ -65,20 +75,21 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     model = p.add_argument_group("model")
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=MODELS, default="default",
-                        help="the shipped model or a template baseline (Krumhansl-Kessler, Temperley)")
+                        help="the shipped model (default) or a template baseline (Krumhansl-Kessler, Temperley)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
-    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the network runs")
+    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the network runs (default cpu)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
-                       help="worker processes decoding files and computing spectrograms in parallel")
+                       help="worker processes decoding files and computing spectrograms in parallel (default 1)")
     speed.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
-                       help="files per network batch")
+                       help="files per network batch (default 16)")
     tags = p.add_argument_group("tags")
     tags.add_argument("--write-tags", action="store_true",
                       help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, MP4 initialkey)")
     tags.add_argument("--tag-notation", choices=NOTATIONS, default="tkey",
-                      help="notation for Vorbis/MP4 key tags (ID3 TKEY is always the 3-character tkey form)")
+                      help="notation of Vorbis/MP4 key tags (default tkey, e.g. 'Ebm'); "
+                           "ID3 TKEY is always the tkey form (at most 3 characters)")
     tags.add_argument("--dry-run", action="store_true", help="with --write-tags: report, change nothing")
     p.set_defaults(func=run, _parser=p)
     return p
@@ -144,8 +155,8 @@ def key_text_block(record: dict, probabilities: bool = False) -> str:
         labels = list(probs)
         half = len(labels) // 2
         for major, minor in zip(labels[:half], labels[half:]):
-            lines.append(f"    {major:<9} {probs[major]:.3f}  {_bar(probs[major])}"
-                         f"    {minor:<9} {probs[minor]:.3f}  {_bar(probs[minor])}")
+            lines.append(f"    {major:<9} {probs[major]:.3f} {_bar(probs[major])}"
+                         f"   {minor:<9} {probs[minor]:.3f} {_bar(probs[minor])}".rstrip())
     for segment in record.get("segments", []):
         lines.append(f"    {segment['start']:7.1f} - {segment['end']:7.1f} s  {segment['key']}")
     tag = record.get("tag")
@@ -159,7 +170,8 @@ def key_text_block(record: dict, probabilities: bool = False) -> str:
 
 
 def _bar(p: float, width: int = 12) -> str:
-    return "#" * int(round(p * width))
+    """Probability as a bar of up to ``width`` characters, padded to ``width``."""
+    return ("#" * int(round(p * width))).ljust(width)
 
 
 # --- running -------------------------------------------------------------------------
