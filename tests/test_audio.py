@@ -364,3 +364,17 @@ def test_streaming_span_and_channels(files):
 def test_streaming_too_long(files):
     with pytest.raises(AudioTooLongError):
         list(iter_audio_blocks(files["flac"], SR, 0.1, max_duration=0.5))
+
+
+@pytest.mark.parametrize("name, subtype", [
+    ("a.wav", "PCM_16"), ("b.wav", "PCM_24"), ("c.wav", "PCM_32"), ("d.wav", "PCM_U8"),
+    ("e.wav", "FLOAT"), ("f.flac", "PCM_24"),
+])
+def test_both_decoders_agree_bit_for_bit(tmp_path, name, subtype):
+    from musicssl.frontend.audio import _PyAVSource, _SoundfileSource
+
+    path = write_samples(tmp_path, name, harmonic_tone(0.3, 44100, 3), 44100, subtype)
+    via_sf = np.concatenate(list(_SoundfileSource(path).blocks(0, None, 5000)))
+    via_av = np.concatenate(list(_PyAVSource(path).blocks(0, None, 5000)))
+    assert via_sf.shape == (13230, 3)
+    np.testing.assert_array_equal(via_sf, via_av)

@@ -11,6 +11,10 @@ the peak absolute value. Files are decoded and resampled in blocks with a
 streaming resampler, so no float64 or multichannel copy of a whole long file is
 ever held in memory.
 
+Lossy codecs may add a few tens of milliseconds of encoder padding (AAC, WMA
+through FFmpeg); lossless formats and libsndfile's MP3 decoder give the exact
+length.
+
 Public functions
 ----------------
 ``load_audio(path, sr)``          file -> float32 ``(n,)`` at ``sr`` Hz
@@ -158,9 +162,12 @@ class _SoundfileSource:
     def blocks(self, start: int, stop: int | None, block_frames: int) -> Iterator[np.ndarray]:
         f = self._file
         if start > 0:
-            if start >= self.frames:
+            if self.frames and start >= self.frames:
                 return
-            f.seek(start)
+            try:
+                f.seek(start)
+            except (RuntimeError, soundfile.LibsndfileError):
+                return  # past the end of a file whose header has no length
         position = start
         while stop is None or position < stop:
             want = block_frames if stop is None else min(block_frames, stop - position)
@@ -377,6 +384,9 @@ class AudioBlocks:
     :class:`EmptyAudioError` (nothing decoded) or :class:`SilentAudioError`
     (all zero). Opening errors (missing file, undecodable) are raised by the
     constructor. Each iteration re-reads the file.
+
+    ``info`` is the file's :class:`AudioInfo` (``frames`` 0 when the header
+    has no length); :meth:`expected_samples` the output length it implies.
     """
 
     def __init__(self, path, sr: float = 22050, block_seconds: float = _DEFAULT_BLOCK_SECONDS,
