@@ -44,7 +44,7 @@ def test_expand_inputs_folders_globs_and_explicit_files(tmp_path):
     for name in ["a/x.wav", "a/deep/y.FLAC", "a/notes.txt", "a/.hidden.wav", "z.mp3"]:
         (tmp_path / name).write_bytes(b"")
     found = expand_inputs([tmp_path / "a"])
-    assert names(found) == ["x.wav", "y.FLAC"]  # recursive, audio only, hidden skipped
+    assert sorted(names(found)) == ["x.wav", "y.FLAC"]  # recursive, audio only, hidden skipped
     assert names(expand_inputs([str(tmp_path / "**" / "*.wav")])) == ["x.wav"]
     # explicit arguments are kept even when missing or not audio (they get error records)
     kept = expand_inputs([tmp_path / "a" / "notes.txt", tmp_path / "missing.wav"])

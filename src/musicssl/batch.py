@@ -20,14 +20,12 @@ gets an error record. ``KeyboardInterrupt`` stops the run.
 
 from __future__ import annotations
 
-import glob
 import multiprocessing
 import os
 import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from musicssl.outputs import error_record, path_identity
@@ -44,59 +42,33 @@ class WorkerCrashedError(RuntimeError):
 
 # --- inputs ----------------------------------------------------------------------
 
-def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True,
-                  extensions: Iterable[str] | None = None) -> list[str]:
+def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> list[str]:
     """Files to analyse for command-line ``inputs``, in order, without duplicates.
 
-    * a folder contributes its audio files (recursively, sorted);
-    * a glob pattern (``*``, ``?``, ``[``; ``**`` spans folders) contributes
-      the audio files and folders it matches;
-    * any other argument is kept as given, even if it does not exist or is
-      not audio, so that it gets an error record instead of vanishing.
-
-    ``extensions`` (lower case, with dot) defaults to
-    :data:`musicssl.frontend.audio.AUDIO_EXTENSIONS`.
+    Folders and glob patterns are searched with
+    :func:`musicssl.frontend.audio.find_audio_files` (audio extensions only,
+    hidden files skipped); a pattern that matches nothing contributes nothing.
+    Any other argument is kept as given, even if it does not exist, so that it
+    gets an error record instead of vanishing.
     """
-    if extensions is None:
-        from musicssl.frontend.audio import AUDIO_EXTENSIONS as extensions
-    extensions = {e.lower() for e in extensions}
+    from musicssl.errors import AudioFileNotFoundError
+    from musicssl.frontend.audio import find_audio_files
+
     files: list[str] = []
     seen: set[str] = set()
-
-    def add(path: str) -> None:
-        identity = path_identity(path)
-        if identity not in seen:
-            seen.add(identity)
-            files.append(path)
-
     for raw in inputs:
         text = os.fspath(raw)
-        if os.path.isdir(text):
-            for path in _audio_files_in(text, recursive, extensions):
-                add(path)
-        elif not os.path.exists(text) and _GLOB_CHARS & set(text):
-            for match in sorted(glob.glob(text, recursive=True)):
-                if os.path.isdir(match):
-                    for path in _audio_files_in(match, recursive, extensions):
-                        add(path)
-                elif Path(match).suffix.lower() in extensions:
-                    add(match)
-        else:
-            add(text)
+        try:
+            found = [str(p) for p in find_audio_files([text], recursive=recursive)]
+        except AudioFileNotFoundError:
+            is_pattern = not os.path.exists(text) and bool(_GLOB_CHARS & set(text))
+            found = [] if is_pattern else [text]
+        for path in found:
+            identity = path_identity(path)
+            if identity not in seen:
+                seen.add(identity)
+                files.append(path)
     return files
-
-
-def _audio_files_in(folder: str, recursive: bool, extensions: set[str]) -> list[str]:
-    """Audio files inside ``folder`` (hidden files and folders skipped), sorted."""
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith(".") and Path(name).suffix.lower() in extensions:
-                found.append(os.path.join(root, name))
-        if not recursive:
-            break
-    return found
 
 
 # --- running ---------------------------------------------------------------------

@@ -256,7 +256,7 @@ def read_entries(path: str | Path, fmt: str) -> list[Entry]:
     entries = []
     for block in _text_blocks(text):
         fields = block.split("\n", 1)[0].split("\t")
-        ok = len(fields) < 2 or fields[1] != "ERROR"
+        ok = (len(fields) < 2 or fields[1] != "ERROR") and "\n    tag not written:" not in block
         entries.append(Entry(fields[0], ok, text=block if block.endswith("\n") else block + "\n"))
     return entries
 
