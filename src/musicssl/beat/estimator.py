@@ -1,0 +1,273 @@
+"""BeatEstimator: audio -> percussive/non-percussive VQT -> ZeroNS activation -> beats.
+
+``activation`` runs both ZeroNS networks and combines their outputs frame
+by frame (maximum, or mean); ``estimate`` decodes beats with the project's
+DBN (:mod:`musicssl.beat.dbn`, default) or librosa's dynamic-programming
+tracker run on the activation.  All times are seconds; the activation has
+62.5 frames/s (frame ``t`` at ``t / 62.5`` s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from musicssl.beat.frontend import (BINS_PER_OCTAVE, FMIN_C0, FPS, HOP_LENGTH, LOG_EPS, N_BINS,
+                                    SAMPLE_RATE, ZeroNSFrontEnd, vqt_features)
+from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations
+from musicssl.beat.separation import (Separator, get_separator, separator_description,
+                                      separator_from_description)
+from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "models" / "zerons_default.safetensors"
+TRACKERS = ("dbn", "librosa")
+MIN_SECONDS = 1.0  # shortest input worth decoding
+
+# --------------------------------------------------------------------------
+# checkpoint format (to move into musicssl.checkpoint as a generic save/load)
+# --------------------------------------------------------------------------
+ZERONS_FORMAT = "musicssl-zerons"
+ZERONS_FORMAT_VERSION = 1
+
+
+def _frontend_dict() -> dict:
+    return {"sr": SAMPLE_RATE, "hop_length": HOP_LENGTH, "fmin": FMIN_C0, "n_bins": N_BINS,
+            "bins_per_octave": BINS_PER_OCTAVE, "log_eps": LOG_EPS}
+
+
+def save_zerons(path: str | os.PathLike, model: ZeroNS, separator: Separator | None = None,
+                provenance: Mapping[str, Any] | None = None, half: bool = False) -> Path:
+    """Write ``model`` to ``.safetensors`` with JSON metadata (architecture, front end, separator).
+
+    ``half`` stores float16 weights (half the size; loaded back as float32).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": ZERONS_FORMAT,
+        "format_version": str(ZERONS_FORMAT_VERSION),
+        "architecture": json.dumps({"model": "zerons", **model.config}),
+        "frontend": json.dumps(_frontend_dict()),
+        "separator": json.dumps(separator_description(separator or get_separator())),
+        "provenance": json.dumps(dict(provenance or {}), default=str),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def load_zerons(path: str | os.PathLike) -> tuple[ZeroNS, dict]:
+    """(model in eval mode, metadata dict) from a file written by :func:`save_zerons`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from exc
+    if raw.get("format") != ZERONS_FORMAT:
+        raise CheckpointError(f"{path}: not a ZeroNS checkpoint (format={raw.get('format')!r})")
+    if raw.get("format_version") != str(ZERONS_FORMAT_VERSION):
+        raise CheckpointError(f"{path}: unsupported format_version {raw.get('format_version')!r}")
+    try:
+        meta = {k: json.loads(raw[k]) for k in ("architecture", "frontend", "separator", "provenance")}
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: malformed metadata ({exc})") from exc
+    arch = meta["architecture"]
+    if meta["frontend"].get("sr") != SAMPLE_RATE or meta["frontend"].get("hop_length") != HOP_LENGTH:
+        raise CheckpointError(f"{path}: front end {meta['frontend']} differs from this musicssl's ZeroNS VQT")
+    try:
+        model = ZeroNS(n_bins=int(arch["n_bins"]), width=float(arch["width"]),
+                       dropout=float(arch.get("dropout", 0.1)))
+        model.load_state_dict(tensors)
+    except (KeyError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the ZeroNS architecture {arch} ({exc})") from exc
+    model.eval()
+    return model, meta
+
+
+# --------------------------------------------------------------------------
+# decoders
+# --------------------------------------------------------------------------
+def track_beats(activation: np.ndarray, fps: float = FPS, tracker: str = "dbn",
+                **params) -> tuple[np.ndarray, float | None]:
+    """Beat times (s) ``(n,)`` and tempo (BPM or None) from an activation ``(T,)`` in [0, 1].
+
+    ``tracker="dbn"``: the project DBN (``params``: min_bpm, max_bpm,
+    transition_lambda, ...); ``"librosa"``: ``librosa.beat.beat_track`` with
+    the activation as onset envelope (``params``: start_bpm, tightness).
+    """
+    act = np.asarray(activation, dtype=np.float64).reshape(-1)
+    if tracker == "dbn":
+        from musicssl.beat.dbn import DBNBeatTracker
+
+        res = DBNBeatTracker(fps=fps, **params).decode(act)
+        return np.asarray(res.beats, dtype=np.float64), res.tempo
+    if tracker == "librosa":
+        import librosa
+
+        hop = 512
+        sr = fps * hop  # librosa only needs sr / hop = fps
+        tempo, frames = librosa.beat.beat_track(onset_envelope=act, sr=sr, hop_length=hop,
+                                                units="frames", **params)
+        beats = np.asarray(frames, dtype=np.float64) / fps
+        bpm = float(np.atleast_1d(tempo)[0])
+        return beats, (bpm if bpm > 0 and len(beats) else None)
+    raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+
+
+# --------------------------------------------------------------------------
+# estimator
+# --------------------------------------------------------------------------
+@dataclass
+class BeatResult:
+    """Beats of one input: ``beats`` ``(n,)`` seconds, ``tempo_bpm`` (None if < 2 beats),
+    ``activation`` ``(T,)`` at ``fps`` frames/s (None unless asked for), ``duration_s``."""
+
+    beats: np.ndarray
+    tempo_bpm: float | None
+    fps: float
+    duration_s: float
+    tracker: str
+    activation: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self, include_activation: bool = False) -> dict:
+        out = {"beats": [round(float(b), 4) for b in self.beats],
+               "tempo_bpm": None if self.tempo_bpm is None else round(float(self.tempo_bpm), 2),
+               "n_beats": int(len(self.beats)), "duration_s": round(float(self.duration_s), 3),
+               "tracker": self.tracker}
+        if include_activation and self.activation is not None:
+            out["activation"] = [round(float(a), 4) for a in self.activation]
+        return out
+
+
+class BeatEstimator:
+    """Zero-Note Samba beat tracker: separation -> VQT -> two nets -> activation -> decoder."""
+
+    def __init__(self, model: ZeroNS, separator: Separator | str | None = None, device: str = "cpu",
+                 combine: str = "max", tracker: str = "dbn", tracker_params: Mapping | None = None,
+                 metadata: Mapping | None = None, chunk_seconds: float = 60.0):
+        if combine not in COMBINE_MODES:
+            raise ConfigError(f"unknown combine mode {combine!r}; choose one of {', '.join(COMBINE_MODES)}")
+        if tracker not in TRACKERS:
+            raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.metadata = dict(metadata or {})
+        if separator is None:
+            self.separator = separator_from_description(self.metadata.get("separator"))
+        else:
+            self.separator = get_separator(separator)
+        self.frontend = ZeroNSFrontEnd().to(self.device)
+        self.combine = combine
+        self.tracker = tracker
+        self.tracker_params = dict(tracker_params or {})
+        self.chunk_frames = max(256, int(chunk_seconds * FPS))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
+                        **kwargs) -> "BeatEstimator":
+        """Load a ZeroNS checkpoint (``None``: the model shipped with musicssl)."""
+        if path is None:
+            if not DEFAULT_CHECKPOINT.is_file():
+                raise CheckpointError(f"the default ZeroNS model is missing ({DEFAULT_CHECKPOINT}); "
+                                      "pass a checkpoint")
+            path = DEFAULT_CHECKPOINT
+        model, meta = load_zerons(path)
+        return cls(model, device=device, metadata=meta, **kwargs)
+
+    @property
+    def fps(self) -> float:
+        return FPS
+
+    # ---------------------------------------------------------------- stages
+    def separate(self, samples16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """16 kHz mono ``(N,)`` -> (percussive, non_percussive) ``(N,)`` each."""
+        return self.separator(samples16k, SAMPLE_RATE)
+
+    def features(self, percussive: np.ndarray, non_percussive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both parts -> log-VQT float32 ``(96, T)`` each."""
+        return (vqt_features(self.frontend, percussive, self.device),
+                vqt_features(self.frontend, non_percussive, self.device))
+
+    def network_outputs(self, perc_spec: np.ndarray, rest_spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Log-VQTs ``(96, T)`` -> (percussive output, non-percussive output), ``(T,)`` each.
+
+        Long inputs run in chunks overlapping by more than the networks'
+        receptive field, so the result equals a single pass.
+        """
+        t = perc_spec.shape[-1]
+        margin = 80  # frames; the 8 time kernels reach 68 frames each side
+        outs_p = np.empty(t, dtype=np.float32)
+        outs_a = np.empty(t, dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, t, self.chunk_frames):
+                e = min(t, s + self.chunk_frames)
+                lo, hi = max(0, s - margin), min(t, e + margin)
+                xp = torch.from_numpy(np.ascontiguousarray(perc_spec[:, lo:hi]))[None, None].to(self.device)
+                xa = torch.from_numpy(np.ascontiguousarray(rest_spec[:, lo:hi]))[None, None].to(self.device)
+                p, a = self.model(xp.float(), xa.float())
+                outs_p[s:e] = p[0, s - lo:e - lo].cpu().numpy()
+                outs_a[s:e] = a[0, s - lo:e - lo].cpu().numpy()
+        return outs_p, outs_a
+
+    def combine_outputs(self, p: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return combine_activations(torch.from_numpy(p), torch.from_numpy(a), self.combine).numpy()
+
+    # ---------------------------------------------------------------- API
+    def _prepare(self, samples: np.ndarray, sr: float) -> np.ndarray:
+        from musicssl.frontend.audio import prepare_audio
+
+        return prepare_audio(samples, sr, SAMPLE_RATE, min_duration=MIN_SECONDS)
+
+    def activation_16k(self, samples16k: np.ndarray) -> np.ndarray:
+        """Activation ``(T,)`` in (0, 1) of prepared 16 kHz mono audio, ``T = N // 256 + 1``."""
+        if len(samples16k) < MIN_SECONDS * SAMPLE_RATE:
+            raise AudioTooShortError(f"beat tracking needs at least {MIN_SECONDS} s of audio",
+                                     duration=len(samples16k) / SAMPLE_RATE, minimum=MIN_SECONDS)
+        perc, rest = self.separate(samples16k)
+        p, a = self.network_outputs(*self.features(perc, rest))
+        return self.combine_outputs(p, a)
+
+    def activation(self, samples: np.ndarray, sr: float) -> tuple[np.ndarray, float]:
+        """Audio ``(N,)`` (or ``(N, channels)``) at ``sr`` Hz -> (activation ``(T,)``, fps)."""
+        return self.activation_16k(self._prepare(samples, sr)), FPS
+
+    def decode(self, activation: np.ndarray, tracker: str | None = None, **params) -> tuple[np.ndarray, float | None]:
+        """Beats (s) and tempo from an activation with this estimator's tracker settings."""
+        tracker = tracker or self.tracker
+        merged = dict(self.tracker_params if tracker == self.tracker else {}, **params)
+        return track_beats(activation, FPS, tracker, **merged)
+
+    def estimate(self, samples: np.ndarray, sr: float, keep_activation: bool = True) -> BeatResult:
+        """Audio at ``sr`` Hz -> :class:`BeatResult`."""
+        x = self._prepare(samples, sr)
+        return self._estimate16k(x, keep_activation)
+
+    def _estimate16k(self, x: np.ndarray, keep_activation: bool) -> BeatResult:
+        act = self.activation_16k(x)
+        beats, tempo = self.decode(act)
+        return BeatResult(beats=beats, tempo_bpm=tempo, fps=FPS, duration_s=len(x) / SAMPLE_RATE,
+                          tracker=self.tracker, activation=act if keep_activation else None)
+
+    def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
+        """Decode ``path`` (any format musicssl reads) and track its beats."""
+        from musicssl.frontend.audio import load_audio
+
+        x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
+        return self._estimate16k(x, keep_activation)
