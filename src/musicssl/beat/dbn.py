@@ -21,6 +21,7 @@ is installed (optional).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,6 +183,11 @@ def _viterbi_loop(log_beat, log_other, is_beat, first, last, log_trans, log_init
 _viterbi_numba = None
 
 
+def _disable_numba() -> None:
+    global _viterbi_numba
+    _viterbi_numba = False
+
+
 def _get_numba_kernel():
     global _viterbi_numba
     if _viterbi_numba is None and _numba is not None:
@@ -244,23 +250,25 @@ class DBNBeatTracker:
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
         for name in ("fps", "min_bpm", "max_bpm", "transition_lambda"):
             positive(name)
         if self.min_bpm >= self.max_bpm:
             raise ConfigError(f"min_bpm ({self.min_bpm}) must be below max_bpm ({self.max_bpm})")
-        if not isinstance(self.observation_lambda, (int, float)) or not (self.observation_lambda > 1):
+        if not isinstance(self.observation_lambda, numbers.Real) or not (self.observation_lambda > 1):
             raise ConfigError(f"observation_lambda must be > 1, got {self.observation_lambda!r}")
-        if self.num_tempi is not None and (not isinstance(self.num_tempi, int) or self.num_tempi < 1):
+        if self.num_tempi is not None and (not isinstance(self.num_tempi, numbers.Integral)
+                                           or self.num_tempi < 1):
             raise ConfigError(f"num_tempi must be a positive integer or None, got {self.num_tempi!r}")
         if not (0.0 <= float(self.threshold) < 1.0):
             raise ConfigError(f"threshold must be in [0, 1), got {self.threshold!r}")
         if 60.0 * self.fps / self.max_bpm < 1.0:
             raise ConfigError(f"max_bpm {self.max_bpm} is above one beat per frame at fps {self.fps}")
         self.state_space = BeatStateSpace(
-            tempo_intervals(self.min_bpm, self.max_bpm, self.fps, self.num_tempi))
+            tempo_intervals(self.min_bpm, self.max_bpm, self.fps,
+                            None if self.num_tempi is None else int(self.num_tempi)))
         self.log_transitions = tempo_log_transitions(self.state_space.intervals,
                                                      self.transition_lambda)
         ss = self.state_space
@@ -312,9 +320,15 @@ class DBNBeatTracker:
         log_init = np.full(ss.n_states, -math.log(ss.n_states))
 
         kernel = _get_numba_kernel() if self.use_numba else None
+        result = None
         if kernel is not None:
-            score, bp = kernel(log_beat, log_other, self._is_beat, ss.first, ss.last,
-                               self.log_transitions, log_init)
+            try:
+                result = kernel(log_beat, log_other, self._is_beat, ss.first, ss.last,
+                                self.log_transitions, log_init)
+            except Exception:  # pragma: no cover - e.g. numba cannot compile/cache here
+                _disable_numba()
+        if result is not None:
+            score, bp = result
         else:
             score, bp = _viterbi_numpy(log_beat, log_other, self._beat_states, ss.first,
                                        ss.last, self.log_transitions, log_init)
