@@ -206,6 +206,12 @@ def _av_frame_to_float32(frame, channels: int) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def _n_channels(frame) -> int:
+    """Channel count of a PyAV audio frame (``nb_channels`` in PyAV >= 13)."""
+    layout = frame.layout
+    return int(getattr(layout, "nb_channels", None) or len(layout.channels))
+
+
 class _PyAVSource:
     """The first audio stream of anything FFmpeg can demux and decode.
 
@@ -233,7 +239,7 @@ class _PyAVSource:
             if first is None:
                 raise EmptyAudioError("the audio stream has no decodable samples", path)
             self.samplerate = int(first.sample_rate)
-            self.channels = int(first.layout.nb_channels)
+            self.channels = _n_channels(first)
             if stream.duration is not None and stream.time_base is not None:
                 seconds = float(stream.duration * stream.time_base)
             elif container.duration is not None:
@@ -268,11 +274,11 @@ class _PyAVSource:
                 raise AudioDecodeError(
                     f"decoding failed at {position / self.samplerate:.2f} s (truncated or "
                     f"corrupt?): {_short(e, self.path)}", self.path) from e
-            if frame.sample_rate != self.samplerate or frame.layout.nb_channels != self.channels:
+            if frame.sample_rate != self.samplerate or _n_channels(frame) != self.channels:
                 raise AudioDecodeError(
                     f"the stream changes format at {position / self.samplerate:.2f} s "
                     f"({self.samplerate} Hz/{self.channels} ch -> "
-                    f"{frame.sample_rate} Hz/{frame.layout.nb_channels} ch)", self.path)
+                    f"{frame.sample_rate} Hz/{_n_channels(frame)} ch)", self.path)
             data = _av_frame_to_float32(frame, self.channels)
             lo, hi = position, position + len(data)
             position = hi
