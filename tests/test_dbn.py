@@ -273,3 +273,15 @@ def test_decode_beats_shortcut():
     res = decode_beats(activation_at(ref, 625), fps=FPS, correct=False)
     assert f_measure(ref, res.beats) >= 0.95
     assert res.tempo == pytest.approx(140, rel=0.03)
+
+
+def test_correction_moves_beats_onto_peaks():
+    """120 BPM = 31.25 frames: the integer-interval path drifts; correct=True snaps to peaks."""
+    peaks = np.round(np.arange(0.5, 30.0, 0.5) * FPS).astype(int)
+    act = np.full(int(30 * FPS), 0.01)
+    act[peaks] = 0.3
+    corrected = DBNBeatTracker(correct=True).decode(act)
+    np.testing.assert_array_equal(corrected.beat_frames, peaks)
+    raw = DBNBeatTracker(correct=False).decode(act)
+    assert len(raw.beat_frames) == len(peaks)
+    assert np.max(np.abs(raw.beat_frames - peaks)) <= 1
