@@ -378,3 +378,12 @@ def test_both_decoders_agree_bit_for_bit(tmp_path, name, subtype):
     via_av = np.concatenate(list(_PyAVSource(path).blocks(0, None, 5000)))
     assert via_sf.shape == (13230, 3)
     np.testing.assert_array_equal(via_sf, via_av)
+
+
+@pytest.mark.parametrize("sr_in", [8000, 11025, 32000, 37800, 48000, 88200, 96000, 192000])
+@pytest.mark.parametrize("sr_out", [16000, 22050])
+def test_odd_rates_keep_length_and_pitch(sr_in, sr_out):
+    x = harmonic_tone(0.5, sr_in, channels=2)
+    y = prepare_audio(x, sr_in, sr_out)
+    assert len(y) == pytest.approx(0.5 * sr_out, abs=1)
+    assert dominant_frequency(y, sr_out) == pytest.approx(TONE_HZ, abs=3.0)
