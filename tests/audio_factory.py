@@ -20,7 +20,8 @@ Main entry points::
 Formats by extension: libsndfile writes ``.wav .flac .ogg`` (vorbis)
 ``.opus`` (48 kHz etc. only) ``.mp3 .aiff``; PyAV/FFmpeg writes ``.m4a``
 (aac) ``.mp4`` (aac, optionally with a video stream first) ``.mkv`` (aac)
-``.webm`` (opus) ``.wma`` (wmav2) and ``.mp3`` when ``encoder="pyav"``.
+``.webm`` (opus) ``.wma`` (wmav2) ``.aac`` (raw ADTS) ``.ac3`` ``.wv``
+(WavPack) and ``.mp3`` when ``encoder="pyav"``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ _PYAV_FORMATS = {
     ".webm": ("webm", "libopus"),
     ".wma": ("asf", "wmav2"),
     ".mp3": ("mp3", "libmp3lame"),
+    ".aac": ("adts", "aac"),
+    ".ac3": ("ac3", "ac3"),
+    ".wv": ("wv", "wavpack"),
 }
 
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1",
@@ -217,6 +221,9 @@ CASES: dict[str, dict] = {
     "mkv": dict(name="tone.mkv", channels=2),
     "webm": dict(name="tone.webm", sr=48000, channels=2),
     "wma": dict(name="tone.wma", channels=2),
+    "aac_adts": dict(name="tone.aac", channels=2),
+    "ac3": dict(name="tone.ac3", sr=48000, channels=2),
+    "wavpack": dict(name="tone.wv", channels=2),
     "mp4_video": dict(name="video.mp4", channels=2, video=True),
     "wav_6ch": dict(name="six.wav", channels=6),
     "wav_8ch": dict(name="eight.wav", channels=8),

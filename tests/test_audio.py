@@ -38,7 +38,8 @@ from musicssl.frontend.audio import (
 )
 
 SR = 22050
-LOSSY = {"ogg", "opus", "mp3", "mp3_pyav", "m4a", "mkv", "webm", "wma", "mp4_video"}
+LOSSY = {"ogg", "opus", "mp3", "mp3_pyav", "m4a", "mkv", "webm", "wma", "mp4_video", "aac_adts",
+         "ac3"}
 
 
 @pytest.fixture(scope="module")
