@@ -189,7 +189,16 @@ def test_bad_arguments(files):
     with pytest.raises(ConfigError):
         load_audio(files["flac"], offset=-1.0)
     with pytest.raises(ConfigError):
-        load_audio(files["flac"], duration=0.0)
+        load_audio(files["flac"], duration=-1.0)
+    with pytest.raises(ConfigError):
+        load_audio(files["flac"], offset="soon")
+    with pytest.raises(ConfigError):
+        iter_audio_blocks(files["flac"], SR, block_seconds=0)
+    # numpy scalars are fine; a zero-length span is empty audio, not a usage error
+    assert len(load_audio(files["flac"], SR, offset=np.float32(0.5), duration=np.int64(1))) \
+        == SR // 2
+    with pytest.raises(EmptyAudioError, match="between offset 0.2 s and 0.2 s"):
+        load_audio(files["flac"], offset=0.2, duration=0.0)
 
 
 # --- offset and duration ----------------------------------------------------------

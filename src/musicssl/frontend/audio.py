@@ -32,7 +32,7 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +120,17 @@ def _check_rate(sr, name: str) -> float:
     return value
 
 
-def _check_span(offset: float, duration: float | None) -> None:
-    if not (isinstance(offset, (int, float)) and math.isfinite(offset) and offset >= 0):
-        raise ConfigError(f"offset must be a finite number of seconds >= 0, got {offset!r}")
-    if duration is not None and not (
-        isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0
-    ):
-        raise ConfigError(f"duration must be None or a number of seconds > 0, got {duration!r}")
+def _seconds(value, name: str, *, optional: bool = False) -> float | None:
+    """A finite number of seconds >= 0 (any real type, numpy included)."""
+    if value is None and optional:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def _check_path(path) -> Path:
@@ -399,15 +403,14 @@ class AudioBlocks:
                  *, offset: float = 0.0, duration: float | None = None, mono: bool = True,
                  max_duration: float | None = None):
         self.sr = _check_rate(sr, "sr")
-        if not (isinstance(block_seconds, (int, float)) and block_seconds > 0):
-            raise ConfigError(f"block_seconds must be > 0, got {block_seconds!r}")
-        _check_span(offset, duration)
+        self.block_seconds = _seconds(block_seconds, "block_seconds")
+        if self.block_seconds == 0:
+            raise ConfigError("block_seconds must be > 0")
+        self.offset = _seconds(offset, "offset")
+        self.duration = _seconds(duration, "duration", optional=True)
+        self.max_duration = _seconds(max_duration, "max_duration", optional=True)
         self.path = Path(path)
-        self.block_seconds = float(block_seconds)
-        self.offset = float(offset)
-        self.duration = None if duration is None else float(duration)
         self.mono = mono
-        self.max_duration = max_duration
         self.peak: float = 0.0
         self.n_samples: int = 0
         source = _open_source(path)
@@ -416,12 +419,14 @@ class AudioBlocks:
             source.frames or 0, source.format)
         self._header_frames = source.frames
         self._source = source  # used by the first iteration, then closed
-        if max_duration is not None and self.expected_seconds() is not None \
-                and self.expected_seconds() > max_duration + 1.0:
+        expected = self.expected_seconds()
+        # the header is trusted only when clearly over (headers can be slightly off)
+        if self.max_duration is not None and expected is not None \
+                and expected > self.max_duration + 1.0:
             self.close()
             raise AudioTooLongError(
-                f"audio lasts {self.expected_seconds():.1f} s, more than the allowed "
-                f"{max_duration:g} s", self.path)
+                f"audio lasts {expected:.1f} s, more than the allowed "
+                f"{self.max_duration:g} s", self.path)
 
     def expected_seconds(self) -> float | None:
         """Length of the requested span according to the header (None if unknown)."""
@@ -472,7 +477,10 @@ class AudioBlocks:
             if len(out):
                 yield self._account(out)
         if n_in == 0:
-            where = f" after offset {self.offset:g} s" if self.offset else ""
+            where = ""
+            if self.offset or self.duration is not None:
+                span = "end" if self.duration is None else f"{self.offset + self.duration:g} s"
+                where = f" between offset {self.offset:g} s and {span}"
             raise EmptyAudioError(f"no audio samples{where}", self.path)
         out = resample.flush()
         if len(out):
