@@ -1,0 +1,129 @@
+"""``musicssl evaluate``: score key estimators on a labelled dataset.
+
+Example::
+
+    musicssl evaluate --dataset dev-synth ../shared/data/dev-synth \\
+        --model krumhansl --model temperley --checkpoint ../shared/fixtures/skey.pt \\
+        --compare --figures --out results/dev-synth
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DATASETS = ("csv", "dev-synth", "giantsteps", "gtzan", "fmakv2", "winterreise")
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    """Register ``musicssl evaluate``."""
+    p = subparsers.add_parser(
+        name, help=help_text,
+        description="Run key estimators over a labelled dataset and report MIREX weighted scores "
+                    "(mir_eval's fifth-above rule and the both-directions rule MIREX uses since 2017), "
+                    "KSEA, mode accuracy, the error breakdown and per-genre/collection scores.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="datasets:\n"
+               "  csv          manifest path,key[,genre] (CSV or TSV, any key notation)\n"
+               "  dev-synth    folder with labels.csv (group: collection)\n"
+               "  giantsteps   folder with annotations/key/*.key and audio/\n"
+               "  gtzan        folder with Lerch's *.lerch.txt (use --audio-dir for GTZAN audio)\n"
+               "  fmakv2       folder with fmakv2.csv and FMA audio (<id[:3]>/<id>.mp3)\n"
+               "  winterreise  Schubert Winterreise Dataset folder (first 30 s of each piece)\n"
+               "models: default, krumhansl, temperley, kostka-payne or a checkpoint path")
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format")
+    p.add_argument("path", type=Path, help="dataset folder or manifest file")
+    p.add_argument("--model", action="append", metavar="SPEC", default=None,
+                   help="estimator to score (repeatable): default | krumhansl | temperley | "
+                        "kostka-payne | CHECKPOINT")
+    p.add_argument("--checkpoint", action="append", metavar="PATH", type=Path, default=None,
+                   help="a key model checkpoint to score (repeatable; same as --model PATH)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for results.json, results.md and figures "
+                        "(default: ./musicssl-eval/<dataset>)")
+    p.add_argument("--compare", action="store_true",
+                   help="add differences of every estimator against the first one")
+    p.add_argument("--figures", action="store_true",
+                   help="save confusion matrices, embedding PCA and a key-gram (PNG and SVG)")
+    p.add_argument("--keygram", metavar="ITEM", action="append", default=None,
+                   help="item id or audio path to draw a key-gram for (default with --figures: first item)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N items")
+    p.add_argument("--audio-dir", type=Path, default=None,
+                   help="where the audio is, when not beside the annotations (GiantSteps, GTZAN, FMAKv2, Winterreise)")
+    p.add_argument("--lenient", action="store_true",
+                   help="skip and count malformed annotation lines instead of stopping")
+    p.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="decoding worker processes (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def resolve_estimators(specs: list[str], device: str = "cpu") -> dict:
+    """``{display name: estimator}`` for model specs; names are made unique."""
+    from musicssl.key.templates import PROFILES, TemplateKeyEstimator
+
+    estimators: dict = {}
+    for spec in specs:
+        spec = str(spec)
+        if spec in PROFILES:
+            est, name = TemplateKeyEstimator(spec, device=device), spec
+        else:
+            from musicssl.key.estimator import load_estimator
+
+            est = load_estimator(spec, device)
+            name = spec if spec == "default" else Path(spec).stem
+        unique, n = name, 2
+        while unique in estimators:
+            unique, n = f"{name}#{n}", n + 1
+        estimators[unique] = est
+    return estimators
+
+
+def run(args: argparse.Namespace) -> int:
+    from musicssl.errors import ConfigError
+    from musicssl.evaluation.datasets import load_dataset
+    from musicssl.evaluation.report import evaluate, write_figures, write_results
+
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError("--limit must be >= 0")
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be >= 1")
+    specs = list(args.model or []) + [str(c) for c in (args.checkpoint or [])]
+    if not specs:
+        specs = ["default"]
+    options = {"strict": not args.lenient}
+    if args.audio_dir is not None:
+        if args.dataset in ("csv", "dev-synth"):
+            options["audio_root"] = args.audio_dir
+            if args.dataset == "dev-synth":
+                raise ConfigError("--audio-dir does not apply to dev-synth")
+        else:
+            options["audio_dir"] = args.audio_dir
+    dataset = load_dataset(args.dataset, args.path, **options).limit(args.limit)
+    print(dataset.describe(), file=sys.stderr)
+    for item in dataset.missing[:5]:
+        print(f"  missing audio: {item.path}", file=sys.stderr)
+    if len(dataset.missing) > 5:
+        print(f"  ... and {len(dataset.missing) - 5} more missing", file=sys.stderr)
+    for skipped in dataset.skipped[:5]:
+        print(f"  skipped: {skipped.where}: {skipped.reason}", file=sys.stderr)
+    if not dataset.items:
+        raise ConfigError(f"no item of {args.path} has its audio file; nothing to score")
+    estimators = resolve_estimators(specs, args.device)
+    local_ids = list(args.keygram or [])
+    if args.figures and not local_ids:
+        local_ids = [dataset.items[0].id]
+    evaluation = evaluate(dataset, estimators, jobs=args.jobs, device=args.device,
+                          progress=not args.quiet and sys.stderr.isatty(),
+                          embeddings=args.figures, local_ids=local_ids if args.figures else ())
+    print(evaluation.markdown(args.compare))
+    out_dir = args.out if args.out is not None else Path("musicssl-eval") / args.dataset
+    written = write_results(evaluation, out_dir, args.compare)
+    if args.figures:
+        written += write_figures(evaluation, out_dir)
+    for failure in evaluation.failures[:10]:
+        print(f"failed: {failure.item.path}: {failure.error}", file=sys.stderr)
+    print(f"wrote {len(written)} files to {out_dir}", file=sys.stderr)
+    return 1 if evaluation.failures else 0

@@ -1,0 +1,105 @@
+"""``musicssl evaluate`` end to end on synthesised cadences, and the report helpers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicssl.cli.main import main
+from musicssl.evaluation.datasets import load_manifest
+from musicssl.evaluation.report import evaluate, format_markdown
+from musicssl.key.templates import TemplateKeyEstimator
+from musicssl.keys import Key
+
+from conftest import harmonic_tone
+
+SR = 22050
+
+
+def cadence(key: Key, sr: int = SR) -> np.ndarray:
+    """I-IV-V-I (i-iv-V-i) block chords with a bass, 1.5 s each, harmonic tones."""
+    tonic_hz = 220.0 * 2 ** (((key.tonic - 9) % 12) / 12)
+    third = 3 if key.mode == "minor" else 4
+    chords = [(0, third, 7), (5, 5 + third, 12), (7, 11, 14), (0, third, 7)]
+    out = []
+    for chord in chords:
+        tone = sum(harmonic_tone(tonic_hz * 2 ** (s / 12), 1.5, sr) for s in chord)
+        out.append(tone + harmonic_tone(tonic_hz / 2 * 2 ** (chord[0] / 12), 1.5, sr))
+    x = np.concatenate(out)
+    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+
+
+@pytest.fixture()
+def small_dataset(tmp_path):
+    keys = {"c.wav": Key(0), "g.wav": Key(7), "a_min.wav": Key(9, "minor"), "e_min.wav": Key(4, "minor")}
+    for name, key in keys.items():
+        sf.write(tmp_path / name, cadence(key), SR)
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    lines = ["path,key,genre"]
+    lines += [f"{name},{key},{'major' if key.is_major else 'minor'}" for name, key in keys.items()]
+    lines += ["broken.wav,D major,major", "missing.wav,C major,major"]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_evaluate_cli_writes_json_markdown_and_figures(small_dataset, capsys):
+    out = small_dataset / "results"
+    code = main(["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"),
+                 "--model", "krumhansl", "--model", "temperley", "--out", str(out),
+                 "--compare", "--figures", "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 1  # one file could not be decoded
+    assert "MIREX (mir_eval: fifth above)" in printed.out and "MIREX (both fifths" in printed.out
+    assert "Differences against `krumhansl`" in printed.out
+    assert "1 missing audio" in printed.err
+    data = json.loads((out / "results.json").read_text())
+    assert data["estimators"] == ["krumhansl", "temperley"]
+    assert data["dataset"]["missing_audio"] and data["dataset"]["missing_audio"][0].endswith("missing.wav")
+    assert [f["id"] for f in data["failures"]] == ["broken"]
+    for name in ("krumhansl", "temperley"):
+        summary = data["summary"][name]
+        assert summary["n"] == 4 and summary["failed"] == 1
+        assert summary["mirex"] == pytest.approx(1.0)      # clean cadences: every key right
+        assert summary["counts"]["correct"] == 4
+        assert set(summary["groups"]) == {"major", "minor"}
+    item = next(i for i in data["items"] if i["id"] == "g")
+    prediction = item["predictions"]["krumhansl"]
+    assert prediction["key"] == "G major" and prediction["scores"]["mirex_both"] == 1.0
+    assert len(prediction["probabilities"]) == 24
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    markdown = (out / "results.md").read_text()
+    assert "| krumhansl | 4/5 |" in markdown and "Per genre" in markdown
+    for stem in ("confusion_krumhansl", "confusion_temperley", "keygram_krumhansl_c"):
+        assert (out / f"{stem}.png").stat().st_size > 1000
+        assert (out / f"{stem}.svg").is_file()
+
+
+def test_scores_reflect_wrong_labels(small_dataset):
+    # relabel: C major clip annotated as F major -> estimate C is a fifth ABOVE F
+    text = (small_dataset / "labels.csv").read_text().replace("c.wav,C major", "c.wav,F major")
+    (small_dataset / "wrong.csv").write_text(text)
+    ds = load_manifest(small_dataset / "wrong.csv")
+    ds.items = [i for i in ds.items if i.id != "broken"]
+    evaluation = evaluate(ds, {"krumhansl": TemplateKeyEstimator("krumhansl")})
+    summary = evaluation.summary("krumhansl")
+    assert summary.n == 4
+    assert summary.counts["fifth_above"] == 1
+    assert summary.mirex == pytest.approx((0.5 + 3) / 4)
+    assert summary.mirex_both == pytest.approx((0.5 + 3) / 4)
+    assert summary.ksea == pytest.approx((0.5 + 3) / 4)
+    matrix = evaluation.confusion("krumhansl")
+    assert matrix[Key(5).index, Key(0).index] == 1 and matrix.sum() == 4
+    md = format_markdown(evaluation)
+    assert "[↑1 ↓0]" in md
+
+
+def test_cli_rejects_bad_arguments(small_dataset, capsys):
+    assert main(["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"),
+                 "--model", "krumhansl", "--limit", "-1"]) == 2
+    assert main(["evaluate", "--dataset", "csv", str(small_dataset / "nope.csv"), "--model", "krumhansl"]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--dataset", "mnist", str(small_dataset)])
