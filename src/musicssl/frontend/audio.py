@@ -252,9 +252,9 @@ class _PyAVSource:
                 seconds = None
             self.frames = None if seconds is None else int(round(seconds * self.samplerate))
             self.format = f"{container.format.name}/{stream.codec_context.name}"
-        # a fresh container: decoders are not reliably reset by seeking back to 0
-        self._container = av.open(str(path), "r")
-        self._stream = self._container.streams.audio[0]
+        # decoding uses a fresh container, opened when needed (seeking back to 0
+        # does not reliably reset the decoders)
+        self._container = None
 
     def info(self) -> AudioInfo:
         frames = self.frames
@@ -265,10 +265,13 @@ class _PyAVSource:
 
     def blocks(self, start: int, stop: int | None, block_frames: int) -> Iterator[np.ndarray]:
         """Float32 ``(k, channels)`` blocks covering samples [start, stop)."""
+        if self._container is not None:
+            self._container.close()
+        self._container = self._av.open(str(self.path), "r")
+        frames = self._container.decode(self._container.streams.audio[0])
         position = 0  # index of the next decoded sample
         pending: list[np.ndarray] = []
         n_pending = 0
-        frames = self._container.decode(self._stream)
         while True:
             try:
                 frame = next(frames)
@@ -303,7 +306,9 @@ class _PyAVSource:
             yield np.concatenate(pending)
 
     def close(self) -> None:
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
 
 def _open_source(path) -> _SoundfileSource | _PyAVSource:
