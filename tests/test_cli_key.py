@@ -388,3 +388,17 @@ def test_failed_model_load_leaves_no_files(music, capsys, tmp_path):
     code, _, _ = run_cli(capsys, music, "-o", out_file, "--checkpoint", tmp_path / "nope.pt")
     assert code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["music"]
+
+
+@needs_front_end
+def test_released_checkpoint_on_the_example_and_its_tag(shared_fixtures, tmp_path, capsys):
+    from musicssl.tags import read_key_tag
+
+    copy = tmp_path / "ode.ogg"
+    copy.write_bytes(EXAMPLE.read_bytes())
+    code, out, err = run_cli(capsys, copy, "--checkpoint", shared_fixtures / "skey.pt", "--format", "jsonl",
+                             "--write-tags")
+    record = json.loads(out)
+    assert code == 0, err
+    assert record["key"] == "D major"  # the key of the score (see src/musicssl/data/examples/README.md)
+    assert record["tag"]["field"] == "INITIALKEY" and read_key_tag(copy) == "D"
