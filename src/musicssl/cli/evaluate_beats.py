@@ -63,10 +63,10 @@ def add_parser(subparsers, name: str = "evaluate-beats",
     p.add_argument("--dataset", choices=BEAT_DATASETS, default="dev-synth",
                    help="layout of PATH: dev-synth (labels.csv with beats_path), folder "
                         "(audio + annotation files paired by stem), csv (audio and beats columns)")
-    p.add_argument("--tracker", action="append", default=None, metavar="NAME|CHECKPOINT",
+    p.add_argument("--tracker", action="append", default=argparse.SUPPRESS, metavar="NAME|CHECKPOINT",
                    help=f"tracker to score, repeatable: {', '.join(BUILTIN_TRACKERS)} or a "
                         "ZeroNS checkpoint path (default: zerons)")
-    p.add_argument("--annotations", metavar="DIR", default=None,
+    p.add_argument("--annotations", metavar="DIR", default=argparse.SUPPRESS,
                    help="--dataset folder: where the annotation files are (default: beside the audio)")
     p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS), metavar="EXT",
                    help="--dataset folder: annotation file endings, in order of preference")
@@ -180,14 +180,15 @@ def _safe_name(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from musicssl.outputs import atomic_write_text
 
-    trackers = args.tracker or ["zerons"]
+    trackers = getattr(args, "tracker", None) or ["zerons"]
+    annotations = getattr(args, "annotations", None)
     if len(set(trackers)) != len(trackers):
         raise ConfigError(f"--tracker given twice: {trackers}")
     if not np.isfinite(args.trim) or args.trim < 0:
         raise ConfigError(f"--trim must be >= 0 seconds, got {args.trim}")
-    if args.annotations and args.dataset != "folder":
+    if annotations and args.dataset != "folder":
         raise ConfigError("--annotations only applies to --dataset folder")
-    dataset = load_beat_dataset(args.dataset, args.path, annotations=args.annotations,
+    dataset = load_beat_dataset(args.dataset, args.path, annotations=annotations,
                                 extensions=args.extensions).limit(args.limit)
     print(dataset.describe(), file=sys.stderr)
     if len(dataset) == 0:
