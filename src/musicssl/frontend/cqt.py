@@ -20,11 +20,11 @@ this project uses (22 050 Hz / hop 512 / A0 / 99 bins and 16 kHz / hop 256 /
 C0 / 96 bins) nnAudio computes an early-downsampling count of 0 anyway
 (:func:`nnaudio_early_downsample_count`), so the outputs are the same.
 
-Speed: the FIR decimation and the kernel correlations are evaluated only at
-the samples that are kept, as small dense convolutions on a block
-("polyphase") view of the signal, which is about two orders of magnitude
-faster than a strided 1-channel convolution on CPU and gives the same values
-to float32 rounding.
+Speed: the FIR decimation is evaluated only at the samples that are kept,
+as a few small matrix products on a block ("polyphase") view of the signal,
+and each octave's kernels are applied as one matrix product on its frames;
+this is about 40 times faster than strided 1-channel convolutions on CPU and
+gives the same values to float32 rounding.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "log_compress",
     "crop_bins",
     "cqt_chunked",
+    "cqt_stream",
     "iter_cqt_chunks",
     "cqt_kernels",
     "lowpass_filter",
@@ -132,48 +133,41 @@ def nnaudio_early_downsample_count(sr: float, hop_length: int, fmin: float, n_bi
 
 
 # --------------------------------------------------------------------------
-# block ("polyphase") correlation: outputs only at the kept samples
+# decimation and framing evaluated only at the kept samples
 # --------------------------------------------------------------------------
-def _block_weights(kernel: Tensor, stride: int, block: int) -> Tensor:
-    """Rearrange correlation kernels for :func:`_strided_correlate`.
+def _polyphase_weights(taps: Tensor, block: int) -> Tensor:
+    """Half-band decimation filter rearranged for :func:`_decimate_by_2`.
 
-    ``kernel`` is ``(C_out, K)``. Output ``y[o, block*q + r] = sum_j
-    kernel[o, j] * x[stride*(block*q + r) + j]`` becomes a dense conv1d over
-    the signal viewed as ``(stride*block)``-sample blocks: weight
-    ``(C_out*block, stride*block, D)`` with ``W[o*block + r, c, d] =
-    kernel[o, stride*block*d + c - stride*r]`` (zero outside the kernel).
+    ``y[m] = sum_j taps[j] * x[2m + j]``; with the signal viewed as rows of
+    ``width = 2*block`` samples and ``m = block*q + r``, this is
+    ``y[block*q + r] = sum_d sum_c x[width*(q + d) + c] * W[d, c, r]`` with
+    ``W[d, c, r] = taps[width*d + c - 2r]`` (zero outside the filter):
+    ``depth`` small matrix products instead of a strided 1-channel convolution.
+    Returns ``(depth, width, block)``.
     """
-    c_out, k = kernel.shape
-    width = stride * block
-    depth = -(-(k + stride * (block - 1)) // width)
-    r = torch.arange(block).view(block, 1, 1)
+    k = taps.numel()
+    width = 2 * block
+    depth = -(-(k + 2 * (block - 1)) // width)
+    d = torch.arange(depth).view(depth, 1, 1)
     c = torch.arange(width).view(1, width, 1)
-    d = torch.arange(depth).view(1, 1, depth)
-    j = width * d + c - stride * r  # (block, width, depth)
-    valid = (j >= 0) & (j < k)
-    taps = kernel[:, j.clamp(0, k - 1)] * valid  # (C_out, block, width, depth)
-    return taps.reshape(c_out * block, width, depth).contiguous()
+    r = torch.arange(block).view(1, 1, block)
+    j = width * d + c - 2 * r
+    return (taps[j.clamp(0, k - 1)] * ((j >= 0) & (j < k))).contiguous()
 
 
-def _strided_correlate(x: Tensor, weight: Tensor, stride: int, block: int, n_out: int) -> Tensor:
-    """``y[b, o, m] = sum_j kernel[o, j] * x[b, stride*m + j]`` for ``m < n_out``.
-
-    ``x`` is ``(B, N)`` already padded so that every needed sample exists;
-    ``weight`` comes from :func:`_block_weights`. Returns ``(B, C_out, n_out)``.
-    """
-    batch = x.shape[0]
-    width, depth = weight.shape[1], weight.shape[2]
-    n_groups = -(-n_out // block)
-    need = width * (n_groups + depth - 1)
+def _decimate_by_2(x: Tensor, weights: Tensor, n_out: int) -> Tensor:
+    """``y[b, m] = sum_j taps[j] * x[b, 2m + j]`` for ``m < n_out``; ``x`` ``(B, N)`` zero-padded
+    as needed; ``weights`` from :func:`_polyphase_weights`. Returns ``(B, n_out)``."""
+    depth, width, block = weights.shape
+    n_rows = -(-n_out // block)
+    need = width * (n_rows + depth - 1)
     if x.shape[-1] < need:
         x = F.pad(x, (0, need - x.shape[-1]))
-    else:
-        x = x[..., :need]
-    blocks = x.reshape(batch, n_groups + depth - 1, width).transpose(1, 2)
-    y = F.conv1d(blocks, weight)  # (B, C_out*block, n_groups)
-    c_out = weight.shape[0] // block
-    y = y.view(batch, c_out, block, n_groups).transpose(2, 3).reshape(batch, c_out, n_groups * block)
-    return y[..., :n_out]
+    rows = x[:, :need].reshape(x.shape[0], n_rows + depth - 1, width)
+    y = torch.matmul(rows[:, :n_rows], weights[0])
+    for d in range(1, depth):
+        y += torch.matmul(rows[:, d:d + n_rows], weights[d])
+    return y.reshape(x.shape[0], n_rows * block)[:, :n_out]
 
 
 # --------------------------------------------------------------------------
@@ -229,17 +223,9 @@ class CQT(nn.Module):
             np.sqrt(lengths.astype(np.float32)).astype(np.float32)))
         self.register_buffer("frequencies", torch.from_numpy(freqs), persistent=False)
 
-        # dense block weights, one set per octave hop (the kernels are shared)
-        self._lp_block = 16
-        self.register_buffer("_lowpass_w", _block_weights(self.lowpass[None], 2, self._lp_block),
-                             persistent=False)
-        self._octave_blocks: list[int] = []
-        for i in range(n_octaves):
-            hop = self.hop_length // 2 ** i
-            block = max(1, 32 // hop)
-            self._octave_blocks.append(block)
-            self.register_buffer(f"_kernel_w{i}", _block_weights(torch.from_numpy(both), hop, block),
-                                 persistent=False)
+        # (kernel_length, 2 * n_filters): frames @ this = (real, -imag)
+        self.register_buffer("_kernel_matrix", torch.from_numpy(both).t().contiguous(), persistent=False)
+        self.register_buffer("_lowpass_poly", _polyphase_weights(self.lowpass, 32), persistent=False)
 
     # -- helpers ---------------------------------------------------------------
     def n_frames(self, n_samples: int) -> int:
@@ -270,18 +256,18 @@ class CQT(nn.Module):
         """
         n = x.shape[-1]
         pad = (LOWPASS_TAPS - 1) // 2
-        return _strided_correlate(F.pad(x, (pad, pad)), self._lowpass_w, 2, self._lp_block, n // 2)[:, 0]
+        return _decimate_by_2(F.pad(x, (pad, pad)), self._lowpass_poly, n // 2)
 
     def _octave(self, x: Tensor, i: int, n_frames: int) -> Tensor:
-        """Complex CQT of one octave: ``(B, 2*n_filters, n_frames)`` (real; -imag)."""
+        """Complex CQT of one octave: ``(B, n_frames, 2*n_filters)`` (real, -imag)."""
         half = self.kernel_length // 2
         if x.shape[-1] > half:
-            x = F.pad(x[:, None], (half, half), mode="reflect")[:, 0]
+            x = torch.cat([x[:, 1:half + 1].flip(-1), x, x[:, -half - 1:-1].flip(-1)], dim=-1)  # reflect
         else:  # too short to reflect: nnAudio falls back to zero padding
             x = F.pad(x, (half, half))
         hop = self.hop_length // 2 ** i
-        return _strided_correlate(x, getattr(self, f"_kernel_w{i}"), hop,
-                                  self._octave_blocks[i], n_frames)
+        frames = x.unfold(-1, self.kernel_length, hop)[:, :n_frames]  # (B, T, K) view
+        return torch.matmul(frames, self._kernel_matrix)
 
     def complex(self, x: Tensor) -> Tensor:
         """Complex CQT with librosa normalisation: ``(B, n_bins, T, 2)`` (real, imag)."""
@@ -294,15 +280,15 @@ class CQT(nn.Module):
             octaves.append(self._octave(x, i, n_frames))
         nf = self.n_filters
         # stack low -> high, keep the top n_bins
-        real = torch.cat([o[:, :nf] for o in reversed(octaves)], dim=1)[:, -self.n_bins:]
-        imag = torch.cat([o[:, nf:] for o in reversed(octaves)], dim=1)[:, -self.n_bins:]
-        scale = self.bin_scale.view(-1, 1)
-        return torch.stack((real * scale, imag * scale), dim=-1)
+        real = torch.cat([o[..., :nf] for o in reversed(octaves)], dim=-1)[..., -self.n_bins:]
+        imag = torch.cat([o[..., nf:] for o in reversed(octaves)], dim=-1)[..., -self.n_bins:]
+        z = torch.stack((real * self.bin_scale, imag * self.bin_scale), dim=-1)  # (B, T, F, 2)
+        return z.transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         """Magnitude ``(B, n_bins, T)`` of the waveform ``x`` ``(B, N)``."""
         z = self.complex(x)
-        return torch.sqrt(z.pow(2).sum(-1))
+        return torch.sqrt(z.pow(2).sum(-1)).contiguous()
 
     def _as_batch(self, x: Tensor) -> Tensor:
         if not torch.is_tensor(x):
@@ -359,6 +345,71 @@ def iter_cqt_chunks(cqt: CQT, x: Tensor | np.ndarray, chunk_seconds: float = 60.
 def cqt_chunked(cqt: CQT, x: Tensor | np.ndarray, chunk_seconds: float = 60.0) -> Tensor:
     """Whole-signal CQT magnitude ``(B, n_bins, T)`` computed chunk by chunk (bounded memory)."""
     return torch.cat([piece for _, piece in iter_cqt_chunks(cqt, x, chunk_seconds)], dim=-1)
+
+
+def cqt_stream(cqt: CQT, blocks: Iterable[np.ndarray | Tensor], chunk_seconds: float = 60.0
+               ) -> Iterator[tuple[int, Tensor]]:
+    """CQT of a signal that arrives in blocks of any sizes (e.g. ``iter_audio_blocks``).
+
+    Yields ``(first_frame, magnitude (n_bins, t))`` pieces, in order, whose
+    concatenation equals ``cqt(concatenate(blocks))[0]`` to float32 rounding.
+    Only about ``chunk_seconds`` plus two margins of samples are held at a
+    time, so memory does not grow with the signal's length. The CQT is
+    linear: magnitudes of an unnormalised signal divided by its peak equal
+    those of the peak-normalised signal.
+    """
+    if chunk_seconds <= 0:
+        raise ConfigError("chunk_seconds must be positive")
+    hop = cqt.hop_length
+    margin = (-(-cqt.receptive_field() // hop) + 1) * hop  # samples, a multiple of hop
+    chunk = max(1, int(round(chunk_seconds * cqt.sr / hop))) * hop
+    device = cqt.lowpass.device
+    pending: list[Tensor] = []
+    n_pending = 0
+    buffer = torch.zeros(0, device=device)
+    buffer_start = 0  # absolute index of buffer[0]; always a multiple of hop
+    next_frame = 0
+    n_total = 0
+
+    def compute(seg_start: int, seg_stop: int, first: int, last: int) -> Tensor:
+        seg = buffer[seg_start - buffer_start:seg_stop - buffer_start]
+        mag = cqt(seg[None])[0]
+        offset = seg_start // hop
+        return mag[:, first - offset:last - offset]
+
+    for block in blocks:
+        block = torch.as_tensor(np.asarray(block, dtype=np.float32) if not torch.is_tensor(block) else block)
+        if block.dim() != 1:
+            raise ConfigError(f"cqt_stream expects mono blocks (m,), got shape {tuple(block.shape)}")
+        if block.numel() == 0:
+            continue
+        pending.append(block.to(device, torch.float32))
+        n_pending += block.numel()
+        n_total += block.numel()
+        if n_pending < chunk:
+            continue
+        buffer = torch.cat([buffer, *pending])
+        pending, n_pending = [], 0
+        buffer_end = buffer_start + buffer.numel()
+        # frames whose whole receptive field is inside the buffer
+        last = (buffer_end - margin) // hop
+        if last - next_frame < chunk // hop:
+            continue
+        seg_start = max(0, next_frame * hop - margin)
+        yield next_frame, compute(seg_start, buffer_end, next_frame, last)
+        next_frame = last
+        keep_from = max(buffer_start, next_frame * hop - margin)
+        buffer = buffer[keep_from - buffer_start:].clone()
+        buffer_start = keep_from
+    if pending:
+        buffer = torch.cat([buffer, *pending])
+    if n_total < cqt.min_samples:
+        raise AudioTooShortError(f"CQT needs at least {cqt.min_samples} samples, got {n_total}",
+                                 duration=n_total / cqt.sr, minimum=cqt.min_samples / cqt.sr)
+    total = cqt.n_frames(n_total)
+    if next_frame < total:
+        seg_start = max(0, next_frame * hop - margin)
+        yield next_frame, compute(seg_start, n_total, next_frame, total)
 
 
 # --------------------------------------------------------------------------
