@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -81,8 +82,10 @@ def _call(prepare: Prepare, path: str) -> Any:
         return False, error_record(path, exc)
 
 
-def _limit_threads() -> None:
-    """Worker initialiser: one compute thread per worker (the workers are the parallelism)."""
+def _init_worker() -> None:
+    """Worker initialiser: one compute thread per worker (the workers are the
+    parallelism); Ctrl-C is left to the main process, which stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"  # read by torch / numpy when first imported here
     torch = sys.modules.get("torch")
@@ -103,7 +106,7 @@ def _parallel(prepare: Prepare, paths: Sequence[str], jobs: int, window: int,
     context = multiprocessing.get_context(start_method or _default_start_method())
 
     def new_pool(workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_limit_threads)
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
 
     pool = new_pool(jobs)
     pending: deque[tuple[str, Future]] = deque()

@@ -23,8 +23,10 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -380,12 +382,13 @@ class RecordOutput:
                 self.stream.write(json.dumps(self.new, ensure_ascii=False, indent=2) + "\n")
                 self.stream.flush()
             return
-        document = self.format.render_document(self.entries())
-        atomic_write_text(self.path, document)
-        if self._journal is not None:
-            self._journal.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.journal_path)
+        with _deferred_sigint():  # a second Ctrl-C must not cut the final write short
+            document = self.format.render_document(self.entries())
+            atomic_write_text(self.path, document)
+            if self._journal is not None:
+                self._journal.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.journal_path)
 
     def __enter__(self) -> "RecordOutput":
         if self.path is not None and self._journal is None:
@@ -394,6 +397,22 @@ class RecordOutput:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) until the block is done, then raise KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_records(path: str | Path, records: Iterable[dict], fmt: RecordFormat) -> None:
