@@ -207,3 +207,24 @@ def test_json_document_is_a_list_of_records(tmp_path):
     with RecordOutput(out, RecordFormat("json")) as output:
         output.write({"path": "a.wav", "p": {"x": 1}})
     assert json.loads(out.read_text()) == [{"path": "a.wav", "p": {"x": 1}}]
+
+
+def test_ctrl_c_during_the_final_write_does_not_cut_it_short(tmp_path, monkeypatch):
+    import signal
+
+    import musicssl.outputs as outputs
+
+    out = tmp_path / "o.jsonl"
+    real_write = outputs.atomic_write_text
+
+    def write_interrupted(path, text):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the write
+        real_write(path, text)
+
+    monkeypatch.setattr(outputs, "atomic_write_text", write_interrupted)
+    output = RecordOutput(out, RecordFormat("jsonl"))
+    with pytest.raises(KeyboardInterrupt):
+        with output:
+            output.write({"path": "a.wav", "n": 1})
+    assert json.loads(out.read_text()) == {"path": "a.wav", "n": 1}
+    assert not (tmp_path / ("o.jsonl" + JOURNAL_SUFFIX)).exists()
