@@ -103,3 +103,27 @@ def test_cli_rejects_bad_arguments(small_dataset, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--dataset", "mnist", str(small_dataset)])
+
+
+def test_pca_of_rotated_profiles_is_a_ring_and_figures_are_written(tmp_path):
+    from musicssl.evaluation.figures import pca_2d, plot_embedding_pca, plot_keygram
+    from musicssl.keys import KEYS
+
+    # pitch-equivariant "embeddings": one profile rotated to each key's position on the circle of fifths
+    profile = np.cos(2 * np.pi * 7 * np.arange(12) / 12) + 2
+    keys = [k for k in KEYS if k.is_major]
+    emb = np.stack([np.roll(profile, k.tonic) for k in keys])
+    scores, ratio = pca_2d(emb)
+    radii = np.linalg.norm(scores, axis=1)
+    assert np.allclose(radii, radii[0]) and ratio.sum() == pytest.approx(1.0)
+    angles = np.angle(scores[:, 0] + 1j * scores[:, 1])
+    # neighbours on the circle of fifths are neighbours on the ring (30 degrees apart)
+    g, d = keys[7], keys[2]
+    gap = abs(np.angle(np.exp(1j * (angles[g.tonic] - angles[d.tonic]))))
+    assert gap == pytest.approx(np.pi / 6, abs=1e-6)
+    paths = plot_embedding_pca(emb, keys, tmp_path / "pca")
+    paths += plot_keygram(np.full((5, 24), 1 / 24), np.arange(5) * 2.5, tmp_path / "kg", reference=keys[0])
+    assert [p.suffix for p in paths] == [".png", ".svg", ".png", ".svg"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(ValueError):
+        plot_keygram(np.zeros((5, 12)), np.arange(5), tmp_path / "bad")
