@@ -279,9 +279,23 @@ def run(args) -> int:
             print(f"musicssl key: interrupted after {len(output.new)} files; {args.output} holds them. "
                   f"Rerun with --skip-existing to continue.", file=sys.stderr)
         raise
+    except BrokenPipeError:  # e.g. `musicssl key music/ | head`: the reader has gone
+        _silence_stdout()
+        return 1
     if failed:
         print(f"musicssl key: {failed} of {len(todo)} files failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit-time flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _without_probabilities(row_function):
