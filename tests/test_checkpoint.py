@@ -63,7 +63,7 @@ def _fake_release(path: Path, n_rows: int = 2, extra: dict | None = None) -> Chr
 
 def test_roundtrip_project_format(tmp_path):
     net = _trained_looking()
-    cal = {"major_row": 0, "major_offset": 9, "minor_offset": 11}
+    cal = {"n_rows": 2, "row_modes": ["minor", "major"], "row_offsets": [2, 5]}
     path = save_key_model(tmp_path / "m.safetensors", net, KEY_FRONTEND, calibration=cal,
                           provenance={"trained_on": "unit test"})
     assert path.is_file()
@@ -209,3 +209,21 @@ def test_released_checkpoint_imports(shared_fixtures):
     assert loaded.frontend_config == FrontEndConfig()
     assert loaded.calibration is None
     assert loaded.provenance["epoch"] == 98
+
+
+def test_generic_model_file_roundtrip(tmp_path):
+    from musicssl.checkpoint import load_model_file, save_model_file
+
+    tensors = {"conv.weight": torch.arange(6.0).view(2, 3).t(), "n": torch.tensor(3)}  # non-contiguous ok
+    path = save_model_file(tmp_path / "beat.safetensors", tensors, "musicssl-other", 2,
+                           {"architecture": {"model": "x", "sizes": [1, 2]}, "note": None})
+    loaded, meta = load_model_file(path, "musicssl-other", 2)
+    torch.testing.assert_close(loaded["conv.weight"], tensors["conv.weight"])
+    assert meta == {"format": "musicssl-other", "format_version": 2,
+                    "architecture": {"model": "x", "sizes": [1, 2]}, "note": None}
+    with pytest.raises(CheckpointError, match="format_version"):
+        load_model_file(path, "musicssl-other", 1)
+    with pytest.raises(CheckpointError, match="not a musicssl-key"):
+        load_key_model(path)
+    with pytest.raises(CheckpointError, match="reserved"):
+        save_model_file(tmp_path / "x.safetensors", tensors, "f", 1, {"format": "y"})

@@ -61,3 +61,11 @@ def test_frontend_and_probabilities_match_reference(reference, released):
     # end to end from the waveform
     assert np.abs(probs_ours_input - reference["probs"]).max() < 1e-4
     assert int(probs_ours_input.argmax()) == int(reference["probs"].argmax())
+
+
+def test_documented_calibration_maps_to_canonical_order(shared_fixtures, reference):
+    from musicssl.checkpoint import IMPORTED_SKEY_CALIBRATION
+    from musicssl.key.calibration import to_canonical
+
+    canonical = np.load(shared_fixtures / "skey_reference" / f"{STEM}.probs_canonical_order.npy")
+    np.testing.assert_allclose(to_canonical(reference["probs"], IMPORTED_SKEY_CALIBRATION), canonical, atol=1e-7)

@@ -9,10 +9,11 @@ network's state dict, with JSON strings in the safetensors header metadata:
 * ``architecture``: ``{"model": "chromanet", "n_rows", "channels", "kernels",
   "n_bins", "temperature"}``;
 * ``frontend``: :class:`~musicssl.frontend.cqt.FrontEndConfig` as a dict;
-* ``calibration``: a dict or ``null``. Convention: ``{"major_row": r,
-  "major_offset": a, "minor_offset": b}`` means the probability at
-  ``[row, j]`` belongs to the key with tonic ``(offset_of_row + j) % 12``
-  (C = 0) and the mode of that row;
+* ``calibration``: a dict or ``null``, in the format of
+  ``musicssl.key.calibration`` (``{"n_rows": 2, "row_modes": ["major",
+  "minor"], "row_offsets": [a, b]}``: the probability at ``[row, j]``
+  belongs to the key with tonic ``(row_offsets[row] + j) % 12`` (C = 0) and
+  mode ``row_modes[row]``); stored as given;
 * ``provenance``: free-form dict (source file, training run, date ...).
 
 Released S-KEY / STONE checkpoints (``torch.save`` of a dict with keys
@@ -44,6 +45,9 @@ __all__ = [
     "FORMAT_VERSION",
     "LoadedKeyModel",
     "save_key_model",
+    "save_model_file",
+    "load_model_file",
+    "read_model_file_metadata",
     "load_key_model",
     "read_metadata",
     "import_skey_checkpoint",
@@ -59,7 +63,8 @@ FORMAT_VERSION = 1
 #: with tonic B + j. Documentation / test value only: imported checkpoints are
 #: returned with ``calibration=None`` and calibrated by
 #: ``musicssl.key.calibration``.
-IMPORTED_SKEY_CALIBRATION: dict[str, int] = {"major_row": 0, "major_offset": 9, "minor_offset": 11}
+IMPORTED_SKEY_CALIBRATION: dict[str, Any] = {"n_rows": 2, "row_modes": ["major", "minor"],
+                                             "row_offsets": [9, 11]}
 
 
 @dataclass
@@ -95,31 +100,97 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def save_model_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], format_name: str,
+                    format_version: int, fields: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` to a ``.safetensors`` file atomically, with ``format``,
+    ``format_version`` and each of ``fields`` JSON-encoded in the header metadata.
+
+    Generic writer for every model file of the project (key and beat models).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    metadata = {"format": str(format_name), "format_version": str(int(format_version))}
+    for key, value in fields.items():
+        if key in metadata:
+            raise CheckpointError(f"metadata field {key!r} is reserved")
+        metadata[key] = json.dumps(value, default=str)
+    _atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+    return path
+
+
+def read_model_file_metadata(path: str | os.PathLike, format_name: str,
+                             format_version: int) -> dict[str, Any]:
+    """JSON-decoded header metadata of a file written by :func:`save_model_file`.
+
+    Raises :class:`CheckpointError` if the file is missing, not safetensors,
+    of another format or of another version.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not _is_safetensors(path):
+        raise CheckpointError(f"{path}: not a .safetensors model file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+    if raw.get("format") != format_name:
+        raise CheckpointError(f"{path}: safetensors file is not a {format_name} checkpoint "
+                              f"(format={raw.get('format')!r})")
+    try:
+        version = int(raw.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version != int(format_version):
+        raise CheckpointError(f"{path}: unsupported format_version {raw.get('format_version')!r} "
+                              f"(this musicssl reads {format_version})")
+    out: dict[str, Any] = {"format": format_name, "format_version": version}
+    for key, value in raw.items():
+        if key in out:
+            continue
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON") from exc
+    return out
+
+
+def load_model_file(path: str | os.PathLike, format_name: str, format_version: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors on CPU, decoded metadata)`` of a file written by :func:`save_model_file`."""
+    from safetensors.torch import load_file
+
+    meta = read_model_file_metadata(path, format_name, format_version)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable tensors ({exc})") from exc
+    return tensors, meta
+
+
 def save_key_model(path: str | os.PathLike, model: ChromaNet,
                    frontend_config: FrontEndConfig | Mapping[str, Any],
                    calibration: Mapping[str, Any] | None = None,
                    provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` (weights, architecture, front end, calibration) to a ``.safetensors`` file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     if not isinstance(model, ChromaNet):
         raise CheckpointError(f"save_key_model expects a ChromaNet, got {type(model).__name__}")
     if not isinstance(frontend_config, FrontEndConfig):
         frontend_config = FrontEndConfig.from_dict(frontend_config)
     if calibration is not None and not isinstance(calibration, Mapping):
         raise CheckpointError("calibration must be a dict or None")
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "architecture": json.dumps(model.architecture()),
-        "frontend": json.dumps(frontend_config.to_dict()),
-        "calibration": json.dumps(None if calibration is None else dict(calibration)),
-        "provenance": json.dumps(dict(provenance or {}), default=str),
+    fields = {
+        "architecture": model.architecture(),
+        "frontend": frontend_config.to_dict(),
+        "calibration": None if calibration is None else dict(calibration),
+        "provenance": dict(provenance or {}),
     }
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    return path
+    return save_model_file(path, model.state_dict(), FORMAT_NAME, FORMAT_VERSION, fields)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -132,36 +203,11 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Decoded JSON metadata of a project checkpoint (architecture, frontend, calibration, ...)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if not _is_safetensors(path):
-        raise CheckpointError(f"{path}: not a musicssl .safetensors checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
-    if raw.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path}: safetensors file is not a {FORMAT_NAME} checkpoint "
-                              f"(format={raw.get('format')!r})")
-    try:
-        version = int(raw.get("format_version", "0"))
-    except ValueError:
-        version = -1
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported format_version {raw.get('format_version')!r} "
-                              f"(this musicssl reads {FORMAT_VERSION})")
-    out: dict[str, Any] = {"format": FORMAT_NAME, "format_version": version}
+    """Decoded JSON metadata of a key checkpoint (architecture, frontend, calibration, provenance)."""
+    meta = read_model_file_metadata(path, FORMAT_NAME, FORMAT_VERSION)
     for key in ("architecture", "frontend", "calibration", "provenance"):
-        try:
-            out[key] = json.loads(raw[key]) if key in raw else None
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON") from exc
-    return out
+        meta.setdefault(key, None)
+    return meta
 
 
 def _build_chromanet(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor], where: str) -> ChromaNet:
@@ -183,13 +229,9 @@ def load_key_model(path: str | os.PathLike) -> LoadedKeyModel:
         raise CheckpointError(f"{path}: checkpoint not found")
     if not _is_safetensors(path):
         return import_skey_checkpoint(path)
-    from safetensors.torch import load_file
-
-    meta = read_metadata(path)
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable tensors ({exc})") from exc
+    state, meta = load_model_file(path, FORMAT_NAME, FORMAT_VERSION)
+    for key in ("architecture", "frontend", "calibration", "provenance"):
+        meta.setdefault(key, None)
     model = _build_chromanet(meta["architecture"], state, str(path))
     try:
         frontend = FrontEndConfig.from_dict(meta["frontend"] or {})
