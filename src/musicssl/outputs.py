@@ -8,9 +8,10 @@ streams records as they come. To a file it guarantees that
 
 * the file is only ever replaced whole (temp file in the same folder, fsync,
   ``os.replace``), so it is either the old complete file or the new one;
-* every finished record is also appended, flushed and fsynced, to a journal
-  ``<file>.partial`` (JSONL) next to it, so a run that is killed loses
-  nothing; the journal is removed once the file is written;
+* every finished record is also appended and flushed to a journal
+  ``<file>.partial`` (JSONL) next to it (fsynced at most once a second), so a
+  run that is killed loses nothing; the journal is removed once the file is
+  written;
 * with ``resume=True`` the records already in the file and in a leftover
   journal are kept, and :meth:`RecordOutput.done` tells which inputs need
   no work (successful records; failed inputs are tried again).
@@ -27,6 +28,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -34,6 +36,8 @@ from musicssl.errors import ConfigError
 
 FORMATS: tuple[str, ...] = ("text", "csv", "json", "jsonl")
 JOURNAL_SUFFIX = ".partial"
+#: The journal is flushed after every record and fsynced at most this often (seconds).
+FSYNC_INTERVAL_S = 1.0
 
 
 # --- atomic files ------------------------------------------------------------
@@ -290,6 +294,7 @@ class RecordOutput:
         self.new: list[dict] = []
         self.kept: list[Entry] = []
         self._journal: IO[str] | None = None
+        self._last_sync = -float("inf")
         self._resume = resume
         self._csv_header_written = False
         self._closed = False
@@ -343,8 +348,11 @@ class RecordOutput:
             self._open_journal()
         assert self._journal is not None
         self._journal.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._journal.flush()  # in the OS's hands: survives the process being killed
+        now = time.monotonic()
+        if now - self._last_sync >= FSYNC_INTERVAL_S:  # on disk: survives a system crash
+            os.fsync(self._journal.fileno())
+            self._last_sync = now
 
     def write(self, record: dict) -> None:
         """Add one finished record (streamed to stdout, or journaled for the file)."""
