@@ -285,3 +285,9 @@ def test_correction_moves_beats_onto_peaks():
     raw = DBNBeatTracker(correct=False).decode(act)
     assert len(raw.beat_frames) == len(peaks)
     assert np.max(np.abs(raw.beat_frames - peaks)) <= 1
+
+
+def test_kernel_choice():
+    assert DBNBeatTracker(use_numba=False)._want_numba(10**6) is False
+    assert DBNBeatTracker(use_numba=True)._want_numba(10) is True
+    assert DBNBeatTracker()._want_numba(dbn.NUMBA_MIN_FRAMES) is True  # auto: long input

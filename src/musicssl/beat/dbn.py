@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _LOG_EPS = 1e-12
+#: With ``use_numba=None``, inputs at least this long (frames) use numba.
+NUMBA_MIN_FRAMES = 15000
 
 
 class ActivationError(MusicsslError, ValueError):
@@ -188,6 +190,11 @@ def _disable_numba() -> None:
     _viterbi_numba = False
 
 
+def _numba_ready() -> bool:
+    """True when the numba kernel is already compiled in this process."""
+    return bool(_viterbi_numba) and bool(getattr(_viterbi_numba, "signatures", None))
+
+
 def _get_numba_kernel():
     global _viterbi_numba
     if _viterbi_numba is None and _numba is not None:
@@ -234,7 +241,10 @@ class DBNBeatTracker:
       correct: move each beat to the activation peak inside its beat-state span.
       threshold: leading/trailing frames with activation <= threshold are not
         decoded; nothing above it -> no beats (silence).
-      use_numba: use the compiled kernel when numba is importable.
+      use_numba: True/False: the compiled (numba) / numpy kernel (same results);
+        None: numba for inputs of ``NUMBA_MIN_FRAMES`` frames or more, or once
+        it is compiled in this process (its ~1 s start-up costs more than
+        numpy takes on a short clip).
     """
 
     fps: float = 62.5
@@ -245,7 +255,7 @@ class DBNBeatTracker:
     observation_lambda: float = 16.0
     correct: bool = True
     threshold: float = 0.0
-    use_numba: bool = True
+    use_numba: bool | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -277,6 +287,11 @@ class DBNBeatTracker:
         self._beat_states = np.flatnonzero(self._is_beat)
 
     # ---------------------------------------------------------------- helpers
+    def _want_numba(self, n_frames: int) -> bool:
+        if self.use_numba is None:  # auto: loading/compiling numba costs ~1 s once
+            return n_frames >= NUMBA_MIN_FRAMES or _numba_ready()
+        return bool(self.use_numba)
+
     @property
     def bpm_grid(self) -> np.ndarray:
         """The tempi (BPM, descending) of the tempo states."""
@@ -319,7 +334,7 @@ class DBNBeatTracker:
         log_other = np.log((1.0 - p) / (self.observation_lambda - 1.0))
         log_init = np.full(ss.n_states, -math.log(ss.n_states))
 
-        kernel = _get_numba_kernel() if self.use_numba else None
+        kernel = _get_numba_kernel() if self._want_numba(len(seg)) else None
         result = None
         if kernel is not None:
             try:
