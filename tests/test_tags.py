@@ -1,7 +1,7 @@
 """Writing the key into tags (musicssl.tags) on real files of every supported type.
 
 Each file is made in tmp_path (soundfile for WAV/AIFF/FLAC/Ogg/Opus/MP3,
-PyAV for M4A). After tagging, the audio must decode to exactly the same
+PyAV for M4A and WMA). After tagging, the audio must decode to exactly the same
 samples, and where the container keeps the audio bytes in one place (WAV,
 AIFF, FLAC, MP3) those bytes must be unchanged.
 """
@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from musicssl.keys import Key, format_key
-from musicssl.tags import MP4_KEY_FIELD, TagError, key_tag_field, read_key_tag, write_key_tag
+from musicssl.tags import ASF_KEY_FIELD, MP4_KEY_FIELD, TagError, key_tag_field, read_key_tag, write_key_tag
 
 SR = 22050
 E_FLAT_MINOR = Key(3, "minor")
@@ -39,11 +39,14 @@ SOUNDFILE_TYPES = {
 
 def make_file(folder, ext: str):
     path = folder / f"tone.{ext}"
-    if ext == "m4a":
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("aac", rate=SR)
+    if ext in ("m4a", "wma"):
+        codec, sample_format = ("aac", "flt") if ext == "m4a" else ("wmav2", "fltp")
+        with av.open(str(path), "w", format="asf" if ext == "wma" else None) as container:
+            stream = container.add_stream(codec, rate=SR)
             stream.layout = "mono"
-            frame = av.AudioFrame.from_ndarray(_tone()[None, :], format="flt", layout="mono")
+            stream.format = sample_format
+            stream.bit_rate = 64000
+            frame = av.AudioFrame.from_ndarray(_tone()[None, :], format=sample_format, layout="mono")
             frame.sample_rate = SR
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -109,10 +112,10 @@ AUDIO_BYTES = {
 }
 
 EXPECTED_FIELD = {"wav": "TKEY", "aiff": "TKEY", "mp3": "TKEY", "flac": "INITIALKEY",
-                  "ogg": "INITIALKEY", "opus": "INITIALKEY", "m4a": MP4_KEY_FIELD}
+                  "ogg": "INITIALKEY", "opus": "INITIALKEY", "m4a": MP4_KEY_FIELD, "wma": ASF_KEY_FIELD}
 
 
-@pytest.mark.parametrize("ext", ["wav", "aiff", "mp3", "flac", "ogg", "opus", "m4a"])
+@pytest.mark.parametrize("ext", ["wav", "aiff", "mp3", "flac", "ogg", "opus", "m4a", "wma"])
 def test_key_tag_is_written_and_audio_untouched(tmp_path, ext):
     path = make_file(tmp_path, ext)
     before_bytes = path.read_bytes()

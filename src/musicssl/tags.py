@@ -8,6 +8,7 @@ container               field                                       value
 MP3, WAV, AIFF          ID3 ``TKEY``                                ``tkey`` form only
 FLAC, Ogg Vorbis/Opus   Vorbis comment ``INITIALKEY``               ``notation``
 MP4 / M4A               ``----:com.apple.iTunes:initialkey``        ``notation``
+WMA (ASF)               ``WM/InitialKey``                           ``notation``
 ======================  ==========================================  ==================
 
 ``TKEY`` is defined by ID3 as at most 3 characters (``"Eb"``, ``"F#m"``),
@@ -27,9 +28,11 @@ from musicssl.errors import MusicsslError
 from musicssl.keys import NOTATIONS, Key, format_key
 
 MP4_KEY_FIELD = "----:com.apple.iTunes:initialkey"
+ASF_KEY_FIELD = "WM/InitialKey"
 VORBIS_KEY_FIELD = "INITIALKEY"
 ID3_KEY_FIELD = "TKEY"
 DEFAULT_TAG_NOTATION = "tkey"
+_FIELDS = {"id3": ID3_KEY_FIELD, "vorbis": VORBIS_KEY_FIELD, "mp4": MP4_KEY_FIELD, "asf": ASF_KEY_FIELD}
 
 
 class TagError(MusicsslError):
@@ -52,9 +55,10 @@ class TagWrite:
 
 
 def _open(path: str | Path):
-    """``(mutagen file object, kind)`` with kind ``"id3"``, ``"vorbis"`` or ``"mp4"``."""
+    """``(mutagen file object, kind)`` with kind ``"id3"``, ``"vorbis"``, ``"mp4"`` or ``"asf"``."""
     import mutagen
     from mutagen.aiff import AIFF
+    from mutagen.asf import ASF
     from mutagen.flac import FLAC
     from mutagen.mp3 import MP3
     from mutagen.mp4 import MP4
@@ -70,13 +74,15 @@ def _open(path: str | Path):
         raise TagError(f"{path}: cannot read tags ({exc})") from None
     if audio is None:
         raise TagError(f"{path}: not a file type whose tags can be written "
-                       f"(supported: MP3, WAV, AIFF, FLAC, Ogg Vorbis/Opus, MP4/M4A)")
+                       f"(supported: MP3, WAV, AIFF, FLAC, Ogg Vorbis/Opus, MP4/M4A, WMA)")
     if isinstance(audio, (MP3, WAVE, AIFF)):
         return audio, "id3"
     if isinstance(audio, (FLAC, OggFileType)):
         return audio, "vorbis"
     if isinstance(audio, MP4):
         return audio, "mp4"
+    if isinstance(audio, ASF):
+        return audio, "asf"
     raise TagError(f"{path}: writing the key into {type(audio).__name__} tags is not supported")
 
 
@@ -89,6 +95,9 @@ def _current(audio, kind: str) -> str | None:
         return str(frame.text[0]) if frame is not None and frame.text else None
     if kind == "vorbis":
         values = tags.get(VORBIS_KEY_FIELD) or tags.get(VORBIS_KEY_FIELD.lower())
+        return str(values[0]) if values else None
+    if kind == "asf":
+        values = tags.get(ASF_KEY_FIELD)
         return str(values[0]) if values else None
     values = tags.get(MP4_KEY_FIELD)
     return bytes(values[0]).decode("utf-8", "replace") if values else None
@@ -103,7 +112,7 @@ def read_key_tag(path: str | Path) -> str | None:
 def key_tag_field(path: str | Path) -> str:
     """Name of the field the key is written to for this file."""
     _, kind = _open(path)
-    return {"id3": ID3_KEY_FIELD, "vorbis": VORBIS_KEY_FIELD, "mp4": MP4_KEY_FIELD}[kind]
+    return _FIELDS[kind]
 
 
 def write_key_tag(path: str | Path, key: Key, notation: str = DEFAULT_TAG_NOTATION,
@@ -116,12 +125,8 @@ def write_key_tag(path: str | Path, key: Key, notation: str = DEFAULT_TAG_NOTATI
         raise TagError(f"unknown tag notation {notation!r}; choose one of {', '.join(NOTATIONS)}")
     audio, kind = _open(path)
     previous = _current(audio, kind)
-    if kind == "id3":
-        field, value = ID3_KEY_FIELD, format_key(key, "tkey")
-    elif kind == "vorbis":
-        field, value = VORBIS_KEY_FIELD, format_key(key, notation)
-    else:
-        field, value = MP4_KEY_FIELD, format_key(key, notation)
+    field = _FIELDS[kind]
+    value = format_key(key, "tkey" if kind == "id3" else notation)
     if not dry_run:
         try:
             _store(audio, kind, value)
@@ -149,6 +154,9 @@ def _store(audio, kind: str, value: str) -> None:
             if name.upper() == VORBIS_KEY_FIELD:
                 del audio.tags[name]
         audio.tags[VORBIS_KEY_FIELD] = [value]
+        audio.save()
+    elif kind == "asf":
+        audio.tags[ASF_KEY_FIELD] = value
         audio.save()
     else:
         from mutagen.mp4 import AtomDataType, MP4FreeForm

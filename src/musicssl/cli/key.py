@@ -58,11 +58,13 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     out.add_argument("-o", "--output", metavar="FILE", default=None,
                      help="write to FILE (atomically) instead of standard output")
     out.add_argument("--notation", choices=NOTATIONS, default="standard",
-                     help="key names: standard ('Eb major', the default), camelot ('5B'), openkey ('10d'), tkey ('Eb')")
+                     help="key names: standard ('Eb major', the default), camelot ('5B'), "
+                          "openkey ('10d'), tkey ('Eb')")
     out.add_argument("--probabilities", action="store_true",
                      help="include all 24 key probabilities in text/CSV output (always in JSON/JSONL)")
     out.add_argument("--local", action="store_true",
-                     help="also estimate keys over time (sliding windows) and the segments where the key changes")
+                     help="also estimate keys over time (sliding windows) and the segments "
+                          "where the key changes")
     out.add_argument("--window", type=_positive_float, default=20.0, metavar="SECONDS",
                      help="length of the --local analysis windows (default 20)")
     out.add_argument("--hop", type=_positive_float, default=5.0, metavar="SECONDS",
@@ -75,20 +77,24 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     model = p.add_argument_group("model")
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=MODELS, default="default",
-                        help="the shipped model (default) or a template baseline (Krumhansl-Kessler, Temperley)")
+                        help="the shipped model (default) or a template baseline "
+                             "(Krumhansl-Kessler, Temperley)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
-    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the network runs (default cpu)")
+    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where the network runs (default cpu)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
-                       help="worker processes decoding files and computing spectrograms in parallel (default 1)")
+                       help="worker processes decoding files and computing spectrograms "
+                            "in parallel (default 1)")
     speed.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                        help="files per network batch (default 16)")
     tags = p.add_argument_group("tags")
     tags.add_argument("--write-tags", action="store_true",
-                      help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, MP4 initialkey)")
+                      help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, "
+                           "MP4 initialkey, WMA WM/InitialKey)")
     tags.add_argument("--tag-notation", choices=NOTATIONS, default="tkey",
-                      help="notation of Vorbis/MP4 key tags (default tkey, e.g. 'Ebm'); "
+                      help="notation of Vorbis/MP4/WMA key tags (default tkey, e.g. 'Ebm'); "
                            "ID3 TKEY is always the tkey form (at most 3 characters)")
     tags.add_argument("--dry-run", action="store_true", help="with --write-tags: report, change nothing")
     p.set_defaults(func=run, _parser=p)
