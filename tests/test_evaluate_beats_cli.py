@@ -96,12 +96,17 @@ def test_zerons_checkpoint_tracker_runs(folder, capsys):
     checkpoint = estimator.save_zerons(folder / "tiny.safetensors", ZeroNS(width=0.25))
     rc = main(["evaluate-beats", "--dataset", "folder", str(folder / "audio"),
                "--annotations", str(folder / "ann"), "--tracker", str(checkpoint), "--limit", "1",
+               "--checkpoint", str(checkpoint), "--tracker", "zerons", "--tracker", "zerons-librosa",
                "--out", str(folder / "res")])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    row = next(line for line in captured.out.splitlines() if line.startswith("tiny "))
-    assert 0.0 <= float(row.split()[1]) <= 1.0
-    assert (folder / "res" / "tiny" / "a.beats").is_file()
+    for label in ("tiny", "zerons", "zerons-librosa"):
+        row = next(line for line in captured.out.splitlines() if line.startswith(label + " "))
+        assert 0.0 <= float(row.split()[1]) <= 1.0
+        assert (folder / "res" / label / "a.beats").is_file()
+    # same model, same DBN: the checkpoint tracker and "zerons --checkpoint" agree
+    assert (folder / "res" / "tiny" / "a.beats").read_text() == \
+        (folder / "res" / "zerons" / "a.beats").read_text()
 
 
 def test_missing_checkpoint_is_a_usage_error(folder, capsys):

@@ -6,11 +6,13 @@ Examples::
     musicssl evaluate-beats --dataset folder music/ --annotations beats/ \\
         --tracker zerons --tracker librosa --out results/
     musicssl evaluate-beats --dataset csv list.csv --tracker my_model.safetensors --limit 20
+    musicssl evaluate-beats ../shared/data/dev-synth --checkpoint my_model.safetensors \\
+        --tracker zerons --tracker zerons-librosa --tracker librosa
 
 Trackers (``--tracker``, repeatable; each becomes a row of the table):
 
-* ``zerons`` — the shipped Zero-Note Samba model + the project's DBN;
-* ``zerons-librosa`` — the ZeroNS activation + librosa's dynamic-programming tracker;
+* ``zerons`` — the Zero-Note Samba model (shipped, or ``--checkpoint``) + the project's DBN;
+* ``zerons-librosa`` — the same ZeroNS activation + librosa's dynamic-programming tracker;
 * ``librosa`` — ``librosa.beat.beat_track`` on the audio (onset envelope + DP);
 * ``librosa-dbn`` — librosa's onset envelope (62.5 frames/s) + the project's DBN;
 * a path to a ZeroNS checkpoint — that model + the DBN.
@@ -79,6 +81,9 @@ def add_parser(subparsers, name: str = "evaluate-beats",
     p.add_argument("--metrics", choices=("core", "all"), default="all",
                    help="table columns: core = F-measure, CMLt, AMLt")
     p.add_argument("--per-file", action="store_true", help="also print one line per file and tracker")
+    p.add_argument("--checkpoint", metavar="PATH", default=argparse.SUPPRESS,
+                   help="ZeroNS model used by the zerons and zerons-librosa trackers "
+                        "(default: the model shipped with musicssl)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where ZeroNS networks run")
     p.set_defaults(func=run)
     return p
@@ -147,8 +152,10 @@ class _ZeroNSTrackers:
             estimator.decode(self.activation(checkpoint, path), tracker=decoder)[0], dtype=np.float64)
 
 
-def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None = None) -> Tracker:
-    """The beat function of a tracker name (see module docstring) or checkpoint path."""
+def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None = None,
+                 checkpoint: str | None = None) -> Tracker:
+    """The beat function of a tracker name (see module docstring) or checkpoint path;
+    ``checkpoint``: the model of ``zerons``/``zerons-librosa`` (None: the shipped one)."""
     if name == "librosa":
         return _librosa_beats
     if name == "librosa-dbn":
@@ -158,9 +165,9 @@ def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None 
         return lambda path: dbn.decode(onset_activation(path)[0]).beats
     zerons = zerons or _ZeroNSTrackers(device)
     if name == "zerons":
-        return zerons.tracker(None, "dbn")
+        return zerons.tracker(checkpoint, "dbn")
     if name == "zerons-librosa":
-        return zerons.tracker(None, "librosa")
+        return zerons.tracker(checkpoint, "librosa")
     if Path(name).expanduser().is_file():
         return zerons.tracker(str(Path(name).expanduser()), "dbn")
     raise ConfigError(f"unknown tracker {name!r}: not one of {', '.join(BUILTIN_TRACKERS)} "
@@ -195,7 +202,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no annotated audio files found in {args.path}")
     labels = [_tracker_label(t) for t in trackers]
     zerons = _ZeroNSTrackers(args.device)
-    functions = {label: make_tracker(t, args.device, zerons) for label, t in zip(labels, trackers)}
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None:
+        checkpoint = str(Path(checkpoint).expanduser())
+    functions = {label: make_tracker(t, args.device, zerons, checkpoint)
+                 for label, t in zip(labels, trackers)}
 
     out = Path(args.out).expanduser() if args.out else None
     if out:
