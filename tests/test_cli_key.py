@@ -275,7 +275,7 @@ def test_interrupted_run_loses_nothing_and_resumes(monkeypatch, tmp_path, capsys
     monkeypatch.setattr("musicssl.cli.key.load_key_estimator", lambda args: resumed)
     code, _, err = run_cli(capsys, folder, "-o", out_file, "--skip-existing", "--batch-size", "4")
     assert code == 0
-    assert "2 of 6 files already in" in err
+    assert "2 of 6 files already in" in err and f"6 records in {out_file}" in err
     assert sum(resumed.calls) == 4  # only the files not done before
     assert [Path(p).name for p in paths_in(out_file)] == [f"t{i}.wav" for i in range(6)]
 

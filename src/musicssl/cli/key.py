@@ -290,6 +290,8 @@ def run(args) -> int:
         return 1
     if failed:
         print(f"musicssl key: {failed} of {len(todo)} files failed", file=sys.stderr)
+    if args.output is not None:
+        print(f"musicssl key: {len(output.entries())} records in {args.output}", file=sys.stderr)
     return 1 if failed else 0
 
 
