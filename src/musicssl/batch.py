@@ -166,7 +166,7 @@ def run_batch(paths: Sequence[str | os.PathLike], prepare: Prepare, finish: Fini
     """
     paths = [os.fspath(p) for p in paths]
     batch_size = max(1, int(batch_size))
-    jobs = max(1, int(jobs))
+    jobs = max(1, min(int(jobs), len(paths)))
     if jobs == 1:
         prepared = _serial(prepare, paths)
     else:
