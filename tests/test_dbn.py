@@ -291,3 +291,13 @@ def test_kernel_choice():
     assert DBNBeatTracker(use_numba=False)._want_numba(10**6) is False
     assert DBNBeatTracker(use_numba=True)._want_numba(10) is True
     assert DBNBeatTracker()._want_numba(dbn.NUMBA_MIN_FRAMES) is True  # auto: long input
+
+
+def test_parameters_are_frozen():
+    import dataclasses
+
+    tr = DBNBeatTracker()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tr.min_bpm = 80.0
+    slower = dataclasses.replace(tr, min_bpm=80.0)
+    assert slower.state_space.intervals[-1] == round(60 * 62.5 / 80)

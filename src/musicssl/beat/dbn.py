@@ -228,9 +228,12 @@ class DBNResult:
     path_positions: np.ndarray = field(repr=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DBNBeatTracker:
-    """Beat-pointer DBN decoder of a frame-wise beat activation in [0, 1].
+    """Beat-pointer DBN decoder of a frame-wise beat activation in [0, 1] (immutable).
+
+    ``state_space`` (:class:`BeatStateSpace`) and ``log_transitions``
+    (n_tempi, n_tempi) are derived from the parameters below.
 
     Parameters (defaults of SPEC §2.4 / madmom):
       fps: activation frame rate (frames per second).
@@ -276,15 +279,17 @@ class DBNBeatTracker:
             raise ConfigError(f"threshold must be in [0, 1), got {self.threshold!r}")
         if 60.0 * self.fps / self.max_bpm < 1.0:
             raise ConfigError(f"max_bpm {self.max_bpm} is above one beat per frame at fps {self.fps}")
-        self.state_space = BeatStateSpace(
+        # Derived model (the parameters are frozen, so it stays consistent with them).
+        ss = BeatStateSpace(
             tempo_intervals(self.min_bpm, self.max_bpm, self.fps,
                             None if self.num_tempi is None else int(self.num_tempi)))
-        self.log_transitions = tempo_log_transitions(self.state_space.intervals,
-                                                     self.transition_lambda)
-        ss = self.state_space
-        self._is_beat = ss.state_position < ss.state_interval / float(self.observation_lambda)
-        self._is_beat[ss.first] = True  # position 0 is always a beat state
-        self._beat_states = np.flatnonzero(self._is_beat)
+        is_beat = ss.state_position < ss.state_interval / float(self.observation_lambda)
+        is_beat[ss.first] = True  # position 0 is always a beat state
+        object.__setattr__(self, "state_space", ss)
+        object.__setattr__(self, "log_transitions",
+                           tempo_log_transitions(ss.intervals, self.transition_lambda))
+        object.__setattr__(self, "_is_beat", is_beat)
+        object.__setattr__(self, "_beat_states", np.flatnonzero(is_beat))
 
     # ---------------------------------------------------------------- helpers
     def _want_numba(self, n_frames: int) -> bool:
