@@ -301,3 +301,13 @@ def test_parameters_are_frozen():
         tr.min_bpm = 80.0
     slower = dataclasses.replace(tr, min_bpm=80.0)
     assert slower.state_space.intervals[-1] == round(60 * 62.5 / 80)
+
+
+def test_tempo_is_not_quantised_to_whole_frames():
+    """120 BPM is 31.25 frames: the median interval (31) alone would say 121 BPM."""
+    peaks = np.round(np.arange(0.5, 30.0, 0.5) * FPS).astype(int)
+    act = np.full(int(30 * FPS), 0.01)
+    act[peaks] = 0.8
+    assert DBNBeatTracker().decode(act).tempo == pytest.approx(120.0, abs=0.3)
+    assert dbn.beats_tempo(np.array([1.0])) is None
+    assert dbn.beats_tempo(np.array([0.0, 0.5, 1.0, 2.0, 2.5])) == pytest.approx(120.0)  # gap ignored

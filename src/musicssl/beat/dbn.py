@@ -38,6 +38,7 @@ __all__ = [
     "BeatStateSpace",
     "DBNBeatTracker",
     "DBNResult",
+    "beats_tempo",
     "decode_beats",
 ]
 
@@ -213,7 +214,8 @@ class DBNResult:
     """Decoded beats.
 
     ``beats`` (n,) seconds; ``beat_frames`` (n,) frame indices; ``tempo`` BPM
-    from the median inter-beat interval (``None`` with fewer than two beats);
+    from the inter-beat intervals near their median (:func:`beats_tempo`;
+    ``None`` with fewer than two beats);
     ``log_probability`` of the best state path (``None`` when nothing was decoded);
     ``path_intervals`` / ``path_positions`` (T,) the decoded states (-1 outside
     the decoded span).
@@ -368,7 +370,7 @@ class DBNBeatTracker:
         full_pos[start:stop] = positions
         full_int[start:stop] = intervals
         beats = frames / float(self.fps)
-        tempo = float(60.0 / np.median(np.diff(beats))) if len(beats) >= 2 else None
+        tempo = beats_tempo(beats)
         return DBNResult(beats, frames, tempo, log_prob, self.fps, full_int, full_pos)
 
     __call__ = decode
@@ -410,6 +412,20 @@ class DBNBeatTracker:
         stops = np.flatnonzero(edges == -1)
         return np.array([s + int(np.argmax(act[s:e])) for s, e in zip(starts, stops)],
                         dtype=np.int64)
+
+
+def beats_tempo(beats: np.ndarray, tolerance: float = 0.1) -> float | None:
+    """Tempo (BPM) of beat times (n,) s: 60 / the mean of the inter-beat intervals
+    within ``tolerance`` of their median (the median alone is quantised to whole
+    frames). None with fewer than two beats."""
+    if len(beats) < 2:
+        return None
+    ibi = np.diff(np.asarray(beats, dtype=np.float64))
+    median = float(np.median(ibi))
+    if median <= 0:
+        return None
+    near = ibi[np.abs(ibi - median) <= tolerance * median]
+    return float(60.0 / near.mean())
 
 
 def decode_beats(activation, fps: float = 62.5, **params) -> DBNResult:
