@@ -63,6 +63,15 @@ class CalibrationError(MusicsslError):
     """A model could not be calibrated (e.g. its answers are inconsistent)."""
 
 
+class ActivationError(MusicsslError, ValueError):
+    """A beat activation is unusable (wrong shape, NaN/inf, outside [0, 1])."""
+
+
+# --- files we write into ------------------------------------------------------
+class TagError(MusicsslError):
+    """The key could not be read from or written into a file's tags."""
+
+
 # --- data, labels and configuration ------------------------------------------
 class KeyLabelError(MusicsslError, ValueError):
     """A text could not be read as a musical key."""

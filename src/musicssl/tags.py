@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicssl.errors import MusicsslError
+from musicssl.errors import TagError
 from musicssl.keys import NOTATIONS, Key, format_key
 
 MP4_KEY_FIELD = "----:com.apple.iTunes:initialkey"
@@ -33,10 +33,6 @@ VORBIS_KEY_FIELD = "INITIALKEY"
 ID3_KEY_FIELD = "TKEY"
 DEFAULT_TAG_NOTATION = "tkey"
 _FIELDS = {"id3": ID3_KEY_FIELD, "vorbis": VORBIS_KEY_FIELD, "mp4": MP4_KEY_FIELD, "asf": ASF_KEY_FIELD}
-
-
-class TagError(MusicsslError):
-    """The key could not be read from or written into a file's tags."""
 
 
 @dataclass

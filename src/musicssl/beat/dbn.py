@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from musicssl.errors import ConfigError, MusicsslError
+from musicssl.errors import ActivationError, ConfigError
 
 try:  # optional acceleration
     import numba as _numba
@@ -45,10 +45,6 @@ __all__ = [
 _LOG_EPS = 1e-12
 #: With ``use_numba=None``, inputs at least this long (frames) use numba.
 NUMBA_MIN_FRAMES = 15000
-
-
-class ActivationError(MusicsslError, ValueError):
-    """A beat activation is unusable (wrong shape, NaN/inf, outside [0, 1])."""
 
 
 # --------------------------------------------------------------------------
