@@ -110,3 +110,15 @@ def test_architecture_roundtrip():
     rebuilt = ChromaNet(**{k: v for k, v in arch.items() if k != "model"})
     rebuilt.load_state_dict(net.state_dict())
     assert rebuilt.min_frames == 4
+
+
+def test_memory_lean_inference_equals_plain_forward(monkeypatch):
+    from musicssl.key import model as model_module
+
+    net = ChromaNet().eval()
+    x = _input(batch=2, frames=300)
+    plain = net(x)  # grad enabled: the plain path
+    monkeypatch.setattr(model_module, "_HIDDEN_BUDGET", 5000)  # force many small MLP chunks
+    with torch.inference_mode():
+        lean = net(x)
+    torch.testing.assert_close(lean, plain.detach(), rtol=1e-5, atol=1e-6)

@@ -303,11 +303,7 @@ class CQT(nn.Module):
             raise AudioTooShortError(
                 f"CQT needs at least {self.min_samples} samples, got {x.shape[-1]}",
                 duration=x.shape[-1] / self.sr, minimum=self.min_samples / self.sr)
-        if not x.is_floating_point():
-            x = x.float()
-        if x.dtype != self.lowpass.dtype:
-            x = x.to(self.lowpass.dtype)
-        return x.contiguous()
+        return x.to(device=self.lowpass.device, dtype=self.lowpass.dtype).contiguous()
 
 
 # --------------------------------------------------------------------------

@@ -74,9 +74,24 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = _layer_norm_all(self.dwconv(x))
-        y = y.permute(0, 2, 3, 1)  # channels last for the MLP
-        y = self.pwconv2(F.gelu(self.pwconv1(y))) * self.gamma
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+        if torch.is_grad_enabled():
+            y = y.permute(0, 2, 3, 1)  # channels last for the MLP
+            y = self.pwconv2(F.gelu(self.pwconv1(y))) * self.gamma
+            return x + self.drop_path(y.permute(0, 3, 1, 2))
+        # inference: the same MLP a few frequency rows at a time, so the 4C-channel
+        # hidden tensor stays small on long inputs (whole tracks)
+        b, c, f, t = y.shape
+        rows = max(1, min(f, _HIDDEN_BUDGET // max(1, b * 4 * c * t)))
+        out = torch.empty((b, f, t, c), dtype=y.dtype, device=y.device)
+        for start in range(0, f, rows):
+            part = y[:, :, start:start + rows].permute(0, 2, 3, 1)
+            out[:, start:start + rows] = self.pwconv2(F.gelu(self.pwconv1(part))) * self.gamma
+        del y
+        return x + self.drop_path(out.permute(0, 3, 1, 2))
+
+
+#: elements of the MLP's hidden tensor computed at once during inference
+_HIDDEN_BUDGET = 1 << 22
 
 
 class ChromaNet(nn.Module):
