@@ -20,7 +20,7 @@ import torch
 
 from musicssl.beat.frontend import (BINS_PER_OCTAVE, FMIN_C0, FPS, HOP_LENGTH, LOG_EPS, N_BINS,
                                     SAMPLE_RATE, ZeroNSFrontEnd, vqt_features)
-from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations
+from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations, standardize
 from musicssl.beat.separation import (Separator, get_separator, separator_description,
                                       separator_from_description)
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
@@ -93,7 +93,8 @@ def load_zerons(path: str | os.PathLike) -> tuple[ZeroNS, dict]:
         raise CheckpointError(f"{path}: front end {meta['frontend']} differs from this musicssl's ZeroNS VQT")
     try:
         model = ZeroNS(n_bins=int(arch["n_bins"]), width=float(arch["width"]),
-                       dropout=float(arch.get("dropout", 0.1)))
+                       dropout=float(arch.get("dropout", 0.1)),
+                       input_norm=bool(arch.get("input_norm", False)))
         model.load_state_dict(tensors)
     except (KeyError, RuntimeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the ZeroNS architecture {arch} ({exc})") from exc
@@ -216,12 +217,15 @@ class BeatEstimator:
         outs_p = np.empty(t, dtype=np.float32)
         outs_a = np.empty(t, dtype=np.float32)
         with torch.inference_mode():
+            xp_all = torch.from_numpy(np.ascontiguousarray(perc_spec, dtype=np.float32))[None, None]
+            xa_all = torch.from_numpy(np.ascontiguousarray(rest_spec, dtype=np.float32))[None, None]
+            if self.model.percussive.input_norm:  # standardise over the whole input, once
+                xp_all, xa_all = standardize(xp_all), standardize(xa_all)
             for s in range(0, t, self.chunk_frames):
                 e = min(t, s + self.chunk_frames)
                 lo, hi = max(0, s - margin), min(t, e + margin)
-                xp = torch.from_numpy(np.ascontiguousarray(perc_spec[:, lo:hi]))[None, None].to(self.device)
-                xa = torch.from_numpy(np.ascontiguousarray(rest_spec[:, lo:hi]))[None, None].to(self.device)
-                p, a = self.model(xp.float(), xa.float())
+                p, a = self.model(xp_all[..., lo:hi].to(self.device), xa_all[..., lo:hi].to(self.device),
+                                  normalize=False)
                 outs_p[s:e] = p[0, s - lo:e - lo].cpu().numpy()
                 outs_a[s:e] = a[0, s - lo:e - lo].cpu().numpy()
         return outs_p, outs_a

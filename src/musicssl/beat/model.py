@@ -41,8 +41,10 @@ class ZeroNSNet(nn.Module):
     def __init__(self, n_bins: int = 96, width: float = 1.0,
                  channels: Sequence[int] = SPEC_CHANNELS,
                  kernels: Sequence[tuple[int, int]] = SPEC_KERNELS,
-                 pools: Sequence[tuple[int, int]] = SPEC_POOLS, dropout: float = 0.1):
+                 pools: Sequence[tuple[int, int]] = SPEC_POOLS, dropout: float = 0.1,
+                 input_norm: bool = True):
         super().__init__()
+        self.input_norm = bool(input_norm)
         if len(channels) != len(kernels):
             raise ConfigError("channels and kernels must have the same length")
         chans = scaled_channels(width, channels)
@@ -72,16 +74,47 @@ class ZeroNSNet(nn.Module):
         self.channels = chans
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(c_in, 1, kernel_size=1)
+        self.reset_parameters()
 
-    def logits(self, x: Tensor) -> Tensor:
-        """Pre-sigmoid output ``(B, T)`` for ``x`` ``(B, 1, n_bins, T)``."""
+    def reset_parameters(self) -> None:
+        """He initialisation for the ReLU convolutions (PyTorch's default shrinks the signal
+        about threefold per layer, leaving an 8-layer net's output constant in time)."""
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def logits(self, x: Tensor, normalize: bool | None = None) -> Tensor:
+        """Pre-sigmoid output ``(B, T)`` for ``x`` ``(B, 1, n_bins, T)``.
+
+        ``normalize=False`` skips the input standardisation (for inputs
+        already standardised, e.g. a long file processed in chunks).
+        """
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != self.n_bins:
             raise ConfigError(f"expected input (B, 1, {self.n_bins}, T), got {tuple(x.shape)}")
+        if self.input_norm if normalize is None else normalize:
+            x = standardize(x)
         return self.head(self.body(x))[:, 0, 0]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, normalize: bool | None = None) -> Tensor:
         """Per-frame value ``(B, T)`` in (0, 1)."""
-        return torch.sigmoid(self.logits(x))
+        return torch.sigmoid(self.logits(x, normalize))
+
+
+def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each example ``(1, F, T)`` shifted and scaled to zero mean, unit variance over (F, T).
+
+    The log-VQT (``log(|X| + 1e-9)``, about -21 … +3) has an arbitrary offset
+    and gain that depend on loudness; without this the freshly initialised
+    networks start out nearly constant over time and the contrastive loss
+    has almost no gradient.  The scale is taken over the whole input, so
+    lengths matter little (a long file and its 10 s excerpts differ slightly).
+    """
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / (std + eps)
 
 
 def combine_activations(percussive: Tensor, non_percussive: Tensor, mode: str = "max") -> Tensor:
@@ -96,15 +129,19 @@ def combine_activations(percussive: Tensor, non_percussive: Tensor, mode: str = 
 class ZeroNS(nn.Module):
     """Both branches: ``percussive`` sees the percussive part, ``non_percussive`` the rest."""
 
-    def __init__(self, n_bins: int = 96, width: float = 1.0, dropout: float = 0.1):
+    def __init__(self, n_bins: int = 96, width: float = 1.0, dropout: float = 0.1,
+                 input_norm: bool = True):
         super().__init__()
-        self.config = {"n_bins": int(n_bins), "width": float(width), "dropout": float(dropout)}
-        self.percussive = ZeroNSNet(n_bins=n_bins, width=width, dropout=dropout)
-        self.non_percussive = ZeroNSNet(n_bins=n_bins, width=width, dropout=dropout)
+        self.config = {"n_bins": int(n_bins), "width": float(width), "dropout": float(dropout),
+                       "input_norm": bool(input_norm)}
+        self.percussive = ZeroNSNet(n_bins=n_bins, width=width, dropout=dropout, input_norm=input_norm)
+        self.non_percussive = ZeroNSNet(n_bins=n_bins, width=width, dropout=dropout, input_norm=input_norm)
 
-    def forward(self, percussive_spec: Tensor, non_percussive_spec: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, percussive_spec: Tensor, non_percussive_spec: Tensor,
+                normalize: bool | None = None) -> tuple[Tensor, Tensor]:
         """``(B, 1, 96, T)`` each -> (percussive output ``(B, T)``, non-percussive output ``(B, T)``)."""
-        return self.percussive(percussive_spec), self.non_percussive(non_percussive_spec)
+        return (self.percussive(percussive_spec, normalize),
+                self.non_percussive(non_percussive_spec, normalize))
 
     def activation(self, percussive_spec: Tensor, non_percussive_spec: Tensor,
                    combine: str = "max") -> Tensor:

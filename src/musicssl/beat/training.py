@@ -153,6 +153,29 @@ def make_dataloader(cache_dir: str | Path, config: PretrainConfig):
 
 
 
+def _print_callback(every: int = 10):
+    """A callback printing step, loss, synchrony accuracy and seconds per step."""
+    L = _lightning()
+
+    class PrintProgress(L.Callback):
+        def __init__(self):
+            self.t0 = time.monotonic()
+            self.last_step = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if step % every or step == self.last_step or trainer.global_rank != 0:
+                return
+            now = time.monotonic()
+            rate = (now - self.t0) / max(1, step - self.last_step)
+            self.t0, self.last_step = now, step
+            m = trainer.callback_metrics
+            print(f"step {step}: loss {float(m.get('train_loss', float('nan'))):.4f} "
+                  f"sync_acc {float(m.get('sync_acc', float('nan'))):.3f} ({rate:.2f} s/step)", flush=True)
+
+    return PrintProgress()
+
+
 def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = True):
     """Lightning Trainer: checkpoints every ``checkpoint_every`` steps + ``last.ckpt``, CSV log."""
     L = _lightning()
@@ -173,7 +196,7 @@ def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = 
         max_time = {"minutes": minutes}
     return L.Trainer(default_root_dir=str(out_dir), accelerator=config.accelerator, devices=devices,
                      strategy=strategy, precision=config.precision, max_steps=config.max_steps,
-                     max_epochs=-1, max_time=max_time, callbacks=[ckpt],
+                     max_epochs=-1, max_time=max_time, callbacks=[ckpt] + ([] if progress else [_print_callback()]),
                      logger=CSVLogger(str(out_dir), name="logs"), log_every_n_steps=5,
                      enable_progress_bar=progress, enable_model_summary=False,
                      num_sanity_val_steps=0)

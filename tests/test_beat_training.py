@@ -1,0 +1,131 @@
+"""Pretext training: loss decreases on a toy synchronised set; cache, clips, export, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from beat_synth import SR, chord_track, drum_track
+from musicssl.beat.data import ClipDataset, ClipSettings, CacheSettings, build_cache, percussive_is_silent
+from musicssl.beat.estimator import load_zerons, save_zerons
+from musicssl.beat.model import ZeroNS
+from musicssl.beat.training import PretrainConfig, make_module, pretrain
+from musicssl.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads are much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy_batch(rng, n=8, t=64):
+    """Percussive and non-percussive 'spectrograms' sharing one random onset pattern per clip."""
+    perc = np.full((n, 1, 96, t), -8.0, np.float32)
+    rest = np.full((n, 1, 96, t), -8.0, np.float32)
+    for i in range(n):
+        onsets = rng.choice(t, size=6, replace=False)
+        perc[i, 0, :, onsets] = 0.0           # broadband hits
+        rest[i, 0, 40:52, onsets] = 0.0       # a note starting with each hit
+    return torch.from_numpy(perc), torch.from_numpy(rest)
+
+
+def test_a_few_steps_reduce_the_pretext_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    module = make_module(PretrainConfig(width=1 / 16, dropout=0.0, batch_size=8))
+    opt = torch.optim.Adam(module.model.parameters(), lr=3e-3)
+    fixed = _toy_batch(np.random.default_rng(123))
+    with torch.no_grad():
+        before = float(module.pretext_loss(*fixed)[0])
+    for _ in range(12):
+        loss, _ = module.pretext_loss(*_toy_batch(rng))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after, extra = module.pretext_loss(*fixed)
+    assert float(after) < before - 0.2
+    assert float(extra["sync_acc"]) > 0.5
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        PretrainConfig.from_dict({"widht": 1.0})
+    with pytest.raises(ConfigError):
+        PretrainConfig.from_dict({"batch_size": 1})
+
+
+def test_silence_detector():
+    assert percussive_is_silent(np.full(100, 1e-4, np.float32))
+    loud = np.abs(np.sin(np.linspace(0, 20, 100))).astype(np.float32) * 0.2 + 1e-3
+    assert not percussive_is_silent(loud)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zerons")
+    drums, _ = drum_track(4.5, 120)
+    sf.write(root / "drums.wav", 0.5 * drums + 0.5 * chord_track(4.5), SR)
+    t = np.arange(int(4.5 * SR)) / SR
+    steady = 0.5 * np.sin(2 * np.pi * 220 * t) * np.minimum(1.0, t / 0.5)
+    sf.write(root / "quiet.wav", steady.astype(np.float32), SR)  # one steady tone: no onsets
+    sf.write(root / "short.wav", drums[: SR], SR)  # shorter than min_seconds
+    entries = build_cache(sorted(root.glob("*.wav")), root / "cache",
+                          CacheSettings(max_seconds=4.5, min_seconds=2.0), progress=False)
+    return root, entries
+
+
+def test_cache_and_clips(tiny_cache):
+    root, entries = tiny_cache
+    assert sorted(e.source.split("/")[-1] for e in entries) == ["drums.wav", "quiet.wav"]
+    index = json.loads((root / "cache" / "index.json").read_text())
+    assert index["fps"] == 62.5 and index["separator"]["name"] == "hpss"
+    e = next(e for e in entries if e.source.endswith("drums.wav"))
+    assert e.n_frames == int(4.5 * SR) // 256 + 1
+    ds = ClipDataset(root / "cache", ClipSettings(clip_seconds=2.0, clips_per_epoch=6))
+    perc, rest = ds[0]
+    assert perc.shape == rest.shape == (1, 96, 125)
+    # the drum-less track's percussive part is (nearly) silent: clips come from the drum track
+    rng = np.random.default_rng(0)
+    picks = {ds.entries[ds.draw(rng)[0]].source.split("/")[-1] for _ in range(20)}
+    assert picks == {"drums.wav"}
+    # a second build reuses the cache
+    again = build_cache(sorted(root.glob("*.wav")), root / "cache",
+                        CacheSettings(max_seconds=4.5, min_seconds=2.0), progress=False)
+    assert [x.file for x in again] == [x.file for x in entries]
+
+
+def test_pretrain_exports_and_resumes(tiny_cache, tmp_path):
+    root, _ = tiny_cache
+    cfg = PretrainConfig(width=1 / 16, batch_size=2, clip_seconds=2.0, clips_per_epoch=4,
+                         max_steps=2, accelerator="cpu", checkpoint_every=1, hard_negatives=True)
+    path = pretrain(root / "cache", tmp_path / "run", cfg, progress=False)
+    model, meta = load_zerons(path)
+    assert meta["architecture"]["width"] == 1 / 16
+    assert meta["provenance"]["steps"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    cfg.max_steps = 3
+    path = pretrain(root / "cache", tmp_path / "run", cfg, resume="last", progress=False)
+    assert load_zerons(path)[1]["provenance"]["steps"] == 3
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    model = ZeroNS(width=1 / 16).eval()
+    path = save_zerons(tmp_path / "m.safetensors", model, half=True)
+    loaded, meta = load_zerons(path)
+    x = torch.randn(1, 1, 96, 20)
+    assert torch.allclose(loaded(x, x)[0], model(x, x)[0], atol=1e-2)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError):
+        load_zerons(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError):
+        load_zerons(tmp_path / "missing.safetensors")
