@@ -75,6 +75,7 @@ class CorpusBuildError(MusicsslError):
     """A package could not be downloaded, unpacked or assembled."""
 
 
+BUILDER_VERSION = 2  # bump when a change alters the output; processed packages are redone
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "work-data" / "corpus"
 DEFAULT_CACHE = REPO / "work-data" / "debs"
@@ -133,19 +134,27 @@ PACKAGES: tuple[Package, ...] = (
     Package("widelands-data"),
     Package("nexuiz-music", archives=r"music\.pk3$", music_pattern=ANY_PATH,
             note="music inside data/music.pk3"),
-    Package("supertuxkart-data"),
+    Package("supertuxkart-data",
+            music_pattern=MUSIC_DIR + r"|data/tracks/[^/]+/(Battle_Theme_1|Gran_Paradiso_[^/]*"
+                                      r"|beneath_the_rabbit_hole|intro2)\.ogg$",
+            note="4 tracks stored with their race track data"),
     Package("drascula-music", music_pattern=ANY_PATH, note="audio/ holds the soundtrack"),
-    Package("freedroidrpg-data"),
+    Package("freedroidrpg-data", music_pattern=MUSIC_DIR + r"|/titles/",
+            note="title-screen music sits in titles/"),
     Package("hyperrogue-music"),
     Package("pingus-data", note="music is in tracker formats soundfile cannot read"),
     Package("megaglest-data"),
-    Package("redeclipse-data"),
+    Package("redeclipse-data",
+            music_pattern=MUSIC_DIR + r"|data/sounds/(theme|theme_chip|original)\.ogg$"
+                                      r"|data/maps/[^/]+\.ogg$",
+            note="menu themes in sounds/, map music in maps/"),
     Package("flare-game"),
     Package("extremetuxracer-data"),
     Package("planetblupi-music-ogg",
             note="its 20-28 min files loop a 2-3 min piece: cut to one period"),
     Package("singularity-music"),
-    Package("freecol"),
+    Package("freecol", music_pattern=MUSIC_DIR + r"|base/resources/sound/intro\.ogg$",
+            note="intro music in base/resources/sound/"),
     Package("tuxtype-data", music_pattern=ANY_PATH, note="music sits in sounds/"),
     Package("xmoto-data"),
     Package("scorched3d-data"),
@@ -504,7 +513,7 @@ def log(msg: str) -> None:
 
 
 def settings_of(package: Package, args) -> dict:
-    return {"min_track_seconds": args.min_track_seconds,
+    return {"builder_version": BUILDER_VERSION, "min_track_seconds": args.min_track_seconds,
             "loop_check_seconds": args.loop_check_seconds,
             "max_track_seconds": effective_max_seconds(package, args.max_track_seconds),
             "music_pattern": package.music_pattern, "archives": package.archives}
@@ -550,17 +559,19 @@ def process_package(package: Package, args) -> dict:
     not_music = 0
     for original, disk in audio:
         pkg_path = f"{package.name}:{original}"
-        if not is_music_path(original.split("::")[-1], package.music_pattern):
-            not_music += 1
-            rejected.append({"path": pkg_path, "package": package.name,
-                             "reason": "not_music_path", "detail": ""})
-            continue
         try:
             info = sf.info(str(disk))
             duration = float(info.frames) / info.samplerate if info.samplerate else 0.0
         except Exception as exc:  # soundfile raises several types for undecodable files
+            info, duration, error = None, None, str(exc).splitlines()[0][:200]
+        if not is_music_path(original.split("::")[-1], package.music_pattern):
+            not_music += 1
+            rejected.append({"path": pkg_path, "package": package.name, "reason": "not_music_path",
+                             "detail": "" if duration is None else f"{duration:.1f}s"})
+            continue
+        if info is None:
             rejected.append({"path": pkg_path, "package": package.name,
-                             "reason": "unreadable", "detail": str(exc).splitlines()[0][:200]})
+                             "reason": "unreadable", "detail": error})
             continue
         if duration < args.min_track_seconds:
             rejected.append({"path": pkg_path, "package": package.name,

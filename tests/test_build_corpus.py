@@ -143,6 +143,18 @@ def test_music_path_and_audio_names(bc):
     assert not bc.is_music_path("usr/share/x/sfx/boom.ogg", bc.MUSIC_DIR)
 
 
+def test_package_patterns_take_known_music_outside_music_dirs(bc):
+    stk = bc.PACKAGE_BY_NAME["supertuxkart-data"].music_pattern
+    root = "usr/share/games/supertuxkart/data/"
+    assert bc.is_music_path(root + "music/main_theme.ogg", stk)
+    assert bc.is_music_path(root + "tracks/cave/beneath_the_rabbit_hole.ogg", stk)
+    assert not bc.is_music_path(root + "tracks/scotland/sheep.ogg", stk)
+    assert not bc.is_music_path(root + "sfx/static-radio.ogg", stk)
+    oad = bc.PACKAGE_BY_NAME["0ad-data"].music_pattern
+    assert bc.is_music_path("audio/music/common/Theme.ogg", oad)
+    assert not bc.is_music_path("audio/ambient/dayscape/x.ogg", oad)
+
+
 def test_corpus_relpath(bc):
     assert bc.corpus_relpath("p", "usr/share/p/music/a.ogg", cropped=False) == \
         "audio/p/usr/share/p/music/a.ogg"
