@@ -83,22 +83,28 @@ class Candidate:
 
 # --- reading the key from the file ---------------------------------------------------------
 
-_ABC_KEY = re.compile(r"^\s*([A-Ga-g])([#b]?)\s*([A-Za-z]*)")
+_ABC_TONIC = re.compile(r"([A-Ga-g])([#b]?)([A-Za-z]*)")
 _ABC_MAJOR = {"", "maj", "major", "ion", "ionian"}
 _ABC_MINOR = {"m", "min", "minor", "aeo", "aeolian"}
+_ABC_CLEFS = {"treble", "bass", "alto", "tenor", "perc", "none", "bass3", "alto1", "alto2"}
 
 
 def abc_key(field: str) -> Key | None:
     """Key of an ABC ``K:`` field value, or None when modal, ambiguous or absent.
 
     ``ion``/``aeo`` (ionian/aeolian) are read as major/minor; an upper-case
-    bare ``M`` (``K:EM``) is ambiguous and rejected.
+    bare ``M`` (``K:EM``) is ambiguous and rejected; clef words and
+    ``name=value`` settings after the key are ignored.
     """
-    field = field.split("%")[0].strip()
-    m = _ABC_KEY.match(field)
-    if not m or field.lower().startswith(("hp", "none")):
+    tokens = field.split("%")[0].split()
+    if not tokens:
         return None
-    letter, accidental, mode = m.group(1), m.group(2), m.group(3)
+    m = _ABC_TONIC.fullmatch(tokens[0])
+    if not m:
+        return None
+    letter, accidental, mode = m.groups()
+    if not mode and len(tokens) > 1 and "=" not in tokens[1] and tokens[1].lower() not in _ABC_CLEFS:
+        mode = tokens[1]
     if mode == "M":
         return None
     mode_l = mode.lower()
@@ -280,15 +286,23 @@ def beat_times(score, qpm: float, limit_s: float) -> tuple[np.ndarray, str]:
     return np.array(sorted(set(np.round(times, 6)))), first_ts
 
 
-def synthesize(midi_path: Path, wav_path: Path, soundfont: Path, sr: int) -> None:
-    """FluidSynth: MIDI → WAV at ``sr``."""
+def synthesize(midi_path: Path, wav_path: Path, soundfont: Path, sr: int, timeout_s: float = 60.0,
+               attempts: int = 2) -> None:
+    """FluidSynth: MIDI → WAV at ``sr``.
+
+    FluidSynth occasionally hung on this (heavily loaded) machine on files that
+    render in 2 s when retried, so a run that exceeds ``timeout_s`` is retried.
+    """
     cmd = ["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(sr), "-F", str(wav_path), str(soundfont), str(midi_path)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-    except subprocess.CalledProcessError as exc:
-        raise RenderError(f"fluidsynth failed: {exc.stderr.decode(errors='replace')[-300:]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise RenderError("fluidsynth took more than 120 s") from exc
+    for attempt in range(attempts):
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+            return
+        except subprocess.CalledProcessError as exc:
+            raise RenderError(f"fluidsynth failed: {exc.stderr.decode(errors='replace')[-300:]}") from exc
+        except subprocess.TimeoutExpired:
+            print(f"fluidsynth timed out on {midi_path.name} (attempt {attempt + 1})", file=sys.stderr)
+    raise RenderError(f"fluidsynth did not finish within {timeout_s:.0f} s ({attempts} attempts)")
 
 
 def truncate_score(score, quarters: float):

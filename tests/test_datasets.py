@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from musicssl.errors import AnnotationError, KeyLabelError
@@ -250,3 +252,59 @@ def test_limit_keeps_first_items(tmp_path):
     assert [i.id for i in ds.limit(2)] == ["0", "1"]
     with pytest.raises(ValueError):
         ds.limit(-1)
+
+
+# --- benchmarks/render_symbolic.py: reading the key the file states -------------------------
+
+def _render_module():
+    import importlib.util
+    import sys
+
+    if "render_symbolic" in sys.modules:
+        return sys.modules["render_symbolic"]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "render_symbolic.py"
+    spec = importlib.util.spec_from_file_location("render_symbolic", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["render_symbolic"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("field, expected", [
+    ("G", Key(7)), ("Em", Key(4, "minor")), ("Bbmin", Key(10, "minor")), ("F#m", Key(6, "minor")),
+    ("D major % comment", Key(2)), ("AMinor", Key(9, "minor")), ("Cion", Key(0)), ("Aaeo", Key(9, "minor")),
+    ("G clef=treble", Key(7)),
+    ("Ador", None), ("Dmix", None), ("AMixolydian", None), ("Hp", None), ("EM", None), ("", None),
+    ("none", None),
+])
+def test_render_abc_key_field(field, expected):
+    assert _render_module().abc_key(field) == expected
+
+
+def test_render_abc_tunes_kern_and_musicxml_keys():
+    r = _render_module()
+    abc = "%header\nX:1\nT:One\nM:6/8\nK:G\nGAB|\n\nX:2\nT:Two\nK:Ador\nABc|\nX:3\nT:No key\n"
+    assert r.abc_tunes(abc) == [(1, "One", "G"), (2, "Two", "Ador")]
+    assert r.kern_key("**kern\n*clefG2\n*k[f#]\n*e:\n4e\n") == Key(4, "minor")
+    assert r.kern_key("**kern\n*B-:\n") == Key(10)
+    assert r.kern_key("**kern\n*G:dor\n") is None
+    assert r.kern_key("**kern\n4c\n") is None
+    xml = "<key><fifths>-3</fifths><mode>minor</mode></key>"
+    assert r.musicxml_key(xml) == Key(0, "minor")
+    assert r.musicxml_key("<key><fifths>2</fifths><mode>major</mode></key>") == Key(2)
+    assert r.musicxml_key("<key><fifths>2</fifths></key>") is None           # signature only
+    assert r.musicxml_key("<key><fifths>0</fifths><mode>dorian</mode></key>") is None
+    assert r._shift(Key(2), Key(7)) == 5 and r._shift(Key(7), Key(2)) == -5 and r._shift(Key(0), Key(6)) == -6
+
+
+def test_render_beat_times_with_pickup_in_six_eight():
+    pytest.importorskip("music21")
+    from music21 import converter
+
+    r = _render_module()
+    score = converter.parse("X:1\nT:t\nM:6/8\nL:1/8\nK:G\nD|GAB cde|dBG G2z|\n", format="abc")
+    score = r.prepare_score(score, 2, 120.0, 40)   # up a tone: A major, quarter = 0.5 s
+    beats, ts = r.beat_times(score, 120.0, 30.0)
+    assert ts == "6/8"
+    # eighth-note pickup (0.25 s), then dotted-quarter beats (0.75 s)
+    assert np.allclose(beats, [0.25, 1.0, 1.75, 2.5])
