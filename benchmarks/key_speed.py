@@ -80,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=40, help="number of dev clips (default 40)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the one-hour memory test")
+    parser.add_argument("--memory-only", action="store_true", help="only the one-hour memory test")
     parser.add_argument("--hour-seconds", type=float, default=3600.0, help="length of the long file (s)")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -88,6 +89,9 @@ def main() -> None:
         memory_child(*args.memory_child)
         return
 
+    if args.memory_only:
+        memory_report(args.hour_seconds)
+        return
     from nnAudio.features.vqt import VQT
 
     from musicssl.checkpoint import load_key_model
@@ -191,7 +195,7 @@ def memory_report(seconds: float) -> None:
         print(f"\nlong file: {seconds / 60:.0f} min, 44.1 kHz mono FLAC, "
               f"{path.stat().st_size / 1e6:.0f} MB (written in {time.perf_counter() - t:.0f} s)")
         print(f"{'path':44s} {'peak RSS MB':>12s} {'wall s':>8s}  result")
-        for mode in ("baseline", "stream", "estimator"):
+        for mode in ("baseline", "stream-cqt", "stream", "estimator"):
             proc = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(path)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -208,6 +212,14 @@ def memory_child(mode: str, path: str) -> None:
     loaded = load_key_model(CHECKPOINT)
     if mode == "baseline":
         label, result = "imports + model only (baseline)", "-"
+    elif mode == "stream-cqt":
+        from musicssl.frontend.audio import iter_audio_blocks
+        from musicssl.frontend.cqt import CQT, cqt_stream
+
+        blocks = iter_audio_blocks(path, SR, 30.0)
+        pieces = [piece for _, piece in cqt_stream(CQT(), blocks, chunk_seconds=60.0)]
+        magnitude = torch.cat(pieces, dim=-1)
+        label, result = "stream CQT only: blocks -> cqt_stream", f"CQT {tuple(magnitude.shape)}"
     elif mode == "stream":
         from musicssl.frontend.audio import iter_audio_blocks
         from musicssl.frontend.cqt import CQT, cqt_stream, crop_bins, log_compress

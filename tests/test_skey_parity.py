@@ -59,7 +59,7 @@ def test_frontend_and_probabilities_match_reference(reference, released):
     # the network alone reproduces the reference probabilities
     assert np.abs(probs_ref_input - reference["probs"]).max() < 1e-5
     # end to end from the waveform
-    assert np.abs(probs_ours_input - reference["probs"]).max() < 1e-4
+    assert np.abs(probs_ours_input - reference["probs"]).max() < 1e-5
     assert int(probs_ours_input.argmax()) == int(reference["probs"].argmax())
 
 
