@@ -135,6 +135,16 @@ def test_import_rejects_inconsistent_release(tmp_path):
         load_key_model(src2)
 
 
+def test_import_rejects_first_stone_release_layout(tmp_path):
+    src = tmp_path / "stone_v1.pt"
+    net = _trained_looking(n_rows=1)
+    stone = {f"chromanet.{k}": v for k, v in net.state_dict().items()}
+    stone["chromanet.convnext_blocks.0.norm.weight"] = torch.ones(84, 2)
+    torch.save({"stone": stone}, src)
+    with pytest.raises(CheckpointError, match="per-frame LayerNorm"):
+        load_key_model(src)
+
+
 class _Exploit:
     """Unpickling this would run a shell command that creates a file."""
 
@@ -154,6 +164,7 @@ def test_malicious_torch_checkpoint_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_raw_pickle_is_refused(tmp_path):
     marker = tmp_path / "pwned2"
     evil = tmp_path / "evil.pkl"

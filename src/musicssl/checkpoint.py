@@ -324,6 +324,11 @@ def import_skey_checkpoint(path: str | os.PathLike) -> LoadedKeyModel:
     state = {k[len("chromanet."):]: v for k, v in stone.items() if k.startswith("chromanet.")}
     if not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{where}: no 'chromanet.*' tensors in the checkpoint")
+    if any(k.endswith(".norm.weight") for k in state):
+        raise CheckpointError(
+            f"{where}: this ChromaNet has learned per-frame LayerNorms (the first STONE code "
+            f"release, deezer/stone); only the S-KEY-era layout with parameter-free "
+            f"layer norms over (C, F, T) is supported")
     gin = _parse_gin(data.get("gin_info"))
 
     # architecture from the shapes
