@@ -75,3 +75,13 @@ def test_beat_bce_value_and_mask():
     mask = torch.tensor([[1.0, 0.0]])
     act2 = torch.tensor([[0.9, 0.1]])
     assert float(beat_bce(act2, y, mask)) == pytest.approx(-math.log(0.9), rel=1e-5)
+
+
+def test_nt_xent_centred_ignores_the_mean_level():
+    # plain cosine of positive vectors is dominated by their level; centred it is a correlation
+    a = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    p = torch.tensor([[11.0, 12.0, 13.0], [13.0, 12.0, 11.0]])
+    # centred: a0 ~ p0 = [-1, 0, 1] (cos 1), a0 vs p1 = cos -1
+    expected = -4.0 + math.log(math.exp(4.0) + math.exp(-4.0))
+    assert float(nt_xent(a, p, center=True)) == pytest.approx(expected, rel=1e-5)
+    assert float(nt_xent(a, p)) > 0.5  # uncentred: all four cosines are close to 1 -> near log 2

@@ -18,7 +18,7 @@ DEFAULT_TEMPERATURE = 0.25
 
 
 def nt_xent(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None,
-            temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
+            temperature: float = DEFAULT_TEMPERATURE, center: bool = False) -> Tensor:
     """Mean NT-Xent loss with cosine similarity.
 
     ``anchors`` ``(N, T)`` (non-percussive outputs ``a_i``), ``positives``
@@ -26,6 +26,12 @@ def nt_xent(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None,
     negatives of ``a_i``), optional extra ``negatives`` ``(M, T)`` shared by
     every anchor (e.g. time-shifted ``p_i``).  ``loss_i = -log(exp(cos(a_i,
     p_i)/τ) / Σ_c exp(cos(a_i, c)/τ))`` over all candidates ``c``.
+
+    ``center=True`` subtracts each vector's mean over time first (cosine of
+    centred vectors = Pearson correlation).  Sigmoid outputs are positive,
+    so their plain cosine is dominated by the mean level: near-constant
+    outputs make every pair similar and the loss sits at ``log(N)`` with
+    almost no gradient; centring removes that trap.
     """
     if anchors.dim() != 2 or anchors.shape != positives.shape:
         raise ConfigError(f"anchors and positives must both be (N, T); got "
@@ -37,6 +43,9 @@ def nt_xent(anchors: Tensor, positives: Tensor, negatives: Tensor | None = None,
         if negatives.dim() != 2 or negatives.shape[1] != anchors.shape[1]:
             raise ConfigError(f"negatives must be (M, {anchors.shape[1]}), got {tuple(negatives.shape)}")
         candidates = torch.cat([positives, negatives], dim=0)
+    if center:
+        anchors = anchors - anchors.mean(dim=1, keepdim=True)
+        candidates = candidates - candidates.mean(dim=1, keepdim=True)
     a = F.normalize(anchors, dim=1, eps=1e-8)
     c = F.normalize(candidates, dim=1, eps=1e-8)
     logits = a @ c.T / temperature  # (N, N + M)

@@ -38,6 +38,7 @@ class PretrainConfig:
     dropout: float = 0.1
     # objective
     temperature: float = DEFAULT_TEMPERATURE
+    center_outputs: bool = False  # cosine of time-centred outputs (see losses.nt_xent)
     hard_negatives: bool = False
     min_shift: int = 4
     max_shift: int = 24
@@ -113,8 +114,11 @@ def make_module(config: PretrainConfig):
             if self.cfg.hard_negatives:
                 shifts = random_shifts(p.shape[0], self.cfg.min_shift, self.cfg.max_shift)
                 negatives = shift_frames(p, shifts)
-            loss = nt_xent(a, p, negatives, self.cfg.temperature)
+            loss = nt_xent(a, p, negatives, self.cfg.temperature, center=self.cfg.center_outputs)
             with torch.no_grad():
+                if self.cfg.center_outputs:
+                    a = a - a.mean(dim=1, keepdim=True)
+                    p = p - p.mean(dim=1, keepdim=True)
                 an = torch.nn.functional.normalize(a, dim=1)
                 pn = torch.nn.functional.normalize(p, dim=1)
                 sim = an @ pn.T
