@@ -83,5 +83,5 @@ def test_nt_xent_centred_ignores_the_mean_level():
     p = torch.tensor([[11.0, 12.0, 13.0], [13.0, 12.0, 11.0]])
     # centred: a0 ~ p0 = [-1, 0, 1] (cos 1), a0 vs p1 = cos -1
     expected = -4.0 + math.log(math.exp(4.0) + math.exp(-4.0))
-    assert float(nt_xent(a, p, center=True)) == pytest.approx(expected, rel=1e-5)
+    assert float(nt_xent(a, p, center=True)) == pytest.approx(expected, rel=1e-4)
     assert float(nt_xent(a, p)) > 0.5  # uncentred: all four cosines are close to 1 -> near log 2
