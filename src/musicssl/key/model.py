@@ -99,7 +99,9 @@ class ChromaNet(nn.Module):
 
     Input ``(B, 1, n_bins, T)`` log-CQT with ``n_bins`` a multiple of 12 and
     ``T >= min_frames`` (= 2**len(channels), 128 frames ≈ 3 s at
-    22 050 Hz / hop 512); any longer ``T`` is one forward pass.
+    22 050 Hz / hop 512); any longer ``T`` is one forward pass. Inference
+    memory grows with ``T``: about +270 MB for 10 minutes and +1.3 GB for one
+    hour in a single pass (measured, CPU), so callers window very long tracks.
     """
 
     def __init__(self, n_rows: int = 2, channels: Sequence[int] = DEFAULT_CHANNELS,
