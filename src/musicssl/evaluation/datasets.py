@@ -213,12 +213,16 @@ def _sniff_delimiter(path: Path, text: str) -> str:
     return "\t" if "\t" in first and "," not in first else ","
 
 
-def load_manifest(path: str | Path, *, name: str = "csv", strict: bool = True,
+def load_manifest(path: str | Path, *, name: str | None = None, strict: bool = True,
                   audio_root: str | Path | None = None) -> Dataset:
-    """A CSV/TSV manifest ``path,key[,genre]`` (see module docstring)."""
+    """A CSV/TSV manifest ``path,key[,genre]`` (see module docstring).
+
+    ``name`` defaults to the manifest's folder name (e.g. ``render24``).
+    """
     path = _require_dir(Path(path), "manifest")
     if path.is_dir():
         raise AnnotationError(f"{path}: expected a manifest file (CSV/TSV), got a folder")
+    name = name or path.resolve().parent.name or path.stem
     base = Path(audio_root) if audio_root is not None else path.parent
     text = _read_text(path)
     delimiter = _sniff_delimiter(path, text)
