@@ -95,12 +95,9 @@ def run(args: argparse.Namespace) -> int:
         specs = ["default"]
     options = {"strict": not args.lenient}
     if args.audio_dir is not None:
-        if args.dataset in ("csv", "dev-synth"):
-            options["audio_root"] = args.audio_dir
-            if args.dataset == "dev-synth":
-                raise ConfigError("--audio-dir does not apply to dev-synth")
-        else:
-            options["audio_dir"] = args.audio_dir
+        if args.dataset == "dev-synth":
+            raise ConfigError("--audio-dir does not apply to dev-synth (paths are relative to labels.csv)")
+        options["audio_root" if args.dataset == "csv" else "audio_dir"] = args.audio_dir
     dataset = load_dataset(args.dataset, args.path, **options).limit(args.limit)
     print(dataset.describe(), file=sys.stderr)
     for item in dataset.missing[:5]:
