@@ -130,7 +130,7 @@ def finetune_model(model: ZeroNS, songs: Sequence[SongExample], config: Finetune
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)))
         if log and (epoch == 0 or (epoch + 1) % 5 == 0 or epoch + 1 == config.epochs):
             log(f"fine-tune epoch {epoch + 1}/{config.epochs}: BCE {history[-1]:.4f}")
