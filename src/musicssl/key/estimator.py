@@ -187,15 +187,26 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path)
 
 
-#: Fewest CQT frames a ChromaNet with the default 7 stages accepts.
+#: Fewest CQT frames a ChromaNet with the default 7 stages accepts; shorter
+#: inputs are looped (their CQT tiled in time) up to this length.
 MIN_FRAMES = 2 ** 7
+#: Shortest audio (s) analysed at all: below this a key is not meaningful.
+MIN_DURATION_S = 1.0
 #: CQT chunk length (s) above which tracks are transformed piecewise (bounded memory).
 CQT_CHUNK_SECONDS = 120.0
 
 
-def min_duration_s(frontend_config) -> float:
-    """Shortest audio (seconds) the key models accept with this front end."""
-    return MIN_FRAMES * frontend_config.hop_length / frontend_config.sr
+def min_duration_s(frontend_config=None) -> float:
+    """Shortest audio (seconds) the key estimators accept."""
+    return MIN_DURATION_S
+
+
+def loop_to_min_frames(magnitude: np.ndarray, min_frames: int = MIN_FRAMES) -> np.ndarray:
+    """Tile a short CQT ``(F, T)`` in time until it has at least ``min_frames`` frames."""
+    n = magnitude.shape[-1]
+    if n >= min_frames:
+        return magnitude
+    return np.tile(magnitude, (1, int(np.ceil(min_frames / n))))[:, :min_frames]
 
 
 @lru_cache(maxsize=8)
@@ -281,7 +292,7 @@ class KeyEstimator:
         """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length."""
         from musicssl.frontend.cqt import log_compress
 
-        batch = torch.as_tensor(np.stack(magnitudes))[:, None]
+        batch = torch.as_tensor(np.stack([loop_to_min_frames(m) for m in magnitudes]))[:, None]
         return self.probabilities(log_compress(batch.to(self.device), self.frontend_config.top_db))
 
     def _track_probabilities(self, magnitude: np.ndarray) -> np.ndarray:
@@ -332,7 +343,6 @@ class KeyEstimator:
         n = features.magnitude.shape[-1]
         win = max(1, int(round(window_s * fps)))
         hop = max(1, int(round(hop_s * fps)))
-        min_frames = MIN_FRAMES
         if n <= win:
             starts = [0]
             win = n
@@ -340,7 +350,6 @@ class KeyEstimator:
             starts = list(range(0, n - win + 1, hop))
             if starts[-1] + win < n:  # cover the end
                 starts.append(n - win)
-        win = max(win, min(min_frames, n))
         windows = [features.magnitude[:, s:s + win] for s in starts]
         probs = []
         for chunk in range(0, len(windows), 64):
