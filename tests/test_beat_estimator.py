@@ -31,7 +31,7 @@ def test_activation_frame_rate(tiny_estimator):
     act, fps = tiny_estimator.activation(x, SR)
     assert fps == 62.5
     assert act.shape == (len(x) // 256 + 1,)
-    assert np.all((act > 0) & (act < 1))
+    assert act.min() >= 0 and act.max() <= 1  # each output rescaled to [0, 1] over the file
     # another sample rate: the activation still has 62.5 frames per second of audio
     x44 = np.repeat(x, 2)  # 32 kHz
     act32, _ = tiny_estimator.activation(x44, 32000)

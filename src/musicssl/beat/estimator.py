@@ -122,6 +122,8 @@ def track_beats(activation: np.ndarray, fps: float = FPS, tracker: str = "dbn",
     if tracker == "librosa":
         import librosa
 
+        if act.size < 2 or float(act.std()) < 1e-6:  # librosa's DP crashes on a flat envelope
+            return np.zeros(0), None
         hop = 512
         sr = fps * hop  # librosa only needs sr / hop = fps
         tempo, frames = librosa.beat.beat_track(onset_envelope=act, sr=sr, hop_length=hop,
@@ -130,6 +132,15 @@ def track_beats(activation: np.ndarray, fps: float = FPS, tracker: str = "dbn",
         bpm = float(np.atleast_1d(tempo)[0])
         return beats, (bpm if bpm > 0 and len(beats) else None)
     raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+
+
+def rescale_unit(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """``x`` ``(T,)`` min-max scaled to [0, 1] (all zeros when ``x`` is constant)."""
+    x = np.asarray(x, dtype=np.float32)
+    span = float(x.max() - x.min()) if x.size else 0.0
+    if span < eps:
+        return np.zeros_like(x)
+    return (x - x.min()) / span
 
 
 # --------------------------------------------------------------------------
@@ -162,7 +173,7 @@ class BeatEstimator:
 
     def __init__(self, model: ZeroNS, separator: Separator | str | None = None, device: str = "cpu",
                  combine: str = "max", tracker: str = "dbn", tracker_params: Mapping | None = None,
-                 metadata: Mapping | None = None, chunk_seconds: float = 60.0):
+                 metadata: Mapping | None = None, chunk_seconds: float = 60.0, rescale: bool = True):
         if combine not in COMBINE_MODES:
             raise ConfigError(f"unknown combine mode {combine!r}; choose one of {', '.join(COMBINE_MODES)}")
         if tracker not in TRACKERS:
@@ -179,6 +190,7 @@ class BeatEstimator:
         self.tracker = tracker
         self.tracker_params = dict(tracker_params or {})
         self.chunk_frames = max(256, int(chunk_seconds * FPS))
+        self.rescale = bool(rescale)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
@@ -231,6 +243,15 @@ class BeatEstimator:
         return outs_p, outs_a
 
     def combine_outputs(self, p: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Beat activation ``(T,)`` in [0, 1] from the two outputs ``(T,)``.
+
+        With ``rescale`` (default) each output is first min-max scaled to
+        [0, 1] over the file: the pretext task fixes when each network fires,
+        not its level, so without this one branch's offset can mask the other
+        under ``max``.
+        """
+        if self.rescale:
+            p, a = rescale_unit(p), rescale_unit(a)
         return combine_activations(torch.from_numpy(p), torch.from_numpy(a), self.combine).numpy()
 
     # ---------------------------------------------------------------- API

@@ -39,6 +39,7 @@ class PretrainConfig:
     # objective
     temperature: float = DEFAULT_TEMPERATURE
     center_outputs: bool = False  # cosine of time-centred outputs (see losses.nt_xent)
+    logit_penalty: float = 0.0  # weight of mean(logit**2): keeps the sigmoids out of saturation
     hard_negatives: bool = False
     min_shift: int = 4
     max_shift: int = 24
@@ -109,12 +110,16 @@ def make_module(config: PretrainConfig):
             self._t0 = None
 
         def pretext_loss(self, perc: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, dict]:
-            p, a = self.model(perc, rest)
+            lp = self.model.percussive.logits(perc)
+            la = self.model.non_percussive.logits(rest)
+            p, a = torch.sigmoid(lp), torch.sigmoid(la)
             negatives = None
             if self.cfg.hard_negatives:
                 shifts = random_shifts(p.shape[0], self.cfg.min_shift, self.cfg.max_shift)
                 negatives = shift_frames(p, shifts)
             loss = nt_xent(a, p, negatives, self.cfg.temperature, center=self.cfg.center_outputs)
+            if self.cfg.logit_penalty:
+                loss = loss + self.cfg.logit_penalty * 0.5 * (lp.pow(2).mean() + la.pow(2).mean())
             with torch.no_grad():
                 if self.cfg.center_outputs:
                     a = a - a.mean(dim=1, keepdim=True)
@@ -244,3 +249,22 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
         "final_metrics": metrics, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cache": str(cache_dir)})
     return path
+
+
+def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, half: bool = False) -> Path:
+    """A training checkpoint (``.ckpt``, read with ``weights_only=True``) -> ``.safetensors`` model."""
+    from musicssl.beat.estimator import save_zerons
+    from musicssl.beat.separation import get_separator
+    from musicssl.errors import CheckpointError
+
+    try:
+        ck = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+        config = PretrainConfig.from_dict(ck["hyper_parameters"]["config_dict"])
+        state = {k[len("model."):]: v for k, v in ck["state_dict"].items() if k.startswith("model.")}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a checkpoint error
+        raise CheckpointError(f"{ckpt_path}: not a ZeroNS training checkpoint ({exc})") from exc
+    model = ZeroNS(width=config.width, dropout=config.dropout)
+    model.load_state_dict(state)
+    return save_zerons(out_path, model, get_separator(config.separator), half=half, provenance={
+        "trained_by": "musicssl train-beats", "steps": int(ck.get("global_step", 0)),
+        "config": config.to_dict(), "exported_from": str(ckpt_path)})

@@ -68,6 +68,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                      ("threads", int), ("checkpoint-every", int), ("separator", str)):
         p.add_argument(f"--{opt}", type=typ, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--export", metavar="CKPT",
+                   help="only convert a training checkpoint (.ckpt) to OUT (.safetensors) and stop")
+    p.add_argument("--half", action="store_true", help="with --export: store float16 weights")
     ft = p.add_argument_group("few-shot fine-tuning")
     ft.add_argument("--finetune", metavar="LABELS", help="annotated songs: CSV (path, beats_path) or folder")
     ft.add_argument("--init", metavar="CKPT", help="ZeroNS model to start from (default: shipped model)")
@@ -94,6 +97,13 @@ def _config_from_args(args) -> "PretrainConfig":
 
 
 def run(args) -> int:
+    if args.export:
+        from musicssl.beat.training import export_lightning_checkpoint
+
+        out = Path(args.out)
+        out = out if out.suffix == ".safetensors" else out / "zerons.safetensors"
+        print(f"model written to {export_lightning_checkpoint(args.export, out, half=args.half)}")
+        return 0
     if args.finetune:
         return _run_finetune(args)
     if not args.data and not args.cache:
