@@ -2,7 +2,7 @@
 
 Examples::
 
-    musicssl train --config configs/tiny_cpu.yaml
+    musicssl train --config configs/skey_tiny_cpu.yaml
     musicssl train --data music/ --objective skey --cache-dir cache/ --out runs/skey
     musicssl train --config configs/skey_default.yaml --resume last
     torchrun --nproc-per-node 4 -m musicssl.cli.main train --config configs/skey_paper.yaml --devices 4
@@ -67,6 +67,8 @@ def add_parser(subparsers, name: str = "train", help_text: str = "train a key mo
                               epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML file of settings (flags override it)")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="scan the data and build the feature cache, then exit (run once before multi-GPU jobs)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -104,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not config.data:
         raise ConfigError("no training data: give --data or a config with 'data'")
-    from musicssl.key.training import train
+    from musicssl.key.training import prepare_data, train
 
+    if args.prepare_only:
+        data = prepare_data(config, log=lambda msg: print(msg, file=sys.stderr))
+        print(json.dumps({k: v for k, v in data.report.items() if k != "scan"}, indent=1))
+        return 0
     summary = train(config, log=lambda msg: print(msg, file=sys.stderr))
     if "model" in summary:
         print(summary["model"])

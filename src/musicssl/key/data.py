@@ -22,9 +22,12 @@ Both counts are reported by :func:`segment_policy_counts`.
 Feature cache: the whole-track CQT *magnitude* is stored once per track as
 decibels ``10·log10(max(mag, 1e-10))`` in float16 ``.npy`` files
 (memory-mapped when read; float16 keeps ≈ 0.05 dB near −100 dB and finer
-above), with ``index.json``. Log compression is relative to each example's
-loudest bin, so it is applied per *segment* at training time, exactly as
-inference does on a window: ``x = max(db, max(db) − 80) / 80 + 1``.
+above), with ``index.json``; the audio is peak-normalised over the whole
+track first, as at inference. The log compression's floor depends on each
+example's loudest bin, so it is applied per *segment* at training time,
+exactly as inference does on a window: ``x = max(db, max(db) − 80) / 80 + 1``.
+Without the cache, segments are decoded on their own and peak-normalised per
+segment (a level offset of at most a few dB against the cached path).
 Segments cut from a whole-track CQT differ from a CQT of the cut audio only
 within the kernels' reach of the segment edges (≈ 0.3 s at the lowest bins).
 """
@@ -226,8 +229,9 @@ def split_tracks(tracks: Sequence[Track], val_fraction: float = 0.05, seed: int 
                  ) -> tuple[list[Track], list[Track]]:
     """Train/validation split *by track*.
 
-    A manifest's ``split`` column (``train``/``val``/``valid``/``validation``)
-    wins; other tracks go to validation when a stable hash of their path and
+    A manifest's ``split`` column wins (``val``/``valid``/``validation``/``dev``
+    → validation; ``test``/``exclude``/``skip`` → left out; anything else →
+    training); other tracks go to validation when a stable hash of their path and
     ``seed`` falls below ``val_fraction`` (adding files never moves others).
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -235,7 +239,10 @@ def split_tracks(tracks: Sequence[Track], val_fraction: float = 0.05, seed: int 
     train, val = [], []
     for t in tracks:
         if t.split:
-            (val if t.split.lower() in ("val", "valid", "validation", "dev") else train).append(t)
+            name = t.split.lower()
+            if name in ("test", "exclude", "skip"):
+                continue
+            (val if name in ("val", "valid", "validation", "dev") else train).append(t)
             continue
         h = hashlib.sha1(f"{seed}:{t.path}".encode()).digest()
         u = int.from_bytes(h[:8], "little") / 2.0 ** 64
@@ -286,7 +293,7 @@ def segment_policy_counts(frame_counts: Iterable[int], seg: int) -> dict[str, in
 
 
 def log_compress_db(db: np.ndarray | torch.Tensor, top_db: float = 80.0):
-    """Per-example log compression from decibels: ``(..., F, T)`` → ``max(db, peak − top_db)/top_db + 1``.
+    """Per-example log compression of decibels: ``(..., F, T)`` → ``max(db, peak − top_db)/top_db + 1``.
 
     The peak is over the last two axes (one example = one segment, all bins),
     matching :func:`musicssl.frontend.cqt.log_compress` applied to the magnitude.
@@ -377,47 +384,75 @@ class FeatureCache:
         _atomic_write_text(self.root / CACHE_INDEX, json.dumps(self.index))
 
     def build(self, tracks: Sequence[Track], *, device: str = "cpu", max_track_seconds: float | None = 900.0,
-              chunk_seconds: float = 60.0, progress: bool = True, save_every: int = 20) -> dict[str, str]:
+              chunk_seconds: float = 60.0, progress: bool = True, save_every: int = 20,
+              num_workers: int = 1) -> dict[str, str]:
         """Compute and store every missing track; returns ``{path: reason}`` of tracks that failed.
 
-        Tracks longer than ``max_track_seconds`` are cut to that length.
-        Interrupting is safe: finished tracks stay cached (index saved every
-        ``save_every`` tracks and at the end).
+        Tracks longer than ``max_track_seconds`` are cut to that length,
+        centred on the middle of the track. ``num_workers`` processes decode
+        audio while this process computes the CQT. Interrupting is safe:
+        finished tracks stay cached (index saved every ``save_every`` tracks
+        and at the end).
         """
-        from musicssl.frontend.audio import load_audio
         from musicssl.frontend.cqt import CQT, cqt_chunked
 
         c = self.frontend_config
         self.root.mkdir(parents=True, exist_ok=True)
         todo = [t for t in tracks if t.path not in self.index["tracks"] and t.path not in self.index["failed"]]
-        if not todo:
-            return {t.path: self.index["failed"][t.path] for t in tracks if t.path in self.index["failed"]}
-        cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
-                  bins_per_octave=c.bins_per_octave).to(device)
-        iterator: Iterable[Track] = todo
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(todo, desc="feature cache", unit="track")
-        for i, t in enumerate(iterator):
-            try:
-                stamp = _file_stamp(t.path)
-                audio = load_audio(t.path, sr=c.sr, duration=max_track_seconds)
-                with torch.inference_mode():
-                    mag = cqt_chunked(cqt, torch.from_numpy(audio).to(device), chunk_seconds)[0]
-                    db = (10.0 * torch.log10(mag.clamp_min(1e-10))).to(torch.float16).cpu().numpy()
-                name = _cache_name(t.path, stamp)
-                tmp = self.root / f".{name}.{os.getpid()}.tmp.npy"
-                np.save(tmp, db)
-                os.replace(tmp, self.root / name)
-                self.index["tracks"][t.path] = {"file": name, "n_frames": int(db.shape[1]), "stamp": stamp}
-            except MusicsslError as exc:
-                self.index["failed"][t.path] = f"{type(exc).__name__}: {exc}"
-            except (OSError, RuntimeError, ValueError) as exc:
-                self.index["failed"][t.path] = f"{type(exc).__name__}: {exc}"
-            if (i + 1) % save_every == 0:
-                self.save_index()
-        self.save_index()
+        if todo:
+            cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
+                      bins_per_octave=c.bins_per_octave).to(device)
+            loader = DataLoader(_DecodeJobs(todo, c.sr, max_track_seconds), batch_size=None,
+                                num_workers=num_workers, collate_fn=lambda x: x,
+                                prefetch_factor=2 if num_workers else None)
+            iterator: Iterable = loader
+            if progress:
+                from tqdm import tqdm
+                iterator = tqdm(loader, total=len(todo), desc="feature cache", unit="track")
+            for i, (path, stamp, audio, error) in enumerate(iterator):
+                if error is None:
+                    try:
+                        with torch.inference_mode():
+                            mag = cqt_chunked(cqt, torch.from_numpy(audio).to(device), chunk_seconds)[0]
+                            db = (10.0 * torch.log10(mag.clamp_min(1e-10))).to(torch.float16).cpu().numpy()
+                        name = _cache_name(path, stamp)
+                        tmp = self.root / f".{name}.{os.getpid()}.tmp.npy"
+                        np.save(tmp, db)
+                        os.replace(tmp, self.root / name)
+                        self.index["tracks"][path] = {"file": name, "n_frames": int(db.shape[1]), "stamp": stamp}
+                    except (MusicsslError, OSError, RuntimeError, ValueError) as exc:
+                        error = f"{type(exc).__name__}: {exc}"
+                if error is not None:
+                    self.index["failed"][path] = error
+                if (i + 1) % save_every == 0:
+                    self.save_index()
+            self.save_index()
         return {t.path: self.index["failed"][t.path] for t in tracks if t.path in self.index["failed"]}
+
+
+class _DecodeJobs(Dataset):
+    """Decoding jobs for the cache builder: item ``i`` → ``(path, stamp, audio or None, error or None)``."""
+
+    def __init__(self, tracks: Sequence[Track], sr: int, max_track_seconds: float | None):
+        self.tracks, self.sr, self.max_s = list(tracks), sr, max_track_seconds
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, i: int):
+        from musicssl.frontend.audio import audio_info, load_audio
+
+        path = self.tracks[i].path
+        try:
+            stamp = _file_stamp(path)
+            offset = 0.0
+            if self.max_s:
+                duration = audio_info(path).duration_s
+                offset = max(0.0, (duration - self.max_s) / 2.0)
+            audio = load_audio(path, sr=self.sr, offset=offset, duration=self.max_s)
+            return path, stamp, audio, None
+        except (MusicsslError, OSError, RuntimeError, ValueError) as exc:
+            return path, "", None, f"{type(exc).__name__}: {exc}"
 
 
 # --------------------------------------------------------------------------- datasets
@@ -539,8 +574,8 @@ class EpochSampler(Sampler[int]):
     Yields ``epoch * n + i`` so the dataset derives each item's randomness
     from ``(seed, epoch, i)``. Every rank gets ``n // world_size`` distinct
     tracks per epoch (``drop_last``; the rest are left out for that epoch
-    only). ``skip`` items are skipped once at the start of the next iteration
-    (exact resume mid-epoch).
+    only). :meth:`resume_at` makes epoch ``e`` start after its first ``skip``
+    items (exact resume mid-epoch), however often that epoch is iterated.
     """
 
     def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
@@ -548,10 +583,14 @@ class EpochSampler(Sampler[int]):
             raise ConfigError(f"{n} training tracks cannot be shared by {world_size} processes")
         self.n, self.seed, self.rank, self.world_size, self.shuffle = n, seed, rank, world_size, shuffle
         self.epoch = 0
-        self.skip = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start epoch ``epoch`` after its first ``skip`` items."""
+        self._resume = (int(epoch), int(skip))
 
     def __len__(self) -> int:
         return self.n // self.world_size
@@ -565,8 +604,9 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         idx = self.indices()
-        skip, self.skip = self.skip, 0
-        return iter(idx[skip:])
+        if self._resume is not None and self._resume[0] == self.epoch:
+            idx = idx[self._resume[1]:]
+        return iter(idx)
 
 
 class ResumableLoader(DataLoader):
@@ -585,10 +625,12 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         per_epoch = int(state.get("batches_per_epoch") or len(self))
-        done_in_epoch = int(state.get("steps", 0)) % per_epoch if per_epoch else 0
+        if per_epoch <= 0:
+            return
+        epoch, done_in_epoch = divmod(int(state.get("steps", 0)), per_epoch)
         sampler = self.batch_sampler.sampler if self.batch_sampler is not None else self.sampler
         if isinstance(sampler, EpochSampler):
-            sampler.skip = done_in_epoch * self.batch_size
+            sampler.resume_at(epoch, done_in_epoch * self.batch_size)
 
 
 def collate_items(items: list[dict]) -> dict:

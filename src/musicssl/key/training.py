@@ -89,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/key"
     resume: str | None = None                            # checkpoint path or "last"
+    max_minutes: float | None = None                     # wall-clock budget; stops cleanly, then exports
     checkpoint_every: int = 500                          # optimizer steps
     log_every: int = 10
     val_every: int = 1                                   # epochs
@@ -383,6 +384,23 @@ class KeyDataModule(pl.LightningDataModule):
         seg = SegmentConfig(config.segment_seconds, config.short_tracks, config.seed)
         self.train_set = PairDataset(train_tracks, fe, seg, cache)
         self.val_set = PairDataset(val_tracks, fe, seg, cache, fixed_epoch=0) if val_tracks else None
+        self._loader = None
+        self._resume: tuple[int, int] | None = None    # (epoch, items to skip) from a checkpoint
+
+    # Position in the data, saved in every checkpoint. (Lightning builds the train loader
+    # before restoring loop states, so the loader's own state_dict would be applied too late.)
+    def state_dict(self) -> dict:
+        if self.trainer is None or self._loader is None:
+            return {}
+        return {"steps": int(self.trainer.global_step), "batches_per_epoch": len(self._loader)}
+
+    def load_state_dict(self, state: dict) -> None:
+        per_epoch = int(state.get("batches_per_epoch", 0))
+        if per_epoch > 0:
+            epoch, done = divmod(int(state.get("steps", 0)), per_epoch)
+            self._resume = (epoch, done * self.config.batch_size)
+            if self._loader is not None:
+                self._loader.sampler.resume_at(*self._resume)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -399,6 +417,9 @@ class KeyDataModule(pl.LightningDataModule):
                               f"{self.config.batch_size} per process; lower --batch-size")
         trainer = self.trainer
         loader.step_source = (lambda: trainer.global_step) if trainer is not None else None
+        if self._resume is not None:
+            loader.sampler.resume_at(*self._resume)
+        self._loader = loader
         return loader
 
     def val_dataloader(self):
@@ -447,9 +468,9 @@ def prepare_data(config: TrainConfig, log=print) -> PreparedData:
     cache = None
     failed: dict[str, str] = {}
     if config.cache_dir:
-        cache = FeatureCache(config.cache_dir, fe)
-        failed = cache.build(train + val + labelled, max_track_seconds=config.max_track_seconds,
-                             progress=config.progress)
+        cache = _build_cache_once(config, fe, train + val + labelled, log)
+        failed = {t.path: cache.index["failed"][t.path] for t in train + val + labelled
+                  if t.path in cache.index["failed"]}
         train = [t for t in train if t.path in cache]
         val = [t for t in val if t.path in cache]
         if failed:
@@ -459,6 +480,37 @@ def prepare_data(config: TrainConfig, log=print) -> PreparedData:
               "labelled_val": len(labelled)}
     (out / "data_report.json").write_text(json.dumps(report, indent=1))
     return PreparedData(train, val, labelled, cache, report)
+
+
+def _env_rank() -> int:
+    """Global rank announced by torchrun / SLURM before Lightning starts (0 if none)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, timeout_s: float = 86400.0
+                      ) -> FeatureCache:
+    """Build the feature cache on rank 0; other ranks wait for it (multi-process launches)."""
+    import hashlib
+
+    root = Path(config.cache_dir)
+    digest = hashlib.sha1("\n".join(sorted(t.path for t in tracks)).encode()).hexdigest()[:16]
+    ready = root / f".ready-{digest}"
+    if _env_rank() == 0:
+        cache = FeatureCache(root, fe)
+        cache.build(tracks, max_track_seconds=config.max_track_seconds, progress=config.progress,
+                    num_workers=config.num_workers)
+        ready.write_text("ok")
+        return cache
+    waited = 0.0
+    while not ready.is_file():
+        if waited > timeout_s:
+            raise ConfigError(f"rank {_env_rank()}: gave up waiting for rank 0 to build the cache in {root}")
+        time.sleep(1.0)
+        waited += 1.0
+    return FeatureCache(root, fe)
 
 
 def _precision(config: TrainConfig, accelerator: str) -> str:
@@ -499,6 +551,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
         callbacks=[checkpoint, *callbacks], logger=loggers, use_distributed_sampler=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=config.progress, default_root_dir=str(out),
+        max_time={"minutes": float(config.max_minutes)} if config.max_minutes else None,
     )
 
 
@@ -537,8 +590,8 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
     """Run a whole training; returns a summary (paths, steps, calibration, last metrics)."""
     if config.threads:
         torch.set_num_threads(int(config.threads))
-    pl.seed_everything(config.seed, workers=True, verbose=False)
     data = prepare_data(config, log=log)
+    pl.seed_everything(config.seed, workers=True, verbose=False)   # after the cache build: same init either way
     if not data.train:
         raise ConfigError("no usable training tracks")
     datamodule = KeyDataModule(config, data.train, data.val, data.cache)

@@ -1,0 +1,202 @@
+"""Key training data: manifests, scan, split, segments, transpositions, feature cache, sampler."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from musicssl.errors import AnnotationError, ConfigError
+from musicssl.frontend.cqt import CQT, FrontEndConfig, crop_bins, log_compress
+from musicssl.key import data as D
+
+SR = 22050
+
+
+def _tone_track(path, seconds, midi=60, sr=SR):
+    t = np.arange(int(seconds * sr)) / sr
+    f = 440 * 2 ** ((midi - 69) / 12)
+    x = sum(np.sin(2 * np.pi * h * f * t) / h for h in range(1, 5)) * (0.3 + 0.2 * np.sin(t))
+    sf.write(path, (0.5 * x / np.abs(x).max()).astype(np.float32), sr)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "a").mkdir()
+    for i, sec in enumerate([8.0, 9.0, 5.0, 2.0]):
+        _tone_track(root / "a" / f"t{i}.wav", sec, midi=55 + i)
+    (root / "a" / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    return root
+
+
+def test_manifest_csv_txt_and_errors(tmp_path):
+    (tmp_path / "m.csv").write_text("path,key,split\nx.wav,A minor,val\nsub/y.wav,,\n")
+    tracks = D.read_manifest(tmp_path / "m.csv")
+    assert [t.path for t in tracks] == [str(tmp_path / "x.wav"), str(tmp_path / "sub/y.wav")]
+    assert tracks[0].key == "A minor" and tracks[0].split == "val" and tracks[1].key is None
+    (tmp_path / "m.txt").write_text("# comment\n/abs/z.wav\nrel.ogg\n")
+    assert [t.path for t in D.read_manifest(tmp_path / "m.txt")] == ["/abs/z.wav", str(tmp_path / "rel.ogg")]
+    (tmp_path / "bad.csv").write_text("file,key\nx.wav,C major\n")
+    with pytest.raises(AnnotationError):
+        D.read_manifest(tmp_path / "bad.csv")
+
+
+def test_scan_rejects_with_reason_and_caches(corpus, tmp_path):
+    tracks = D.gather_tracks([corpus])
+    assert len(tracks) == 5
+    cache_file = tmp_path / "scan.json"
+    report = D.scan_tracks(tracks, cache_file, min_duration_s=3.0)
+    usable = sorted(p.rsplit("/", 1)[-1] for p in (t.path for t in report.usable))
+    assert usable == ["t0.wav", "t1.wav", "t2.wav"]
+    reasons = dict((p.rsplit("/", 1)[-1], r) for p, r in report.rejected)
+    assert set(reasons) == {"broken.wav", "t3.wav"}
+    assert "too short" in reasons["t3.wav"] and "Error" in reasons["broken.wav"]
+    assert report.usable[0].duration_s == pytest.approx(8.0, abs=0.01)
+    cached = json.loads(cache_file.read_text())
+    assert len(cached) == 5
+    # second scan uses the cache: same answer even if the checker would now fail
+    original = D._check_track
+    try:
+        D._check_track = lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached"))
+        again = D.scan_tracks(tracks, cache_file, min_duration_s=3.0)
+    finally:
+        D._check_track = original
+    assert len(again.usable) == 3
+
+
+def test_split_by_track_is_stable_and_honours_split_column():
+    tracks = [D.Track(path=f"/x/{i}.wav") for i in range(200)]
+    train, val = D.split_tracks(tracks, 0.1, seed=3)
+    assert not {t.path for t in train} & {t.path for t in val}
+    assert 8 <= len(val) <= 35
+    train2, val2 = D.split_tracks(tracks + [D.Track(path="/x/new.wav")], 0.1, seed=3)
+    assert {t.path for t in val} <= {t.path for t in val2}          # adding a file moves no other
+    forced = D.split_tracks([D.Track(path="/a", split="val"), D.Track(path="/b", split="train")], 0.0)
+    assert [t.path for t in forced[1]] == ["/a"] and [t.path for t in forced[0]] == ["/b"]
+
+
+def test_segments_disjoint_overlap_and_skip():
+    rng = np.random.default_rng(0)
+    seg = 100
+    for _ in range(200):
+        a, b = D.choose_segments(450, seg, rng)
+        assert 0 <= a <= 350 and 0 <= b <= 350 and abs(a - b) >= seg
+    a, b = D.choose_segments(150, seg, rng, "overlap")
+    assert {a, b} == {0, 50}
+    assert D.choose_segments(150, seg, rng, "skip") is None
+    assert D.choose_segments(99, seg, rng, "overlap") is None
+    assert D.segment_policy_counts([450, 150, 99, 200], seg) == {"disjoint": 2, "overlapping": 1, "too_short": 1}
+    with pytest.raises(ConfigError):
+        D.SegmentConfig(short_tracks="pad")
+
+
+def test_transposition_draws_follow_the_spec():
+    rng = np.random.default_rng(1)
+    seen_o, seen_k = set(), set()
+    for _ in range(3000):
+        o, o2, k = D.draw_transposition(rng)
+        assert 1 <= o <= 12 and 0 <= o2 <= 11 and k == o2 - o and k != 0
+        assert (o2 - o) % 12 != 0 and o + 84 <= 99 and o2 + 84 <= 99
+        seen_o.add(o)
+        seen_k.add(k)
+    assert seen_o == set(range(1, 13))
+    assert seen_k == set(range(-11, 11)) - {0}
+
+
+def test_make_views_matches_crop_bins_and_profile():
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 99, 20)
+    o = torch.tensor([1, 12, 5])
+    o2 = torch.tensor([0, 11, 9])
+    views, profile = D.make_views(x, o, o2, 84)
+    assert views.shape == (3, 3, 84, 20)
+    assert torch.equal(views[:, 0], crop_bins(x[:, :1], o)[:, 0])
+    assert torch.equal(views[:, 1], crop_bins(x[:, 1:2], o)[:, 0])
+    assert torch.equal(views[:, 2], crop_bins(x[:, :1], o2)[:, 0])
+    expected = (views[:, :2].mean(dim=(1, 3))).view(3, 7, 12).mean(1)
+    assert torch.allclose(profile, expected)
+
+
+def test_log_compress_db_equals_frontend_log_compress():
+    mag = torch.rand(2, 99, 30) ** 6
+    mag[0, :, :5] = 0.0
+    db = 10 * torch.log10(mag.clamp_min(1e-10))
+    assert torch.allclose(D.log_compress_db(db), log_compress(mag), atol=1e-6)
+    assert np.allclose(D.log_compress_db(db.numpy()), log_compress(mag).numpy(), atol=1e-6)
+
+
+def test_feature_cache_segments_equal_direct_cqt(corpus, tmp_path):
+    fe = FrontEndConfig(hop_length=1024)
+    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    cache = D.FeatureCache(tmp_path / "cache", fe)
+    failed = cache.build(report.usable, progress=False)
+    assert failed == {}
+    track = next(t for t in report.usable if t.path.endswith("t0.wav"))
+    db = cache.array(track.path)
+    assert db.dtype == np.float16 and db.shape[0] == 99
+    from musicssl.frontend.audio import load_audio
+
+    audio = load_audio(track.path, sr=SR)
+    mag = CQT(hop_length=1024)(torch.from_numpy(audio))[0]
+    assert db.shape[1] == mag.shape[1]
+    # a segment from the cache, log-compressed per segment, vs the direct CQT's same frames
+    seg = slice(40, 120)
+    direct = log_compress(mag[None, :, seg])[0]
+    cached = D.log_compress_db(torch.from_numpy(np.asarray(db[:, seg], dtype=np.float32)))
+    assert (direct - cached).abs().max().item() < 2e-3       # float16 storage of decibels
+    # reopening checks the front end; other settings are refused
+    assert track.path in D.FeatureCache(tmp_path / "cache", fe)
+    with pytest.raises(ConfigError):
+        D.FeatureCache(tmp_path / "cache", FrontEndConfig(hop_length=512))
+
+
+def test_pair_dataset_deterministic_per_epoch_and_labels(corpus, tmp_path):
+    fe = FrontEndConfig(hop_length=1024)
+    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    tracks = [D.Track(t.path, t.duration_s, t.samplerate, key="E minor") for t in report.usable]
+    cache = D.FeatureCache(tmp_path / "c", fe)
+    cache.build(tracks, progress=False)
+    seg = D.SegmentConfig(segment_seconds=2.0, seed=5)
+    ds = D.PairDataset(tracks, fe, seg, cache)
+    assert len(ds) == 3
+    assert ds.counts["disjoint"] == 3
+    n = len(ds)
+    a, b = ds[0], ds[0]
+    assert torch.equal(a["views"], b["views"]) and a["k"] == b["k"]
+    other_epoch = ds[n + 0]
+    assert not (torch.equal(a["views"], other_epoch["views"]) and a["o"] == other_epoch["o"])
+    assert a["views"].shape == (3, 84, D.segment_frames(2.0, SR, 1024))
+    assert a["views"].min() >= 0.0
+    # E minor: tonic pitch class 4; crop at o starts on pitch class (o + 9) % 12
+    assert a["labelled"] == 1 and a["is_major"] == 0
+    assert (a["tonic_column"] + a["o"] + 9) % 12 == 4
+    # the audio path yields raw segments of the same length
+    ds_audio = D.PairDataset(tracks, fe, seg, None)
+    item = ds_audio[1]
+    assert item["audio"].shape == (2, int(2.0 * SR))
+    fe_module = __import__("musicssl.frontend.cqt", fromlist=["KeyFrontEnd"]).KeyFrontEnd(fe)
+    views, profile = D.audio_batch_views(fe_module, item["audio"][None], torch.tensor([item["o"]]),
+                                         torch.tensor([item["o2"]]))
+    assert views.shape == (1, 3, 84, D.segment_frames(2.0, SR, 1024)) and profile.shape == (1, 12)
+
+
+def test_epoch_sampler_shards_and_skips():
+    s0 = D.EpochSampler(10, seed=1, rank=0, world_size=2)
+    s1 = D.EpochSampler(10, seed=1, rank=1, world_size=2)
+    a, b = list(s0), list(s1)
+    assert len(a) == len(b) == 5 and not set(a) & set(b)
+    s0.set_epoch(3)
+    e3 = list(s0)
+    assert all(30 <= i < 40 for i in e3) and [i % 10 for i in e3] != [i % 10 for i in a]
+    s0.resume_at(3, 2)
+    assert list(s0) == e3[2:]
+    assert list(s0) == e3[2:]                               # however often epoch 3 is iterated
+    s0.set_epoch(4)
+    assert len(list(s0)) == 5                               # later epochs are whole
+    with pytest.raises(ConfigError):
+        D.EpochSampler(1, world_size=2)
