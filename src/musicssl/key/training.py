@@ -259,9 +259,9 @@ class KeyTrainingModule(pl.LightningModule):
                                n_bins=self.frontend_config.crop_bins, drop_path=c.drop_path)
         if c.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._network = self.model
-        if c.compile:
-            self._network = torch.compile(self.model, dynamic=False)
+        # the module that runs the forward pass (compiled or not); not registered as a submodule,
+        # so checkpoints hold the weights once, under "model."
+        object.__setattr__(self, "_network", torch.compile(self.model, dynamic=False) if c.compile else self.model)
         self._frontend = None            # built on demand for batches of raw audio (no feature cache)
         self.labelled_validation: LabelledValidation | None = None
         self._timer: dict[str, float] = {}
@@ -338,6 +338,15 @@ class KeyTrainingModule(pl.LightningModule):
 
     def on_train_epoch_start(self):
         self._timer.pop("end", None)
+
+    def on_train_epoch_end(self):
+        # DDP keeps batch-norm running statistics per process: average them so every
+        # process (and every checkpoint) holds the same model
+        if self.trainer.world_size > 1:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                    module.running_mean.copy_(self.trainer.strategy.reduce(module.running_mean, reduce_op="mean"))
+                    module.running_var.copy_(self.trainer.strategy.reduce(module.running_var, reduce_op="mean"))
 
     def validation_step(self, batch: dict, batch_idx: int):
         loss, terms = self._loss(batch)
@@ -521,6 +530,16 @@ def _precision(config: TrainConfig, accelerator: str) -> str:
     return "32-true"
 
 
+class _FinalCheckpoint(pl.Callback):
+    """Writes ``last.ckpt`` when training ends (also after ``max_minutes`` or early stopping)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)
+
+
 def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), loggers=None) -> pl.Trainer:
     """A Lightning Trainer for ``config`` (checkpoints in OUT/checkpoints, logs in OUT/logs)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -538,7 +557,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
             pass
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}",
                                  every_n_train_steps=config.checkpoint_every, save_top_k=-1,
-                                 save_last=True, auto_insert_metric_name=False)
+                                 save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     devices = config.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -548,7 +567,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
         precision=_precision(config, config.accelerator), max_epochs=config.epochs if config.epochs > 0 else -1,
         max_steps=config.max_steps, gradient_clip_val=config.grad_clip or None,
         check_val_every_n_epoch=config.val_every, log_every_n_steps=config.log_every,
-        callbacks=[checkpoint, *callbacks], logger=loggers, use_distributed_sampler=False,
+        callbacks=[checkpoint, _FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *callbacks], logger=loggers, use_distributed_sampler=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=config.progress, default_root_dir=str(out),
         max_time={"minutes": float(config.max_minutes)} if config.max_minutes else None,

@@ -1,0 +1,221 @@
+"""Key training: config, schedule, export, exact resume, two-process DDP (gloo) — tiny models, few steps."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from musicssl.errors import ConfigError
+from musicssl.key.training import TrainConfig, train, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 22050
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+
+
+def _melody(tonic: int, seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    note = int(0.25 * SR)
+    t = np.arange(note) / SR
+    parts = []
+    for j in range(int(seconds / 0.25)):
+        f = 440 * 2 ** ((57 + tonic + MAJOR[rng.integers(7)] - 69) / 12)
+        parts.append(sum(np.sin(2 * np.pi * h * f * t) / h for h in range(1, 5)) * np.exp(-5 * t))
+    x = np.concatenate(parts)
+    return (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keycorpus")
+    rows = []
+    for i in range(8):
+        tonic = (i * 5) % 12
+        name = f"track{i}.wav"
+        sf.write(root / name, _melody(tonic, 6.0, i), SR)
+        rows.append(f"{name},{NAMES[tonic]} major")
+    (root / "labels.csv").write_text("path,key\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def tiny(tmp_path, corpus, **kw) -> TrainConfig:
+    values = dict(data=[str(corpus / "labels.csv")], cache_dir=str(tmp_path.parent / "shared-cache"),
+                  out=str(tmp_path / "run"), channels=[2, 3, 4], kernels=[3, 3, 3], drop_path=0.1,
+                  segment_seconds=2.0, hop_length=1024, batch_size=2, epochs=2, max_steps=-1,
+                  num_workers=0, val_fraction=0.0, progress=False, export=False, checkpoint_every=2,
+                  log_every=1, seed=3, warmup_steps=2)
+    values.update(kw)
+    return TrainConfig.from_mapping(values)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by this test
+    return {k: v for k, v in ckpt["state_dict"].items()}
+
+
+# --------------------------------------------------------------------------- configuration
+def test_config_yaml_flags_and_validation(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data: [music, list.csv]\ncache_dir: cache\nobjective: stone24\nbatch_size: 16\n")
+    cfg = TrainConfig.from_yaml(cfg_file, {"batch_size": 4, "lr": None})
+    assert cfg.data == [str(tmp_path / "music"), str(tmp_path / "list.csv")]
+    assert cfg.cache_dir == str(tmp_path / "cache") and cfg.objective == "stone24" and cfg.batch_size == 4
+    assert cfg.lr == 1e-3
+    (tmp_path / "bad.yaml").write_text("batchsize: 3\n")
+    with pytest.raises(ConfigError, match="batchsize"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError):
+        TrainConfig.from_mapping({"objective": "nope"})
+    with pytest.raises(ConfigError):
+        TrainConfig.from_mapping({"omega": 4})
+    with pytest.raises(ConfigError):
+        TrainConfig.from_mapping({"batch_size": 0})
+
+
+def test_cli_flags_override_config(tmp_path, capsys):
+    from musicssl.cli.main import main
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data: music\nepochs: 7\nobjective: skey\n")
+    assert main(["train", "--config", str(cfg_file), "--epochs", "3", "--objective", "stone",
+                 "--channels", "2", "3", "--kernels", "3", "3", "--compile", "false", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["epochs"] == 3 and printed["objective"] == "stone" and printed["channels"] == [2, 3]
+    assert printed["data"] == [str(tmp_path / "music")] and printed["compile"] is False
+    assert main(["train", "--objective", "bogus", "--data", "x", "--print-config"]) == 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("skey_*.yaml")))
+def test_shipped_configs_parse(name):
+    cfg = TrainConfig.from_yaml(REPO / "configs" / name)
+    assert cfg.data and cfg.objective in ("stone", "stone24", "skey", "supervised", "semi")
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(100, 100, 10, min_fraction=0.1) == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------- training runs
+def test_train_logs_checkpoints_and_exports_a_usable_model(tmp_path, corpus):
+    from musicssl.key.estimator import KeyEstimator
+
+    cfg = tiny(tmp_path, corpus, objective="skey", max_steps=3, export=True, val_fraction=0.25,
+               val_manifest=None)
+    summary = train(cfg, log=lambda *_: None)
+    out = Path(cfg.out)
+    assert summary["global_step"] == 3
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "step0000002.ckpt").is_file()
+    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
+    columns = set(rows[0])
+    for name in ("train/loss", "train/key", "train/mode", "train/balance", "lr", "perf/items_per_s",
+                 "perf/audio_hours_per_s", "perf/data_wait_share", "val/loss"):
+        assert name in columns, name
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses and all(np.isfinite(losses))
+    calibration = summary["calibration"]
+    assert calibration["n_rows"] == 2 and set(calibration["row_modes"]) == {"major", "minor"}
+    estimator = KeyEstimator.from_checkpoint(out / "model.safetensors")
+    assert estimator.frontend_config.hop_length == 1024
+    result = estimator.estimate_file(corpus / "track0.wav")
+    assert result.probabilities.shape == (24,) and abs(result.probabilities.sum() - 1) < 1e-4
+
+
+class _Kill(RuntimeError):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, corpus):
+    import lightning.pytorch as pl
+
+    # 8 tracks, batch 2 -> 4 steps per epoch, 2 epochs = 8 steps; checkpoints every 3 steps;
+    # killed after step 5, resumed from the step-3 checkpoint (mid-epoch 1)
+    full = tiny(tmp_path / "full", corpus, objective="skey", checkpoint_every=3)
+    train(full, log=lambda *_: None)
+
+    class KillAt(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 5:
+                raise _Kill("simulated crash")
+
+    part = tiny(tmp_path / "part", corpus, objective="skey", checkpoint_every=3)
+    with pytest.raises(_Kill):
+        train(part, callbacks=[KillAt()], log=lambda *_: None)
+    ckpt = Path(part.out) / "checkpoints" / "step0000003.ckpt"
+    assert ckpt.is_file()
+    resumed = tiny(tmp_path / "part", corpus, objective="skey", checkpoint_every=3, resume=str(ckpt))
+    summary = train(resumed, log=lambda *_: None)
+    assert summary["global_step"] == 8
+    a = _weights(Path(full.out) / "checkpoints" / "last.ckpt")
+    b = _weights(Path(part.out) / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and a different seed really changes the result (the comparison can fail)
+    other = tiny(tmp_path / "other", corpus, objective="skey", seed=4, max_steps=8)
+    train(other, log=lambda *_: None)
+    c = _weights(Path(other.out) / "checkpoints" / "last.ckpt")
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("objective", ["stone", "supervised", "semi"])
+def test_other_objectives_train(tmp_path, corpus, objective):
+    cfg = tiny(tmp_path, corpus, objective=objective, max_steps=2, supervised_rows=2)
+    summary = train(cfg, log=lambda *_: None)
+    assert summary["global_step"] == 2
+    assert np.isfinite(summary["metrics"]["train/loss"])
+
+
+DDP_DRIVER = r'''
+import json, sys
+import lightning.pytorch as pl
+from musicssl.key.training import TrainConfig, train
+
+cfg = TrainConfig.from_mapping(json.loads(sys.argv[1]))
+seen = []
+
+class Record(pl.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        seen.extend(int(i) for i in batch["index"])
+
+    def on_train_end(self, trainer, module):
+        weights = {k: v.flatten().tolist() for k, v in module.model.state_dict().items()}
+        with open(f"{sys.argv[2]}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump({"seen": seen, "weights": weights, "world": trainer.world_size}, f)
+
+train(cfg, callbacks=[Record()], log=lambda *_: None)
+'''
+
+
+def test_ddp_two_cpu_processes_gloo(tmp_path, corpus):
+    cfg = tiny(tmp_path, corpus, objective="skey", accelerator="cpu", devices=2, strategy="ddp",
+               max_steps=-1, epochs=1, batch_size=2, threads=1)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(driver), json.dumps(cfg.to_dict()), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["world"] == r1["world"] == 2
+    assert len(r0["seen"]) == len(r1["seen"]) == 4          # one epoch: 4 tracks per rank, 2 steps of 2
+    assert not set(r0["seen"]) & set(r1["seen"])             # each rank saw different tracks
+    assert r0["weights"].keys() == r1["weights"].keys()
+    for k in r0["weights"]:
+        assert np.allclose(r0["weights"][k], r1["weights"][k], rtol=0, atol=0), k
