@@ -42,7 +42,8 @@ def _frontend_dict() -> dict:
 
 
 def save_zerons(path: str | os.PathLike, model: ZeroNS, separator: Separator | None = None,
-                provenance: Mapping[str, Any] | None = None, half: bool = False) -> Path:
+                provenance: Mapping[str, Any] | None = None, half: bool = False,
+                polarity: Mapping[str, int] | None = None) -> Path:
     """Write ``model`` to ``.safetensors`` with JSON metadata (architecture, front end, separator).
 
     ``half`` stores float16 weights (half the size; loaded back as float32).
@@ -60,6 +61,7 @@ def save_zerons(path: str | os.PathLike, model: ZeroNS, separator: Separator | N
         "frontend": json.dumps(_frontend_dict()),
         "separator": json.dumps(separator_description(separator or get_separator())),
         "provenance": json.dumps(dict(provenance or {}), default=str),
+        "polarity": json.dumps(dict(polarity or {"percussive": 1, "non_percussive": 1})),
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -86,6 +88,7 @@ def load_zerons(path: str | os.PathLike) -> tuple[ZeroNS, dict]:
         raise CheckpointError(f"{path}: unsupported format_version {raw.get('format_version')!r}")
     try:
         meta = {k: json.loads(raw[k]) for k in ("architecture", "frontend", "separator", "provenance")}
+        meta["polarity"] = json.loads(raw.get("polarity", '{"percussive": 1, "non_percussive": 1}'))
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: malformed metadata ({exc})") from exc
     arch = meta["architecture"]
@@ -132,6 +135,46 @@ def track_beats(activation: np.ndarray, fps: float = FPS, tracker: str = "dbn",
         bpm = float(np.atleast_1d(tempo)[0])
         return beats, (bpm if bpm > 0 and len(beats) else None)
     raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+
+
+def polarity_reference(bpm: float = 100.0, seconds: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration signal, 16 kHz ``(N,)``, and its beat times: a kick + noise hit on every
+    beat over sustained tones that change every four beats."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(int(0.12 * SAMPLE_RATE)) / SAMPLE_RATE
+    hit = (np.sin(2 * np.pi * (50 * t + 3.3 * (1 - np.exp(-30 * t)))) * np.exp(-25 * t)
+           + 0.5 * rng.standard_normal(len(t)) * np.exp(-40 * t))
+    beats = np.arange(0.5, seconds - 0.2, 60.0 / bpm)
+    drums = np.zeros(n)
+    for b in beats:
+        s0 = int(b * SAMPLE_RATE)
+        m = min(len(hit), n - s0)
+        drums[s0:s0 + m] += hit[:m]
+    tt = np.arange(n) / SAMPLE_RATE
+    bar = 4 * 60.0 / bpm
+    roots = np.array([220.0, 196.0, 174.6, 246.9])[((tt - 0.5).clip(0) // bar).astype(int) % 4]
+    tones = sum(np.sin(2 * np.pi * h * roots * tt) / h for h in (1, 2, 3))
+    x = 0.5 * drums / np.abs(drums).max() + 0.3 * tones / np.abs(tones).max()
+    return (x / np.abs(x).max()).astype(np.float32), beats
+
+
+def calibrate_polarity(estimator: "BeatEstimator") -> dict[str, int]:
+    """Sign of each network's response to beats (+1: peaks at beats, -1: dips).
+
+    A time-centred pretext loss cannot tell an output from its mirror image
+    ``1 - y``; this fixes the sign once per model with :func:`polarity_reference`.
+    """
+    x, beats = polarity_reference()
+    p, a = estimator.network_outputs(*estimator.features(*estimator.separate(x)))
+    frames = np.round(beats * FPS).astype(int)
+    near = np.unique(np.clip(np.concatenate([frames + d for d in (-1, 0, 1, 2)]), 0, len(p) - 1))
+
+    def sign(y: np.ndarray) -> int:
+        z = (y - y.mean()) / (y.std() + 1e-9)
+        return 1 if float(z[near].mean()) >= 0 else -1
+
+    return {"percussive": sign(p), "non_percussive": sign(a)}
 
 
 def rescale_unit(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -191,6 +234,9 @@ class BeatEstimator:
         self.tracker_params = dict(tracker_params or {})
         self.chunk_frames = max(256, int(chunk_seconds * FPS))
         self.rescale = bool(rescale)
+        pol = self.metadata.get("polarity") or {}
+        self.polarity = {"percussive": int(pol.get("percussive", 1)),
+                         "non_percussive": int(pol.get("non_percussive", 1))}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
@@ -250,6 +296,10 @@ class BeatEstimator:
         not its level, so without this one branch's offset can mask the other
         under ``max``.
         """
+        if self.polarity["percussive"] < 0:
+            p = 1.0 - p
+        if self.polarity["non_percussive"] < 0:
+            a = 1.0 - a
         if self.rescale:
             p, a = rescale_unit(p), rescale_unit(a)
         return combine_activations(torch.from_numpy(p), torch.from_numpy(a), self.combine).numpy()

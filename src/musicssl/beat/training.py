@@ -243,7 +243,8 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     from musicssl.beat.separation import get_separator
 
-    path = save_zerons(out_dir / "zerons.safetensors", module.model, get_separator(config.separator), provenance={
+    path = save_zerons(out_dir / "zerons.safetensors", module.model.eval(), get_separator(config.separator),
+                       polarity=model_polarity(module.model, config), provenance={
         "trained_by": "musicssl train-beats", "steps": int(trainer.global_step),
         "wall_seconds_this_run": round(wall, 1), "config": config.to_dict(),
         "final_metrics": metrics, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -265,6 +266,17 @@ def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, hal
         raise CheckpointError(f"{ckpt_path}: not a ZeroNS training checkpoint ({exc})") from exc
     model = ZeroNS(width=config.width, dropout=config.dropout)
     model.load_state_dict(state)
-    return save_zerons(out_path, model, get_separator(config.separator), half=half, provenance={
+    return save_zerons(out_path, model.eval(), get_separator(config.separator), half=half,
+                       polarity=model_polarity(model, config), provenance={
         "trained_by": "musicssl train-beats", "steps": int(ck.get("global_step", 0)),
         "config": config.to_dict(), "exported_from": str(ckpt_path)})
+
+
+def model_polarity(model: ZeroNS, config: PretrainConfig) -> dict[str, int]:
+    """Polarity calibration (``estimator.calibrate_polarity``) when the loss was time-centred."""
+    from musicssl.beat.estimator import BeatEstimator, calibrate_polarity
+    from musicssl.beat.separation import get_separator
+
+    if not config.center_outputs:
+        return {"percussive": 1, "non_percussive": 1}
+    return calibrate_polarity(BeatEstimator(model.eval(), separator=get_separator(config.separator)))
