@@ -1,0 +1,189 @@
+"""Training throughput of the key models: items/s and the data-loading share of step time.
+
+One item = two segments of one track -> three views (A, B at offset o; A at o'),
+forward + backward + AdamW step, exactly the training step of
+``musicssl.key.training.KeyTrainingModule`` (without Lightning's bookkeeping).
+
+Prints, for each setting:
+  * network only (views already in memory): items/s;
+  * full pipeline with the feature cache (DataLoader workers cut segments from
+    memory-mapped float16 CQT decibels): items/s and the share of wall time
+    spent waiting for data;
+  * full pipeline without the cache (workers decode audio segments, the CQT
+    runs in the training step): items/s and data-wait share.
+
+Usage::
+
+    python benchmarks/train_throughput.py                      # synthetic tracks, default settings
+    python benchmarks/train_throughput.py --data work-data/corpus/manifest.csv --tracks 64
+    python benchmarks/train_throughput.py --settings naive,cl,cl-hop1024,cl-hop1024-bf16
+
+The machine's other load changes the figures: compare settings run together,
+and report the median of several steps (``--steps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SETTINGS = {
+    # name: (hop_length, channels_last, bf16 autocast)
+    "naive": (512, False, False),
+    "cl": (512, True, False),
+    "cl-bf16": (512, True, True),
+    "cl-hop1024": (1024, True, False),
+    "cl-hop1024-bf16": (1024, True, True),
+}
+
+
+def synth_tracks(folder: Path, n: int, seconds: float, sr: int = 22050) -> list[Path]:
+    """``n`` tracks of harmonic-tone melodies (random keys), WAV."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    note = int(0.25 * sr)
+    t = np.arange(note) / sr
+    paths = []
+    for i in range(n):
+        tonic = int(rng.integers(12))
+        parts = []
+        for _ in range(int(seconds / 0.25)):
+            f = 440 * 2 ** ((57 + tonic + (0, 2, 4, 5, 7, 9, 11)[rng.integers(7)] - 69) / 12)
+            parts.append(sum(np.sin(2 * np.pi * h * f * t) / h for h in range(1, 6)) * np.exp(-4 * t))
+        x = np.concatenate(parts)
+        path = folder / f"t{i:03d}.wav"
+        sf.write(path, (0.5 * x / np.abs(x).max()).astype(np.float32), sr)
+        paths.append(path)
+    return paths
+
+
+def make_module(hop: int, channels_last: bool, objective: str, segment_seconds: float):
+    from musicssl.key.training import KeyTrainingModule, TrainConfig
+
+    cfg = TrainConfig(data=["x"], hop_length=hop, channels_last=channels_last, objective=objective,
+                      segment_seconds=segment_seconds, progress=False)
+    module = KeyTrainingModule(cfg.to_dict())
+    module.train()
+    return module, cfg
+
+
+def timed_steps(module, batches, bf16: bool, steps: int) -> tuple[list[float], list[float]]:
+    """Run ``steps`` training steps; returns per-step (wait for data, compute) seconds."""
+    opt = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
+    waits, computes = [], []
+    it = iter(batches)
+    for i in range(steps + 1):                       # first step = warm-up, not counted
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = module._loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if i:
+            waits.append(t1 - t0)
+            computes.append(t2 - t1)
+    return waits, computes
+
+
+def report(name: str, batch: int, waits: list[float], computes: list[float], seg_s: float) -> str:
+    totals = [w + c for w, c in zip(waits, computes)]
+    med = statistics.median(totals)
+    share = sum(waits) / max(sum(totals), 1e-9)
+    items = batch / med
+    return (f"{name:38s} {items:6.2f} items/s  {items * 2 * seg_s / 3600:.4f} audio-h/s  "
+            f"data wait {100 * share:5.1f} %  (median step {med:.2f} s)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="folder or manifest of real audio (default: synthetic tracks)")
+    p.add_argument("--tracks", type=int, default=24, help="tracks used (synthetic or first N)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--segment-seconds", type=float, default=15.0)
+    p.add_argument("--settings", default="naive,cl,cl-hop1024,cl-hop1024-bf16")
+    p.add_argument("--pipelines", default="network,cache,nocache")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--objective", default="skey")
+    p.add_argument("--cache-dir", help="reuse/keep a feature cache here (default: temporary)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.key.data import (FeatureCache, PairDataset, SegmentConfig, gather_tracks, make_loader,
+                                   scan_tracks)
+
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(tmp.name)
+    if args.data:
+        tracks = gather_tracks(args.data)[: args.tracks]
+    else:
+        (root / "audio").mkdir()
+        synth_tracks(root / "audio", args.tracks, 2.5 * args.segment_seconds)
+        tracks = gather_tracks(root / "audio")
+    tracks = scan_tracks(tracks).usable
+    print(f"{len(tracks)} tracks, batch {args.batch_size}, segments {args.segment_seconds:g} s, "
+          f"{args.threads} threads, {args.num_workers} workers, torch {torch.__version__}")
+    pipelines = args.pipelines.split(",")
+    for name in args.settings.split(","):
+        hop, cl, bf16 = SETTINGS[name]
+        fe = FrontEndConfig(hop_length=hop)
+        seg = SegmentConfig(args.segment_seconds, "overlap", 0)
+        module, _ = make_module(hop, cl, args.objective, args.segment_seconds)
+        if "network" in pipelines:
+            ds = PairDataset(tracks, fe, seg, None)
+            t = ds.seg
+            b = args.batch_size
+            batch = {"views": torch.rand(b, 3, 84, t), "profile": torch.rand(b, 12),
+                     "k": torch.randint(-11, 11, (b,)), "labelled": torch.zeros(b, dtype=torch.long),
+                     "tonic_column": torch.zeros(b, dtype=torch.long), "is_major": torch.zeros(b, dtype=torch.long)}
+            waits, computes = timed_steps(module, _repeat(batch), bf16, args.steps)
+            print(report(f"{name} network only", b, waits, computes, args.segment_seconds), flush=True)
+        if "cache" in pipelines:
+            cache_root = Path(args.cache_dir or root / "cache") / f"hop{hop}"
+            cache = FeatureCache(cache_root, fe)
+            t0 = time.perf_counter()
+            cache.build(tracks, progress=False, num_workers=args.num_workers)
+            build_s = time.perf_counter() - t0
+            ds = PairDataset(tracks, fe, seg, cache)
+            loader = make_loader(ds, args.batch_size, seed=0, num_workers=args.num_workers)
+            waits, computes = timed_steps(module, _epochs(loader), bf16, args.steps)
+            print(report(f"{name} with feature cache", args.batch_size, waits, computes, args.segment_seconds)
+                  + f"  [cache build {build_s:.1f} s]", flush=True)
+        if "nocache" in pipelines:
+            ds = PairDataset(tracks, fe, seg, None)
+            loader = make_loader(ds, args.batch_size, seed=0, num_workers=args.num_workers)
+            waits, computes = timed_steps(module, _epochs(loader), bf16, args.steps)
+            print(report(f"{name} without cache (decode+CQT)", args.batch_size, waits, computes,
+                         args.segment_seconds), flush=True)
+    return 0
+
+
+def _repeat(batch):
+    while True:
+        yield batch
+
+
+def _epochs(loader):
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
