@@ -16,6 +16,18 @@ SKEY_REFERENCE = FIXTURES / "skey_reference"
 DEV_SYNTH = SHARED / "data" / "dev-synth"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op torch thread for the whole suite: on a 2-core machine, thread
+    contention makes small tensor work much slower (74 s -> 13 s for the CQT tests)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
     """``../shared/fixtures``; skips the test with a clear message when absent."""

@@ -23,14 +23,6 @@ from musicssl.frontend.cqt import CQT, KEY_FRONTEND, FrontEndConfig
 from musicssl.key.model import ChromaNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a small shared machine, thread contention makes these tests slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _input(frames: int = 160) -> torch.Tensor:
     return torch.rand(2, 1, 84, frames, generator=torch.Generator().manual_seed(1))

@@ -9,14 +9,6 @@ from musicssl.errors import AudioTooShortError, ConfigError
 from musicssl.key.model import ChromaNet, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a small shared machine, thread contention makes these tests slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _input(batch: int = 2, frames: int = 200, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

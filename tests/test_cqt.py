@@ -24,14 +24,6 @@ from musicssl.frontend.cqt import (
 from conftest import harmonic_tone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a small shared machine, thread contention makes these tests slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 BEAT_SETTINGS = dict(sr=16000, hop_length=256, fmin=16.35, n_bins=96, bins_per_octave=12)
 

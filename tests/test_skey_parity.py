@@ -14,14 +14,6 @@ from musicssl.checkpoint import load_key_model
 from musicssl.frontend.cqt import CQT, KeyFrontEnd, crop_bins
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a small shared machine, thread contention makes these tests slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 STEM = "nocturne_n02_in_e-flat_major"
 
