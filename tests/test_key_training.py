@@ -108,6 +108,10 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
     assert warmup_cosine(100, 100, 10, min_fraction=0.1) == pytest.approx(0.1)
+    # a wall-clock budget ahead of the steps drives the decay; behind it, the steps do
+    assert warmup_cosine(20, 100, 10, time_fraction=0.5) == pytest.approx(0.5)
+    assert warmup_cosine(55, 100, 10, time_fraction=0.1) == pytest.approx(0.5)
+    assert warmup_cosine(5, 100, 10, time_fraction=0.9) == pytest.approx(0.6)   # warm-up unchanged
 
 
 # --------------------------------------------------------------------------- training runs

@@ -89,7 +89,8 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/key"
     resume: str | None = None                            # checkpoint path or "last"
-    max_minutes: float | None = None                     # wall-clock budget; stops cleanly, then exports
+    max_minutes: float | None = None                     # wall-clock budget; stops cleanly, then exports;
+                                                         # the cosine decay then follows the budget too
     checkpoint_every: int = 500                          # optimizer steps
     log_every: int = 10
     val_every: int = 1                                   # epochs
@@ -164,11 +165,17 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- schedule
-def warmup_cosine(step: int, total: int, warmup: int, min_fraction: float = 0.0) -> float:
-    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_fraction`` at ``total``."""
+def warmup_cosine(step: int, total: int, warmup: int, min_fraction: float = 0.0,
+                  time_fraction: float = 0.0) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_fraction`` at ``total``.
+
+    ``time_fraction`` (share of a wall-clock budget used, 0..1) advances the
+    decay when it is ahead of the step count, so a run stopped by
+    ``max_minutes`` still ends at the bottom of the schedule.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -373,8 +380,20 @@ class KeyTrainingModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         warmup = c.warmup_steps if c.warmup_steps is not None else min(2000, max(1, total // 20))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup, c.min_lr_fraction))
+            optimizer, lambda step: warmup_cosine(step, total, warmup, c.min_lr_fraction, self._time_fraction()))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _time_fraction(self) -> float:
+        """Share of the ``max_minutes`` budget used so far (0 without a budget)."""
+        if not self.config.max_minutes or self._trainer is None:
+            return 0.0
+        from lightning.pytorch.callbacks import Timer
+
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, Timer):
+                elapsed = callback.time_elapsed("train")
+                return min(1.0, elapsed / (60.0 * float(self.config.max_minutes)))
+        return 0.0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["musicssl"] = {"frontend": self.frontend_config.to_dict(),
