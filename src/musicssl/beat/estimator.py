@@ -177,6 +177,36 @@ def calibrate_polarity(estimator: "BeatEstimator") -> dict[str, int]:
     return {"percussive": sign(p), "non_percussive": sign(a)}
 
 
+def shift_activation(act: np.ndarray, lag: int) -> np.ndarray:
+    """``out[t] = act[t + lag]`` (edges repeated): moves responses ``lag`` frames earlier."""
+    if lag == 0 or act.size == 0:
+        return act
+    idx = np.clip(np.arange(act.size) + lag, 0, act.size - 1)
+    return act[idx]
+
+
+def calibrate_lag(estimator: "BeatEstimator", max_lag: int = 24) -> int:
+    """Frames by which the combined activation peaks after the beats of :func:`polarity_reference`.
+
+    The synchrony loss leaves a common delay of both outputs free; this
+    measures it once per model (cross-correlation with the beat train).
+    """
+    x, beats = polarity_reference()
+    saved, estimator.lag_frames = estimator.lag_frames, 0
+    try:
+        act = estimator.combine_outputs(*estimator.network_outputs(*estimator.features(*estimator.separate(x))))
+    finally:
+        estimator.lag_frames = saved
+    frames = np.round(beats * FPS).astype(int)
+    z = act - act.mean()
+    scores = []
+    for lag in range(-max_lag, max_lag + 1):
+        f = frames + lag
+        f = f[(f >= 0) & (f < len(z))]
+        scores.append(float(z[f].mean()) if f.size else -np.inf)
+    return int(np.argmax(scores)) - max_lag
+
+
 def rescale_unit(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """``x`` ``(T,)`` min-max scaled to [0, 1] (all zeros when ``x`` is constant)."""
     x = np.asarray(x, dtype=np.float32)
@@ -237,6 +267,7 @@ class BeatEstimator:
         pol = self.metadata.get("polarity") or {}
         self.polarity = {"percussive": int(pol.get("percussive", 1)),
                          "non_percussive": int(pol.get("non_percussive", 1))}
+        self.lag_frames = int(pol.get("lag_frames", 0))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
@@ -302,7 +333,8 @@ class BeatEstimator:
             a = 1.0 - a
         if self.rescale:
             p, a = rescale_unit(p), rescale_unit(a)
-        return combine_activations(torch.from_numpy(p), torch.from_numpy(a), self.combine).numpy()
+        act = combine_activations(torch.from_numpy(p), torch.from_numpy(a), self.combine).numpy()
+        return shift_activation(act, self.lag_frames)
 
     # ---------------------------------------------------------------- API
     def _prepare(self, samples: np.ndarray, sr: float) -> np.ndarray:

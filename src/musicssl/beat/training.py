@@ -273,10 +273,12 @@ def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, hal
 
 
 def model_polarity(model: ZeroNS, config: PretrainConfig) -> dict[str, int]:
-    """Polarity calibration (``estimator.calibrate_polarity``) when the loss was time-centred."""
-    from musicssl.beat.estimator import BeatEstimator, calibrate_polarity
+    """Output signs (``estimator.calibrate_polarity``, when the loss was time-centred) and the
+    common delay of the activation (``estimator.calibrate_lag``)."""
+    from musicssl.beat.estimator import BeatEstimator, calibrate_lag, calibrate_polarity
     from musicssl.beat.separation import get_separator
 
-    if not config.center_outputs:
-        return {"percussive": 1, "non_percussive": 1}
-    return calibrate_polarity(BeatEstimator(model.eval(), separator=get_separator(config.separator)))
+    est = BeatEstimator(model.eval(), separator=get_separator(config.separator))
+    if config.center_outputs:
+        est.polarity = calibrate_polarity(est)
+    return {**est.polarity, "lag_frames": calibrate_lag(est)}
