@@ -75,12 +75,13 @@ def make_module(hop: int, channels_last: bool, objective: str, segment_seconds: 
     return module, cfg
 
 
-def timed_steps(module, batches, bf16: bool, steps: int) -> tuple[list[float], list[float]]:
-    """Run ``steps`` training steps; returns per-step (wait for data, compute) seconds."""
+def timed_steps(module, batches, bf16: bool, steps: int, warmup: bool = True) -> tuple[list[float], list[float]]:
+    """Run ``steps`` timed training steps (after one untimed warm-up step); returns per-step
+    (wait for data, compute) seconds."""
     opt = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
     waits, computes = [], []
     it = iter(batches)
-    for i in range(steps + 1):                       # first step = warm-up, not counted
+    for i in range(int(not warmup), steps + 1):
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
@@ -138,20 +139,36 @@ def main(argv=None) -> int:
     print(f"{len(tracks)} tracks, batch {args.batch_size}, segments {args.segment_seconds:g} s, "
           f"{args.threads} threads, {args.num_workers} workers, torch {torch.__version__}")
     pipelines = args.pipelines.split(",")
-    for name in args.settings.split(","):
-        hop, cl, bf16 = SETTINGS[name]
-        fe = FrontEndConfig(hop_length=hop)
-        seg = SegmentConfig(args.segment_seconds, "overlap", 0)
-        module, _ = make_module(hop, cl, args.objective, args.segment_seconds)
-        if "network" in pipelines:
-            ds = PairDataset(tracks, fe, seg, None)
-            t = ds.seg
-            b = args.batch_size
+    names = args.settings.split(",")
+    seg = SegmentConfig(args.segment_seconds, "overlap", 0)
+    if "network" in pipelines:
+        # settings interleaved step by step, so the machine's other load hits all alike
+        b = args.batch_size
+        runs = {}
+        for name in names:
+            hop, cl, bf16 = SETTINGS[name]
+            t = PairDataset(tracks[:1], FrontEndConfig(hop_length=hop), seg, None).seg
             batch = {"views": torch.rand(b, 3, 84, t), "profile": torch.rand(b, 12),
                      "k": torch.randint(-11, 11, (b,)), "labelled": torch.zeros(b, dtype=torch.long),
                      "tonic_column": torch.zeros(b, dtype=torch.long), "is_major": torch.zeros(b, dtype=torch.long)}
-            waits, computes = timed_steps(module, _repeat(batch), bf16, args.steps)
-            print(report(f"{name} network only", b, waits, computes, args.segment_seconds), flush=True)
+            runs[name] = (make_module(hop, cl, args.objective, args.segment_seconds)[0], batch, bf16, [])
+        for round_ in range(args.steps + 1):
+            for name, (module, batch, bf16, times) in runs.items():
+                _, computes = timed_steps(module, _repeat(batch), bf16, 0 if round_ == 0 else 1,
+                                          warmup=round_ == 0)
+                times.extend(computes)
+        base = None
+        for name, (_, _, _, times) in runs.items():
+            best = b / min(times)
+            base = base or best
+            print(f"{name + ' network only':38s} {b / statistics.median(times):6.2f} items/s median, "
+                  f"{best:6.2f} best  ({best / base:4.1f}x the first setting)", flush=True)
+    for name in names:
+        hop, cl, bf16 = SETTINGS[name]
+        fe = FrontEndConfig(hop_length=hop)
+        if not ({"cache", "nocache"} & set(pipelines)):
+            break
+        module, _ = make_module(hop, cl, args.objective, args.segment_seconds)
         if "cache" in pipelines:
             cache_root = Path(args.cache_dir or root / "cache") / f"hop{hop}"
             cache = FeatureCache(cache_root, fe)
