@@ -556,7 +556,7 @@ class _FinalCheckpoint(pl.Callback):
         self.path = Path(path)
 
     def on_train_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), loggers=None) -> pl.Trainer:
