@@ -16,14 +16,6 @@ from musicssl.beat.model import ZeroNS
 from musicssl.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory):
     root = tmp_path_factory.mktemp("beats_cli")

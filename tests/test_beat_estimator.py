@@ -12,14 +12,6 @@ from musicssl.beat.model import ZeroNS
 from musicssl.errors import AudioError, ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_estimator():
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from musicssl.beat.model import ZeroNS
 from musicssl.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _song(rng, t=200, period=25):
     beats = np.arange(5, t, period)
     perc = np.full((96, t), -10.0, np.float32)

@@ -17,15 +17,6 @@ from musicssl.beat.training import PretrainConfig, make_module, pretrain
 from musicssl.errors import CheckpointError, ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads are much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _toy_batch(rng, n=8, t=64):
     """Percussive and non-percussive 'spectrograms' sharing one random onset pattern per clip."""
     perc = np.full((n, 1, 96, t), -8.0, np.float32)
