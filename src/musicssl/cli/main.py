@@ -1,8 +1,9 @@
 """Entry point of the ``musicssl`` command: dispatches to one module per subcommand.
 
-Each subcommand module defines ``add_parser(subparsers)`` (registers its
-arguments, sets ``func``) and is imported only when used, so ``musicssl key``
-does not pay for importing the training stack.
+Each subcommand module defines ``add_parser(subparsers, name, help_text)``
+(adds the subcommand ``name`` to ``subparsers``, registers its arguments,
+sets ``func``) and is imported only when used, so ``musicssl key`` does not
+pay for importing the training stack.
 """
 
 from __future__ import annotations
