@@ -138,6 +138,19 @@ def test_train_logs_checkpoints_and_exports_a_usable_model(tmp_path, corpus):
     result = estimator.estimate_file(corpus / "track0.wav")
     assert result.probabilities.shape == (24,) and abs(result.probabilities.sum() - 1) < 1e-4
 
+    # an intermediate training checkpoint exports to the same kind of model (weights_only read)
+    from musicssl.checkpoint import load_key_model
+    from musicssl.key.training import export_training_checkpoint, load_training_checkpoint
+
+    module, step = load_training_checkpoint(out / "checkpoints" / "step0000002.ckpt")
+    assert step == 2 and module.model.n_rows == 2
+    export_training_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "last.safetensors")
+    exported = load_key_model(tmp_path / "last.safetensors")
+    final = load_key_model(out / "model.safetensors")
+    for name, value in final.model.state_dict().items():
+        assert torch.equal(value, exported.model.state_dict()[name]), name
+    assert exported.provenance["checkpoint_step"] == 3
+
 
 class _Kill(RuntimeError):
     pass

@@ -12,7 +12,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
         "Run the package's reference signals (cadences and scales in all 24 keys) through a model, "
         "find which output row is major and which column is which tonic (SPEC §1.6), print the "
         "mapping, and with -o save the model with it in the project's .safetensors format."))
-    p.add_argument("checkpoint", help="project .safetensors or released S-KEY/STONE .pt checkpoint")
+    p.add_argument("checkpoint", help="project .safetensors, released S-KEY/STONE .pt, "
+                                      "or a training .ckpt written by musicssl train")
     p.add_argument("-o", "--output", help="write the calibrated model here (.safetensors)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=run)
@@ -20,8 +21,17 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 def run(args) -> int:
     from musicssl.checkpoint import load_key_model, save_key_model
+    from musicssl.errors import ConfigError
     from musicssl.key.estimator import calibrate_model
 
+    if str(args.checkpoint).endswith(".ckpt"):
+        from musicssl.key.training import export_training_checkpoint
+
+        if not args.output:
+            raise ConfigError("a training .ckpt needs -o OUT.safetensors")
+        print(json.dumps(export_training_checkpoint(args.checkpoint, args.output, args.device), indent=1))
+        print(f"saved {args.output}")
+        return 0
     loaded = load_key_model(args.checkpoint)
     calibration = calibrate_model(loaded.model, loaded.frontend_config, args.device)
     print(json.dumps(calibration, indent=1))

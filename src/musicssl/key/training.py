@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from musicssl.errors import ConfigError
+from musicssl.errors import CheckpointError, ConfigError
 
 try:  # lightning is a runtime dependency, but keep `import musicssl.key.training` cheap to fail clearly
     import lightning.pytorch as pl
@@ -622,6 +623,25 @@ def export_model(module: KeyTrainingModule, path: str | Path, extra_provenance: 
                   **dict(extra_provenance or {})}
     save_key_model(path, model.cpu(), module.frontend_config, calibration, provenance)
     return calibration
+
+
+def load_training_checkpoint(path: str | Path) -> tuple[KeyTrainingModule, int]:
+    """The key training module of a Lightning ``.ckpt`` written by :func:`train`, and
+    its training step (read with ``weights_only=True``: no pickled code runs)."""
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        module = KeyTrainingModule(dict(ckpt["hyper_parameters"]["config"]))
+        module.load_state_dict(ckpt["state_dict"])
+    except (OSError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path}: not a musicssl key training checkpoint ({exc})") from exc
+    return module.eval(), int(ckpt.get("global_step", -1))
+
+
+def export_training_checkpoint(path: str | Path, out: str | Path, device: str = "cpu") -> dict:
+    """Calibrate the model of a training ``.ckpt`` and write it in the project format
+    (e.g. to compare objectives at equal steps); returns the calibration."""
+    module, step = load_training_checkpoint(path)
+    return export_model(module, out, {"exported_from": str(path), "checkpoint_step": step}, device)
 
 
 def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print) -> dict:
