@@ -11,8 +11,9 @@ import soundfile as sf
 import torch
 
 from beat_synth import SR, click_track, drum_track
-from musicssl.beat.estimator import DEFAULT_CHECKPOINT, save_zerons
+from musicssl.beat.estimator import DEFAULT_CHECKPOINT
 from musicssl.beat.model import ZeroNS
+from musicssl.checkpoint import save_zerons_model
 from musicssl.cli.main import main
 
 
@@ -24,7 +25,7 @@ def audio(tmp_path_factory):
     drums, _ = drum_track(6.0, 100)
     sf.write(root / "drums.flac", drums, SR)
     torch.manual_seed(0)
-    ckpt = save_zerons(root / "tiny.safetensors", ZeroNS(width=1 / 16))
+    ckpt = save_zerons_model(root / "tiny.safetensors", ZeroNS(width=1 / 16))
     return root, times, ckpt
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from beat_synth import SR, drum_track
-from musicssl.beat.estimator import BeatEstimator, BeatResult, save_zerons, track_beats
+from musicssl.beat.estimator import BeatEstimator, BeatResult, track_beats
 from musicssl.beat.model import ZeroNS
+from musicssl.checkpoint import save_zerons_model
 from musicssl.errors import AudioError, ConfigError
 
 
@@ -50,7 +51,7 @@ def test_estimate_result_and_errors(tiny_estimator, tmp_path):
         tiny_estimator.estimate(np.zeros(SR // 4, np.float32) + 0.1, SR)  # 0.25 s: too short
     with pytest.raises(ConfigError):
         BeatEstimator(tiny_estimator.model, tracker="magic")
-    path = save_zerons(tmp_path / "m.safetensors", tiny_estimator.model)
+    path = save_zerons_model(tmp_path / "m.safetensors", tiny_estimator.model)
     again = BeatEstimator.from_checkpoint(path, combine="mean")
     assert again.combine == "mean"
 

@@ -8,10 +8,10 @@ import soundfile as sf
 import torch
 
 from beat_synth import SR, drum_track
-from musicssl.beat.estimator import load_zerons, save_zerons
 from musicssl.beat.finetune import FinetuneConfig, SongExample, finetune_model, read_labelled_songs
 from musicssl.beat.losses import widened_beat_targets
 from musicssl.beat.model import ZeroNS
+from musicssl.checkpoint import load_zerons_model, save_zerons_model
 from musicssl.cli.main import main
 
 
@@ -46,9 +46,9 @@ def test_read_labelled_songs_and_cli(tmp_path):
     pairs = read_labelled_songs(tmp_path)
     assert len(pairs) == 1 and np.allclose(pairs[0][1], beats, atol=1e-3)
     torch.manual_seed(0)
-    init = save_zerons(tmp_path / "init.safetensors", ZeroNS(width=1 / 16))
+    init = save_zerons_model(tmp_path / "init.safetensors", ZeroNS(width=1 / 16))
     out = tmp_path / "tuned"
     assert main(["train-beats", "--finetune", str(tmp_path), "--init", str(init), "--out", str(out),
                  "--epochs", "2"]) == 0
-    model, meta = load_zerons(out / "zerons_finetuned.safetensors")
+    model, meta = load_zerons_model(out / "zerons_finetuned.safetensors")
     assert meta["provenance"]["finetuned"]["songs"] == [str(tmp_path / "song.wav")]

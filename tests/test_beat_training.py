@@ -11,8 +11,8 @@ import torch
 
 from beat_synth import SR, chord_track, drum_track
 from musicssl.beat.data import ClipDataset, ClipSettings, CacheSettings, build_cache, percussive_is_silent
-from musicssl.beat.estimator import load_zerons, save_zerons
 from musicssl.beat.model import ZeroNS
+from musicssl.checkpoint import load_zerons_model, save_zerons_model
 from musicssl.beat.training import PretrainConfig, make_module, pretrain
 from musicssl.errors import CheckpointError, ConfigError
 
@@ -99,24 +99,24 @@ def test_pretrain_exports_and_resumes(tiny_cache, tmp_path):
     cfg = PretrainConfig(width=1 / 16, batch_size=2, clip_seconds=2.0, clips_per_epoch=4,
                          max_steps=2, accelerator="cpu", checkpoint_every=1, hard_negatives=True)
     path = pretrain(root / "cache", tmp_path / "run", cfg, progress=False)
-    model, meta = load_zerons(path)
+    model, meta = load_zerons_model(path)
     assert meta["architecture"]["width"] == 1 / 16
     assert meta["provenance"]["steps"] == 2
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     cfg.max_steps = 3
     path = pretrain(root / "cache", tmp_path / "run", cfg, resume="last", progress=False)
-    assert load_zerons(path)[1]["provenance"]["steps"] == 3
+    assert load_zerons_model(path)[1]["provenance"]["steps"] == 3
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
     torch.manual_seed(0)
     model = ZeroNS(width=1 / 16).eval()
-    path = save_zerons(tmp_path / "m.safetensors", model, half=True)
-    loaded, meta = load_zerons(path)
+    path = save_zerons_model(tmp_path / "m.safetensors", model, half=True)
+    loaded, meta = load_zerons_model(path)
     x = torch.randn(1, 1, 96, 20)
     assert torch.allclose(loaded(x, x)[0], model(x, x)[0], atol=1e-2)
     (tmp_path / "bad.safetensors").write_bytes(b"not a model")
     with pytest.raises(CheckpointError):
-        load_zerons(tmp_path / "bad.safetensors")
+        load_zerons_model(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError):
-        load_zerons(tmp_path / "missing.safetensors")
+        load_zerons_model(tmp_path / "missing.safetensors")

@@ -1,6 +1,7 @@
 """Model files: the project's checkpoint format and safe import of released S-KEY/STONE ``.pt``.
 
-This is the only module that reads or writes model files.
+This is the only module that reads or writes model files (key models and
+ZeroNS beat models, :func:`save_zerons_model` / :func:`load_zerons_model`).
 
 Project format (``format_version`` 1): one ``.safetensors`` file holding the
 network's state dict, with JSON strings in the safetensors header metadata:
@@ -242,6 +243,71 @@ def load_key_model(path: str | os.PathLike) -> LoadedKeyModel:
         raise CheckpointError(f"{path}: calibration must be an object or null")
     return LoadedKeyModel(model=model, frontend_config=frontend, calibration=calibration,
                           provenance=meta["provenance"] or {}, source_format=FORMAT_NAME)
+
+
+# --------------------------------------------------------------------------
+# ZeroNS beat models
+# --------------------------------------------------------------------------
+#: Beat-model format (``format_version`` 1): the ZeroNS state dict (float32 or
+#: float16) with JSON metadata ``architecture`` (``{"model": "zerons", **ZeroNS.config}``),
+#: ``frontend`` (VQT settings), ``separator``, ``provenance`` and ``polarity``
+#: (``{"percussive": ±1, "non_percussive": ±1, ...}``; optional when reading).
+ZERONS_FORMAT = "musicssl-zerons"
+ZERONS_FORMAT_VERSION = 1
+_DEFAULT_POLARITY = {"percussive": 1, "non_percussive": 1}
+
+
+def _zerons_frontend_dict() -> dict:
+    from musicssl.beat.frontend import BINS_PER_OCTAVE, FMIN_C0, HOP_LENGTH, LOG_EPS, N_BINS, SAMPLE_RATE
+
+    return {"sr": SAMPLE_RATE, "hop_length": HOP_LENGTH, "fmin": FMIN_C0, "n_bins": N_BINS,
+            "bins_per_octave": BINS_PER_OCTAVE, "log_eps": LOG_EPS}
+
+
+def save_zerons_model(path: str | os.PathLike, model, separator=None,
+                      provenance: Mapping[str, Any] | None = None, half: bool = False,
+                      polarity: Mapping[str, int] | None = None) -> Path:
+    """Write a ZeroNS ``model`` (architecture, front end, separator) to ``.safetensors``.
+
+    ``half`` stores float16 weights (half the size; loaded back as float32).
+    """
+    from musicssl.beat.separation import get_separator, separator_description
+
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
+    fields = {
+        "architecture": {"model": "zerons", **model.config},
+        "frontend": _zerons_frontend_dict(),
+        "separator": separator_description(separator or get_separator()),
+        "provenance": dict(provenance or {}),
+        "polarity": dict(polarity or _DEFAULT_POLARITY),
+    }
+    return save_model_file(path, tensors, ZERONS_FORMAT, ZERONS_FORMAT_VERSION, fields)
+
+
+def load_zerons_model(path: str | os.PathLike) -> tuple[Any, dict]:
+    """``(ZeroNS in eval mode, metadata dict)`` from a file written by :func:`save_zerons_model`."""
+    from musicssl.beat.frontend import HOP_LENGTH, SAMPLE_RATE
+    from musicssl.beat.model import ZeroNS
+
+    tensors, raw = load_model_file(path, ZERONS_FORMAT, ZERONS_FORMAT_VERSION)
+    try:
+        meta = {k: raw[k] for k in ("architecture", "frontend", "separator", "provenance")}
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: malformed metadata (missing {exc})") from exc
+    meta["polarity"] = raw.get("polarity", dict(_DEFAULT_POLARITY))
+    arch = meta["architecture"]
+    if meta["frontend"].get("sr") != SAMPLE_RATE or meta["frontend"].get("hop_length") != HOP_LENGTH:
+        raise CheckpointError(f"{path}: front end {meta['frontend']} differs from this musicssl's ZeroNS VQT")
+    try:
+        model = ZeroNS(n_bins=int(arch["n_bins"]), width=float(arch["width"]),
+                       dropout=float(arch.get("dropout", 0.1)),
+                       input_norm=bool(arch.get("input_norm", False)))
+        model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    except (KeyError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the ZeroNS architecture {arch} ({exc})") from exc
+    model.eval()
+    return model, meta
 
 
 # --------------------------------------------------------------------------

@@ -9,101 +9,23 @@ tracker run on the activation.  All times are seconds; the activation has
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from musicssl.beat.frontend import (BINS_PER_OCTAVE, FMIN_C0, FPS, HOP_LENGTH, LOG_EPS, N_BINS,
-                                    SAMPLE_RATE, ZeroNSFrontEnd, vqt_features)
+from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations, standardize
-from musicssl.beat.separation import (Separator, get_separator, separator_description,
-                                      separator_from_description)
+from musicssl.beat.separation import Separator, get_separator, separator_from_description
+from musicssl.checkpoint import load_zerons_model
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "models" / "zerons_default.safetensors"
 TRACKERS = ("dbn", "librosa")
 MIN_SECONDS = 1.0  # shortest input worth decoding
-
-# --------------------------------------------------------------------------
-# checkpoint format (to move into musicssl.checkpoint as a generic save/load)
-# --------------------------------------------------------------------------
-ZERONS_FORMAT = "musicssl-zerons"
-ZERONS_FORMAT_VERSION = 1
-
-
-def _frontend_dict() -> dict:
-    return {"sr": SAMPLE_RATE, "hop_length": HOP_LENGTH, "fmin": FMIN_C0, "n_bins": N_BINS,
-            "bins_per_octave": BINS_PER_OCTAVE, "log_eps": LOG_EPS}
-
-
-def save_zerons(path: str | os.PathLike, model: ZeroNS, separator: Separator | None = None,
-                provenance: Mapping[str, Any] | None = None, half: bool = False,
-                polarity: Mapping[str, int] | None = None) -> Path:
-    """Write ``model`` to ``.safetensors`` with JSON metadata (architecture, front end, separator).
-
-    ``half`` stores float16 weights (half the size; loaded back as float32).
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if half else torch.float32
-    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {
-        "format": ZERONS_FORMAT,
-        "format_version": str(ZERONS_FORMAT_VERSION),
-        "architecture": json.dumps({"model": "zerons", **model.config}),
-        "frontend": json.dumps(_frontend_dict()),
-        "separator": json.dumps(separator_description(separator or get_separator())),
-        "provenance": json.dumps(dict(provenance or {}), default=str),
-        "polarity": json.dumps(dict(polarity or {"percussive": 1, "non_percussive": 1})),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
-
-
-def load_zerons(path: str | os.PathLike) -> tuple[ZeroNS, dict]:
-    """(model in eval mode, metadata dict) from a file written by :func:`save_zerons`."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from exc
-    if raw.get("format") != ZERONS_FORMAT:
-        raise CheckpointError(f"{path}: not a ZeroNS checkpoint (format={raw.get('format')!r})")
-    if raw.get("format_version") != str(ZERONS_FORMAT_VERSION):
-        raise CheckpointError(f"{path}: unsupported format_version {raw.get('format_version')!r}")
-    try:
-        meta = {k: json.loads(raw[k]) for k in ("architecture", "frontend", "separator", "provenance")}
-        meta["polarity"] = json.loads(raw.get("polarity", '{"percussive": 1, "non_percussive": 1}'))
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: malformed metadata ({exc})") from exc
-    arch = meta["architecture"]
-    if meta["frontend"].get("sr") != SAMPLE_RATE or meta["frontend"].get("hop_length") != HOP_LENGTH:
-        raise CheckpointError(f"{path}: front end {meta['frontend']} differs from this musicssl's ZeroNS VQT")
-    try:
-        model = ZeroNS(n_bins=int(arch["n_bins"]), width=float(arch["width"]),
-                       dropout=float(arch.get("dropout", 0.1)),
-                       input_norm=bool(arch.get("input_norm", False)))
-        model.load_state_dict(tensors)
-    except (KeyError, RuntimeError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit the ZeroNS architecture {arch} ({exc})") from exc
-    model.eval()
-    return model, meta
-
 
 # --------------------------------------------------------------------------
 # decoders
@@ -278,7 +200,7 @@ class BeatEstimator:
                 raise CheckpointError(f"the default ZeroNS model is missing ({DEFAULT_CHECKPOINT}); "
                                       "pass a checkpoint")
             path = DEFAULT_CHECKPOINT
-        model, meta = load_zerons(path)
+        model, meta = load_zerons_model(path)
         return cls(model, device=device, metadata=meta, **kwargs)
 
     @property

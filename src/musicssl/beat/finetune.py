@@ -141,7 +141,8 @@ def finetune_from_labels(labels: str | os.PathLike, out: str | os.PathLike, init
                          config: FinetuneConfig | None = None, device: str = "cpu") -> Path:
     """Fine-tune the model ``init`` (None: shipped default) on annotated songs; writes
     ``out/zerons_finetuned.safetensors`` (or ``out`` itself when it ends in .safetensors)."""
-    from musicssl.beat.estimator import BeatEstimator, save_zerons
+    from musicssl.beat.estimator import BeatEstimator
+    from musicssl.checkpoint import save_zerons_model
 
     config = config or FinetuneConfig()
     est = BeatEstimator.from_checkpoint(init, device=device)
@@ -158,4 +159,4 @@ def finetune_from_labels(labels: str | os.PathLike, out: str | os.PathLike, init
     prov["finetuned"] = {"songs": [str(p) for p, _ in pairs], "config": asdict(config),
                          "final_bce": history[-1], "wall_seconds": round(time.monotonic() - t0, 1),
                          "init": str(init or "default")}
-    return save_zerons(path, model, est.separator, provenance=prov)
+    return save_zerons_model(path, model, est.separator, provenance=prov)

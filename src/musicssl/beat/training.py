@@ -238,12 +238,12 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     wall = time.monotonic() - t0
     if trainer.global_rank != 0:
         return out_dir / "zerons.safetensors"
-    from musicssl.beat.estimator import save_zerons
+    from musicssl.checkpoint import save_zerons_model
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     from musicssl.beat.separation import get_separator
 
-    path = save_zerons(out_dir / "zerons.safetensors", module.model.eval(), get_separator(config.separator),
+    path = save_zerons_model(out_dir / "zerons.safetensors", module.model.eval(), get_separator(config.separator),
                        polarity=model_polarity(module.model, config), provenance={
         "trained_by": "musicssl train-beats", "steps": int(trainer.global_step),
         "wall_seconds_this_run": round(wall, 1), "config": config.to_dict(),
@@ -254,7 +254,7 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
 
 def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, half: bool = False) -> Path:
     """A training checkpoint (``.ckpt``, read with ``weights_only=True``) -> ``.safetensors`` model."""
-    from musicssl.beat.estimator import save_zerons
+    from musicssl.checkpoint import save_zerons_model
     from musicssl.beat.separation import get_separator
     from musicssl.errors import CheckpointError
 
@@ -266,7 +266,7 @@ def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, hal
         raise CheckpointError(f"{ckpt_path}: not a ZeroNS training checkpoint ({exc})") from exc
     model = ZeroNS(width=config.width, dropout=config.dropout)
     model.load_state_dict(state)
-    return save_zerons(out_path, model.eval(), get_separator(config.separator), half=half,
+    return save_zerons_model(out_path, model.eval(), get_separator(config.separator), half=half,
                        polarity=model_polarity(model, config), provenance={
         "trained_by": "musicssl train-beats", "steps": int(ck.get("global_step", 0)),
         "config": config.to_dict(), "exported_from": str(ckpt_path)})
