@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,25 +81,6 @@ class LoadedKeyModel:
 # --------------------------------------------------------------------------
 # project format
 # --------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the file into place atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_model_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], format_name: str,
                     format_version: int, fields: Mapping[str, Any]) -> Path:
     """Write ``tensors`` to a ``.safetensors`` file atomically, with ``format``,
@@ -108,7 +88,9 @@ def save_model_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
 
     Generic writer for every model file of the project (key and beat models).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from musicssl.outputs import atomic_open
 
     path = Path(path)
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -117,7 +99,9 @@ def save_model_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
         if key in metadata:
             raise CheckpointError(f"metadata field {key!r} is reserved")
         metadata[key] = json.dumps(value, default=str)
-    _atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        handle.write(save(plain, metadata=metadata))
     return path
 
 
