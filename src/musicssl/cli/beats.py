@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl.errors import ConfigError
-from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok, path_identity
+from musicssl.cli.common import batch_inputs, check_device, files_to_do, show_progress
+from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
@@ -191,32 +191,16 @@ def plot_beats(path: str | Path, waveform: np.ndarray | None, activation: np.nda
     plt.close(fig)
 
 
-def _usage_error(args, message: str) -> int:
-    parser = getattr(args, "_parser", None)
-    if parser is not None:
-        parser.print_usage(sys.stderr)
-    print(f"musicssl beats: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
-    from musicssl.batch import expand_inputs, run_batch
+    from musicssl.batch import run_batch
     from musicssl.beat.estimator import BeatEstimator
     from musicssl.beat.separation import get_separator
 
     fmt_name = args.format or format_from_path(args.output)
-    if args.skip_existing and args.output is None:
-        return _usage_error(args, "--skip-existing needs an output file (-o FILE)")
-    files = expand_inputs(args.paths)
-    if not files:
-        return _usage_error(args, "no audio files found in " + ", ".join(repr(p) for p in args.paths))
-    if args.output is not None and path_identity(args.output) in {path_identity(f) for f in files}:
-        return _usage_error(args, f"the output file {args.output} is also an input")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available here")
+    files = batch_inputs(args, "beats")
+    if files is None:
+        return 2
+    check_device(args.device)
     fmt = RecordFormat(fmt_name, text_line=beats_text_block, csv_row=beats_csv_row, csv_columns=CSV_COLUMNS)
     output = RecordOutput(args.output, fmt, resume=args.skip_existing)
     params = {}
@@ -227,19 +211,14 @@ def run(args) -> int:
     estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, combine=args.combine,
                                               tracker=args.tracker, tracker_params=params,
                                               separator=separator)
-    done = output.done()
-    todo = [f for f in files if path_identity(f) not in done]
-    if len(files) > len(todo):
-        print(f"musicssl beats: {len(files) - len(todo)} of {len(files)} files already in {args.output}; "
-              f"analysing the other {len(todo)}", file=sys.stderr)
+    todo = files_to_do(files, output, args, "beats")
     prepare = functools.partial(prepare_file, separator=estimator.separator, keep_waveform=bool(args.plot))
-    show_progress = (args.progress and len(todo) > 1 and sys.stderr.isatty()
-                     and (args.output is not None or not sys.stdout.isatty()))
     failed = 0
     try:
         with output:
             for record in run_batch(todo, prepare, make_finish(estimator, args), jobs=max(1, args.jobs),
-                                    batch_size=1, progress=show_progress, description="beats"):
+                                    batch_size=1, progress=show_progress(args, len(todo)),
+                                    description="beats"):
                 output.write(record)
                 failed += not is_ok(record)
     except KeyboardInterrupt:

@@ -27,9 +27,9 @@ import functools
 import sys
 import warnings
 
-from musicssl.errors import ConfigError
+from musicssl.cli.common import batch_inputs, check_device, files_to_do, show_progress, usage_error
 from musicssl.keys import KEY_LABELS, NOTATIONS
-from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok, path_identity
+from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok
 
 MODELS = ("default", "krumhansl", "temperley")
 
@@ -186,11 +186,7 @@ def load_key_estimator(args):
     """The estimator chosen by ``--model``/``--checkpoint`` on ``--device``."""
     from musicssl.key.estimator import load_estimator
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available here")
+    check_device(args.device)
     spec = args.checkpoint if args.checkpoint is not None else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -229,28 +225,16 @@ def _tag(path: str, key, args) -> dict:
         return {"error": message[len(path) + 2:] if message.startswith(f"{path}: ") else message}
 
 
-def _usage_error(args, message: str) -> int:
-    parser = getattr(args, "_parser", None)
-    if parser is not None:
-        parser.print_usage(sys.stderr)
-    print(f"musicssl key: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args) -> int:
     """Estimate keys for ``args.paths``; returns the exit status."""
-    from musicssl.batch import expand_inputs, run_batch
+    from musicssl.batch import run_batch
 
     fmt_name = args.format or format_from_path(args.output)
     if args.dry_run and not args.write_tags:
-        return _usage_error(args, "--dry-run only makes sense with --write-tags")
-    if args.skip_existing and args.output is None:
-        return _usage_error(args, "--skip-existing needs an output file (-o FILE)")
-    files = expand_inputs(args.paths)
-    if not files:
-        return _usage_error(args, "no audio files found in " + ", ".join(repr(p) for p in args.paths))
-    if args.output is not None and path_identity(args.output) in {path_identity(f) for f in files}:
-        return _usage_error(args, f"the output file {args.output} is also an input")
+        return usage_error(args, "key", "--dry-run only makes sense with --write-tags")
+    files = batch_inputs(args, "key")
+    if files is None:
+        return 2
 
     fmt = RecordFormat(
         fmt_name,
@@ -259,25 +243,19 @@ def run(args) -> int:
         csv_columns=key_csv_columns(args.probabilities, args.local, args.write_tags))
     output = RecordOutput(args.output, fmt, resume=args.skip_existing)  # validates; writes nothing yet
     estimator = load_key_estimator(args)
-    done = output.done()
-    todo = [f for f in files if path_identity(f) not in done]
-    skipped = len(files) - len(todo)
-    if skipped:
-        print(f"musicssl key: {skipped} of {len(files)} files already in {args.output}; "
-              f"analysing the other {len(todo)}", file=sys.stderr)
+    todo = files_to_do(files, output, args, "key")
 
     from musicssl.key.estimator import compute_features
 
     # workers compute spectrograms on the CPU; in this process the front end may use the GPU
     prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
                                 device="cpu" if args.jobs > 1 else args.device)
-    show_progress = (args.progress and len(todo) > 1 and sys.stderr.isatty()
-                     and (args.output is not None or not sys.stdout.isatty()))
     failed = 0
     try:
         with output:
             for record in run_batch(todo, prepare, make_finish(estimator, args), jobs=args.jobs,
-                                    batch_size=args.batch_size, progress=show_progress, description="key"):
+                                    batch_size=args.batch_size, progress=show_progress(args, len(todo)),
+                                    description="key"):
                 output.write(record)
                 failed += not is_ok(record)
     except KeyboardInterrupt:

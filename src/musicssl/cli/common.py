@@ -1,0 +1,67 @@
+"""What the batch subcommands (``key``, ``beats``) share: usage errors, input
+checks, the device check, resuming and the progress switch."""
+
+from __future__ import annotations
+
+import sys
+
+from musicssl.errors import ConfigError
+
+
+def usage_error(args, command: str, message: str) -> int:
+    """Print the usage line (when the parser is known) and ``message``; returns exit status 2."""
+    parser = getattr(args, "_parser", None)
+    if parser is not None:
+        parser.print_usage(sys.stderr)
+    print(f"musicssl {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def batch_inputs(args, command: str) -> list[str] | None:
+    """The audio files named by ``args.paths`` (files, folders, globs), checked
+    against ``args.output`` / ``args.skip_existing``; ``None`` after printing a
+    usage error (no files found, ``--skip-existing`` without ``-o``, output
+    file among the inputs)."""
+    from musicssl.batch import expand_inputs
+    from musicssl.outputs import path_identity
+
+    if args.skip_existing and args.output is None:
+        usage_error(args, command, "--skip-existing needs an output file (-o FILE)")
+        return None
+    files = expand_inputs(args.paths)
+    if not files:
+        usage_error(args, command, "no audio files found in " + ", ".join(repr(p) for p in args.paths))
+        return None
+    if args.output is not None and path_identity(args.output) in {path_identity(f) for f in files}:
+        usage_error(args, command, f"the output file {args.output} is also an input")
+        return None
+    return files
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` for ``cuda`` when no CUDA device is available."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here")
+
+
+def files_to_do(files: list[str], output, args, command: str) -> list[str]:
+    """``files`` not yet recorded in ``output`` (a :class:`~musicssl.outputs.RecordOutput`
+    opened with ``resume``); says on stderr how many are skipped."""
+    from musicssl.outputs import path_identity
+
+    done = output.done()
+    todo = [f for f in files if path_identity(f) not in done]
+    if len(files) > len(todo):
+        print(f"musicssl {command}: {len(files) - len(todo)} of {len(files)} files already in {args.output}; "
+              f"analysing the other {len(todo)}", file=sys.stderr)
+    return todo
+
+
+def show_progress(args, n_files: int) -> bool:
+    """A progress bar only when asked, for several files, on a terminal stderr,
+    and when stdout is not the terminal the records go to."""
+    return bool(args.progress and n_files > 1 and sys.stderr.isatty()
+                and (args.output is not None or not sys.stdout.isatty()))
