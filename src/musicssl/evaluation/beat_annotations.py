@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from musicssl.errors import AnnotationError
+from musicssl.evaluation.annotation_files import existing_path, first_column, read_annotation_text
 
 __all__ = [
     "BeatAnnotation",
@@ -83,15 +84,6 @@ class BeatAnnotation:
     def downbeats(self) -> np.ndarray | None:
         """Times (s) of the beats numbered 1, or None without beat numbers."""
         return None if self.beat_in_bar is None else self.times[self.beat_in_bar == 1]
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        return path.read_text(encoding="latin-1")
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read beat annotation file ({exc})") from None
 
 
 def parse_beat_annotation(text: str, source: str = "<text>") -> BeatAnnotation:
@@ -143,7 +135,7 @@ def read_beat_annotation(path: str | Path) -> BeatAnnotation:
     path = Path(path).expanduser()
     if not path.is_file():
         raise AnnotationError(f"{path}: beat annotation file not found")
-    ann = parse_beat_annotation(_read_text(path), str(path))
+    ann = parse_beat_annotation(read_annotation_text(path, "beat annotation file"), str(path))
     return BeatAnnotation(ann.times, ann.beat_in_bar, path)
 
 
@@ -198,23 +190,12 @@ class BeatDataset:
                 f"{len(self.missing_audio)} annotations without audio")
 
 
-def _existing(path: str | Path, what: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise AnnotationError(f"{path}: {what} not found")
-    return path
-
-
-def _first_column(header: list[str], names: Sequence[str]) -> int | None:
-    return next((header.index(n) for n in names if n in header), None)
-
-
 def load_beat_manifest(path: str | Path, *, name: str = "csv") -> BeatDataset:
     """A CSV/TSV manifest with a header naming an audio and a beats column."""
-    path = _existing(path, "manifest")
+    path = existing_path(path, "manifest")
     if path.is_dir():
         raise AnnotationError(f"{path}: expected a manifest file (CSV/TSV), got a folder")
-    text = _read_text(path)
+    text = read_annotation_text(path, "beat annotation file")
     first = next((ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), "")
     delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
     rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), 1)
@@ -222,13 +203,13 @@ def load_beat_manifest(path: str | Path, *, name: str = "csv") -> BeatDataset:
     if not rows:
         raise AnnotationError(f"{path}: the manifest has no entries")
     header = [c.strip().lower() for c in rows[0][1]]
-    audio_col = _first_column(header, _PATH_COLUMNS)
-    beats_col = _first_column(header, _BEATS_COLUMNS)
+    audio_col = first_column(header, _PATH_COLUMNS)
+    beats_col = first_column(header, _BEATS_COLUMNS)
     if audio_col is None or beats_col is None:
         raise AnnotationError(
             f"{path}:{rows[0][0]}: header needs an audio column ({', '.join(_PATH_COLUMNS)}) "
             f"and a beats column ({', '.join(_BEATS_COLUMNS)}); got {rows[0][1]}")
-    id_col = _first_column(header, _ID_COLUMNS)
+    id_col = first_column(header, _ID_COLUMNS)
     base = path.parent
     dataset = BeatDataset(name, path, [])
     for line, row in rows[1:]:
@@ -256,7 +237,7 @@ def load_beat_manifest(path: str | Path, *, name: str = "csv") -> BeatDataset:
 
 def load_beat_dev_synth(root: str | Path) -> BeatDataset:
     """The shipped dev-synth set: ``root/labels.csv`` (or that file)."""
-    root = _existing(root, "dev-synth folder")
+    root = existing_path(root, "dev-synth folder")
     manifest = root / "labels.csv" if root.is_dir() else root
     return load_beat_manifest(manifest, name="dev-synth")
 
@@ -282,10 +263,10 @@ def scan_beat_folder(audio_dir: str | Path, annotation_dir: str | Path | None = 
     Annotations are looked up under ``annotation_dir`` when given, else under
     ``audio_dir``; ``extensions`` in order of preference.
     """
-    audio_dir = _existing(audio_dir, "audio folder")
+    audio_dir = existing_path(audio_dir, "audio folder")
     if not audio_dir.is_dir():
         raise AnnotationError(f"{audio_dir}: expected a folder of audio files")
-    folders = [_existing(annotation_dir, "annotation folder")] if annotation_dir else [audio_dir]
+    folders = [existing_path(annotation_dir, "annotation folder")] if annotation_dir else [audio_dir]
     index = _index_annotations(folders, extensions)
     audio_files = sorted(p for p in audio_dir.rglob("*")
                          if p.is_file() and p.suffix.lower() in _AUDIO_SUFFIXES)

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from musicssl.errors import AnnotationError, KeyLabelError
+from musicssl.evaluation.annotation_files import existing_path, first_column, read_annotation_text
 from musicssl.keys import Key, parse_key
 
 #: Texts that mark an unknown key (compared case-insensitively, stripped).
@@ -149,15 +150,6 @@ class _Collector:
         (self.dataset.items if item.path.is_file() else self.dataset.missing).append(item)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        return path.read_text(encoding="latin-1")
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read annotation file ({exc})") from exc
-
-
 def _find_audio(stem: str, folders: Sequence[Path]) -> Path | None:
     """First existing ``folder/stem<ext>`` over folders and audio endings."""
     for folder in folders:
@@ -166,13 +158,6 @@ def _find_audio(stem: str, folders: Sequence[Path]) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
-
-
-def _require_dir(path: Path, what: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise AnnotationError(f"{path}: {what} not found")
-    return path
 
 
 def _float_field(value: str, where: str, name: str, collector: _Collector) -> float | None | bool:
@@ -199,13 +184,6 @@ _GROUP_COLUMNS = ("genre", "collection", "group")
 _ID_COLUMNS = ("id", "piece_id", "track_id")
 
 
-def _first_column(header: list[str], names: Sequence[str]) -> int | None:
-    for name in names:
-        if name in header:
-            return header.index(name)
-    return None
-
-
 def _sniff_delimiter(path: Path, text: str) -> str:
     if path.suffix.lower() == ".tsv":
         return "\t"
@@ -219,28 +197,28 @@ def load_manifest(path: str | Path, *, name: str | None = None, strict: bool = T
 
     ``name`` defaults to the manifest's folder name (e.g. ``render24``).
     """
-    path = _require_dir(Path(path), "manifest")
+    path = existing_path(path, "manifest")
     if path.is_dir():
         raise AnnotationError(f"{path}: expected a manifest file (CSV/TSV), got a folder")
     name = name or path.resolve().parent.name or path.stem
     base = Path(audio_root) if audio_root is not None else path.parent
-    text = _read_text(path)
+    text = read_annotation_text(path)
     delimiter = _sniff_delimiter(path, text)
     rows = [(n, row) for n, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), 1)
             if row and any(c.strip() for c in row) and not row[0].lstrip().startswith("#")]
     if not rows:
         raise AnnotationError(f"{path}: the manifest has no entries")
     header = [c.strip().lower() for c in rows[0][1]]
-    path_col = _first_column(header, _PATH_COLUMNS)
-    key_col = _first_column(header, _KEY_COLUMNS)
+    path_col = first_column(header, _PATH_COLUMNS)
+    key_col = first_column(header, _KEY_COLUMNS)
     has_header = path_col is not None and key_col is not None
     if has_header:
         rows = rows[1:]
-        group_col = _first_column(header, _GROUP_COLUMNS)
+        group_col = first_column(header, _GROUP_COLUMNS)
         group_name = header[group_col] if group_col is not None else None
-        id_col = _first_column(header, _ID_COLUMNS)
-        offset_col = _first_column(header, ("offset",))
-        duration_col = _first_column(header, ("duration",))
+        id_col = first_column(header, _ID_COLUMNS)
+        offset_col = first_column(header, ("offset",))
+        duration_col = first_column(header, ("duration",))
     elif path_col is not None or key_col is not None or (header and header[0] in _PATH_COLUMNS):
         raise AnnotationError(f"{path}:{rows[0][0]}: header needs both a path and a key column, "
                               f"got {rows[0][1]}")
@@ -288,7 +266,7 @@ def load_manifest(path: str | Path, *, name: str | None = None, strict: bool = T
 
 def load_dev_synth(root: str | Path, *, strict: bool = True) -> Dataset:
     """The shipped dev-synth set: ``root/labels.csv`` (or that file); group = collection."""
-    root = _require_dir(Path(root), "dev-synth folder")
+    root = existing_path(root, "dev-synth folder")
     manifest = root / "labels.csv" if root.is_dir() else root
     dataset = load_manifest(manifest, name="dev-synth", strict=strict)
     dataset.group_name = "collection"
@@ -300,7 +278,7 @@ def load_dev_synth(root: str | Path, *, strict: bool = True) -> Dataset:
 def load_giantsteps(root: str | Path, *, audio_dir: str | Path | None = None,
                     strict: bool = True) -> Dataset:
     """GiantSteps key / GiantSteps MTG key: one ``*.key`` file per track."""
-    root = _require_dir(Path(root), "GiantSteps folder")
+    root = existing_path(root, "GiantSteps folder")
     key_dir = root / "annotations" / "key"
     key_files = sorted((key_dir if key_dir.is_dir() else root).rglob("*.key"))
     if not key_files:
@@ -311,7 +289,7 @@ def load_giantsteps(root: str | Path, *, audio_dir: str | Path | None = None,
     collector = _Collector("giantsteps", root, strict, "genre" if genre_dir.is_dir() else None)
     for key_file in key_files:
         stem = key_file.name[: -len(".key")]
-        lines = [(n, ln.strip()) for n, ln in enumerate(_read_text(key_file).splitlines(), 1)
+        lines = [(n, ln.strip()) for n, ln in enumerate(read_annotation_text(key_file).splitlines(), 1)
                  if ln.strip()]
         if not lines:
             collector.unknown(f"{key_file}:1", "")
@@ -323,7 +301,7 @@ def load_giantsteps(root: str | Path, *, audio_dir: str | Path | None = None,
         genre = None
         genre_file = genre_dir / f"{stem}.genre"
         if genre_file.is_file():
-            genre = next((ln.strip() for ln in _read_text(genre_file).splitlines() if ln.strip()), None)
+            genre = next((ln.strip() for ln in read_annotation_text(genre_file).splitlines() if ln.strip()), None)
         audio = _find_audio(stem, [key_file.parent, *folders]) or (folders[0] / f"{stem}.mp3")
         collector.add(DatasetItem(stem, audio, key, genre))
     return collector.dataset
@@ -343,7 +321,7 @@ def gtzan_key(code: int) -> Key | None:
 def load_gtzan(root: str | Path, *, audio_dir: str | Path | None = None,
                strict: bool = True) -> Dataset:
     """GTZAN with Lerch's ``*.lerch.txt`` key files; group = genre."""
-    root = _require_dir(Path(root), "GTZAN key folder")
+    root = existing_path(root, "GTZAN key folder")
     key_files = sorted(root.rglob("*.lerch.txt"))
     if not key_files:
         raise AnnotationError(f"{root}: no *.lerch.txt annotation files found")
@@ -352,7 +330,7 @@ def load_gtzan(root: str | Path, *, audio_dir: str | Path | None = None,
     for key_file in key_files:
         stem = key_file.name[: -len(".lerch.txt")]
         genre = stem.split(".")[0]
-        lines = [(n, ln.strip()) for n, ln in enumerate(_read_text(key_file).splitlines(), 1)
+        lines = [(n, ln.strip()) for n, ln in enumerate(read_annotation_text(key_file).splitlines(), 1)
                  if ln.strip()]
         where = f"{key_file}:{lines[0][0] if lines else 1}"
         if len(lines) != 1:
@@ -385,7 +363,7 @@ def load_gtzan(root: str | Path, *, audio_dir: str | Path | None = None,
 def load_fmakv2(root: str | Path, *, audio_dir: str | Path | None = None,
                 strict: bool = True) -> Dataset:
     """FMAKv2: ``fmakv2.csv`` (``track_id``, ``key_and_mode``) and FMA-layout audio."""
-    root = _require_dir(Path(root), "FMAKv2 folder")
+    root = existing_path(root, "FMAKv2 folder")
     if root.is_file():
         csv_path, base = root, root.parent
     else:
@@ -397,7 +375,7 @@ def load_fmakv2(root: str | Path, *, audio_dir: str | Path | None = None,
         base = root
     folders = [Path(audio_dir)] if audio_dir is not None else []
     folders += [base / "audio", base / "fma_full", base / "fma_large", base]
-    reader = csv.reader(io.StringIO(_read_text(csv_path)))
+    reader = csv.reader(io.StringIO(read_annotation_text(csv_path)))
     try:
         header = [c.strip().lower() for c in next(reader)]
     except StopIteration:
@@ -405,7 +383,7 @@ def load_fmakv2(root: str | Path, *, audio_dir: str | Path | None = None,
     if "track_id" not in header or "key_and_mode" not in header:
         raise AnnotationError(f"{csv_path}:1: header needs 'track_id' and 'key_and_mode', got {header}")
     id_col, key_col = header.index("track_id"), header.index("key_and_mode")
-    group_col = _first_column(header, ("genre", "genre_top", "top_genre"))
+    group_col = first_column(header, ("genre", "genre_top", "top_genre"))
     collector = _Collector("fmakv2", csv_path, strict, "genre" if group_col is not None else None)
     for line, row in enumerate(reader, 2):
         if not row or not any(c.strip() for c in row):
@@ -434,7 +412,7 @@ def load_fmakv2(root: str | Path, *, audio_dir: str | Path | None = None,
 def load_winterreise(root: str | Path, *, audio_dir: str | Path | None = None,
                      excerpt_s: float | None = WINTERREISE_EXCERPT_S, strict: bool = True) -> Dataset:
     """Schubert Winterreise Dataset global keys; items cover the first ``excerpt_s`` seconds."""
-    root = _require_dir(Path(root), "Winterreise folder")
+    root = existing_path(root, "Winterreise folder")
     if root.is_file():
         csv_path = root
         base = root.parent.parent if root.parent.name == "02_Annotations" else root.parent
@@ -446,7 +424,7 @@ def load_winterreise(root: str | Path, *, audio_dir: str | Path | None = None,
             raise AnnotationError(f"{root}: 02_Annotations/ann_audio_globalkey.csv not found")
         base = root
     wav_dir = Path(audio_dir) if audio_dir is not None else base / "01_RawData" / "audio_wav"
-    reader = csv.reader(io.StringIO(_read_text(csv_path)), delimiter=";")
+    reader = csv.reader(io.StringIO(read_annotation_text(csv_path)), delimiter=";")
     try:
         header = [c.strip().lower() for c in next(reader)]
     except StopIteration:
