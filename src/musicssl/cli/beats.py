@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from musicssl.cli.common import batch_inputs, check_device, files_to_do, show_progress
-from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok
+from musicssl.cli.common import batch_inputs, check_device, files_to_do, write_batch
+from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
@@ -192,7 +191,6 @@ def plot_beats(path: str | Path, waveform: np.ndarray | None, activation: np.nda
 
 
 def run(args) -> int:
-    from musicssl.batch import run_batch
     from musicssl.beat.estimator import BeatEstimator
     from musicssl.beat.separation import get_separator
 
@@ -213,19 +211,6 @@ def run(args) -> int:
                                               separator=separator)
     todo = files_to_do(files, output, args, "beats")
     prepare = functools.partial(prepare_file, separator=estimator.separator, keep_waveform=bool(args.plot))
-    failed = 0
-    try:
-        with output:
-            for record in run_batch(todo, prepare, make_finish(estimator, args), jobs=max(1, args.jobs),
-                                    batch_size=1, progress=show_progress(args, len(todo)),
-                                    description="beats"):
-                output.write(record)
-                failed += not is_ok(record)
-    except KeyboardInterrupt:
-        if args.output is not None:
-            print(f"musicssl beats: interrupted after {len(output.new)} files; {args.output} holds them. "
-                  f"Rerun with --skip-existing to continue.", file=sys.stderr)
-        raise
-    if failed:
-        print(f"musicssl beats: {failed} of {len(todo)} files failed", file=sys.stderr)
+    failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "beats",
+                         jobs=max(1, args.jobs), batch_size=1)
     return 1 if failed else 0

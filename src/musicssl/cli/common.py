@@ -65,3 +65,28 @@ def show_progress(args, n_files: int) -> bool:
     and when stdout is not the terminal the records go to."""
     return bool(args.progress and n_files > 1 and sys.stderr.isatty()
                 and (args.output is not None or not sys.stdout.isatty()))
+
+
+def write_batch(todo: list[str], prepare, finish, output, args, command: str, *,
+                jobs: int, batch_size: int) -> int:
+    """Run :func:`musicssl.batch.run_batch` over ``todo`` and write each record to
+    ``output``; returns the number of failed files (and says so on stderr). On
+    Ctrl-C says which file holds the finished records, then re-raises."""
+    from musicssl.batch import run_batch
+    from musicssl.outputs import is_ok
+
+    failed = 0
+    try:
+        with output:
+            for record in run_batch(todo, prepare, finish, jobs=jobs, batch_size=batch_size,
+                                    progress=show_progress(args, len(todo)), description=command):
+                output.write(record)
+                failed += not is_ok(record)
+    except KeyboardInterrupt:
+        if args.output is not None:
+            print(f"musicssl {command}: interrupted after {len(output.new)} files; {args.output} holds them. "
+                  f"Rerun with --skip-existing to continue.", file=sys.stderr)
+        raise
+    if failed:
+        print(f"musicssl {command}: {failed} of {len(todo)} files failed", file=sys.stderr)
+    return failed

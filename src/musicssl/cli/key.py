@@ -27,9 +27,9 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import batch_inputs, check_device, files_to_do, show_progress, usage_error
+from musicssl.cli.common import batch_inputs, check_device, files_to_do, usage_error, write_batch
 from musicssl.keys import KEY_LABELS, NOTATIONS
-from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path, is_ok
+from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path
 
 MODELS = ("default", "krumhansl", "temperley")
 
@@ -227,7 +227,6 @@ def _tag(path: str, key, args) -> dict:
 
 def run(args) -> int:
     """Estimate keys for ``args.paths``; returns the exit status."""
-    from musicssl.batch import run_batch
 
     fmt_name = args.format or format_from_path(args.output)
     if args.dry_run and not args.write_tags:
@@ -250,24 +249,12 @@ def run(args) -> int:
     # workers compute spectrograms on the CPU; in this process the front end may use the GPU
     prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
                                 device="cpu" if args.jobs > 1 else args.device)
-    failed = 0
     try:
-        with output:
-            for record in run_batch(todo, prepare, make_finish(estimator, args), jobs=args.jobs,
-                                    batch_size=args.batch_size, progress=show_progress(args, len(todo)),
-                                    description="key"):
-                output.write(record)
-                failed += not is_ok(record)
-    except KeyboardInterrupt:
-        if args.output is not None:
-            print(f"musicssl key: interrupted after {len(output.new)} files; {args.output} holds them. "
-                  f"Rerun with --skip-existing to continue.", file=sys.stderr)
-        raise
+        failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "key",
+                             jobs=args.jobs, batch_size=args.batch_size)
     except BrokenPipeError:  # e.g. `musicssl key music/ | head`: the reader has gone
         _silence_stdout()
         return 1
-    if failed:
-        print(f"musicssl key: {failed} of {len(todo)} files failed", file=sys.stderr)
     if args.output is not None:
         print(f"musicssl key: {len(output.entries())} records in {args.output}", file=sys.stderr)
     return 1 if failed else 0
