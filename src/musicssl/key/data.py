@@ -219,10 +219,11 @@ def scan_tracks(tracks: Iterable[Track], cache_file: str | Path | None = None, *
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """:func:`musicssl.outputs.atomic_write_text`, creating the folder first."""
+    from musicssl.outputs import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def split_tracks(tracks: Sequence[Track], val_fraction: float = 0.05, seed: int = 0
