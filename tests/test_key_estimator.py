@@ -97,3 +97,18 @@ def test_end_to_end_parity_with_authors_code(released, shared_fixtures):
         assert result.key == Key.parse(row["key"]), row["path"]
         worst = max(worst, float(np.abs(result.probabilities - expected).max()))
     assert worst < 2e-3, worst
+
+
+def test_model_names_resolve(monkeypatch, tmp_path):
+    from musicssl.errors import CheckpointError
+    from musicssl.key import estimator as est
+    from musicssl.key.templates import TemplateKeyEstimator
+
+    names = est.model_names()
+    assert names[0] == "default" and {"krumhansl", "temperley"} <= set(names)
+    assert isinstance(est.load_estimator("temperley"), TemplateKeyEstimator)
+    with pytest.raises(CheckpointError, match="no such checkpoint or model name"):
+        est.load_estimator(str(tmp_path / "missing.safetensors"))
+    monkeypatch.setattr(est, "shipped_key_models", lambda: {})
+    with pytest.warns(UserWarning, match="Krumhansl"):
+        assert isinstance(est.load_estimator("default"), TemplateKeyEstimator)

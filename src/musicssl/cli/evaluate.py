@@ -62,18 +62,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def resolve_estimators(specs: list[str], device: str = "cpu") -> dict:
     """``{display name: estimator}`` for model specs; names are made unique."""
-    from musicssl.key.templates import PROFILES, TemplateKeyEstimator
+    from musicssl.key.estimator import load_estimator, model_names
 
     estimators: dict = {}
     for spec in specs:
         spec = str(spec)
-        if spec in PROFILES:
-            est, name = TemplateKeyEstimator(spec, device=device), spec
-        else:
-            from musicssl.key.estimator import load_estimator
-
-            est = load_estimator(spec, device)
-            name = spec if spec == "default" else Path(spec).stem
+        est = load_estimator(spec, device)
+        name = spec if spec in model_names() else Path(spec).stem
         unique, n = name, 2
         while unique in estimators:
             unique, n = f"{name}#{n}", n + 1

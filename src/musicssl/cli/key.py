@@ -28,10 +28,10 @@ import sys
 import warnings
 
 from musicssl.cli.common import batch_inputs, check_device, files_to_do, usage_error, write_batch
+from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
 from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path
 
-MODELS = ("default", "krumhansl", "temperley")
 
 EPILOG = """examples:
   musicssl key song.mp3
@@ -76,9 +76,9 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                      help="never show a progress bar (it is shown on a terminal for many files)")
     model = p.add_argument_group("model")
     choice = model.add_mutually_exclusive_group()
-    choice.add_argument("--model", choices=MODELS, default="default",
-                        help="the shipped model (default) or a template baseline "
-                             "(Krumhansl-Kessler, Temperley)")
+    choice.add_argument("--model", choices=model_names(), default="default",
+                        help="a model shipped with musicssl (default: see README) or a template "
+                             "baseline (Krumhansl-Kessler, Temperley, Kostka-Payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

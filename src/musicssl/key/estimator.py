@@ -30,14 +30,28 @@ import torch
 from musicssl.errors import AudioTooShortError, CheckpointError
 from musicssl.keys import KEY_LABELS, Key, format_key
 
-#: Shipped default model (inside the package).
-DEFAULT_MODEL_NAME = "skey_default.safetensors"
+#: Name of the shipped model that ``"default"`` means, when the package has it.
+DEFAULT_MODEL = "skey-default"
+
+
+def shipped_key_models() -> dict[str, Path]:
+    """Key models shipped inside the package: ``{name: path}``, e.g.
+    ``{"skey-debian": .../data/models/skey_debian.safetensors}``."""
+    folder = Path(str(resources.files("musicssl") / "data" / "models"))
+    return {p.stem.replace("_", "-"): p for p in sorted(folder.glob("*.safetensors"))
+            if p.stem.startswith(("skey", "stone"))}
 
 
 def default_model_path() -> Path | None:
     """Path of the shipped default key model, or None if this build has none."""
-    path = Path(str(resources.files("musicssl") / "data" / "models" / DEFAULT_MODEL_NAME))
-    return path if path.is_file() else None
+    return shipped_key_models().get(DEFAULT_MODEL)
+
+
+def model_names() -> tuple[str, ...]:
+    """Every name :func:`load_estimator` accepts besides a checkpoint path."""
+    from musicssl.key.templates import PROFILES
+
+    return ("default", *shipped_key_models(), *PROFILES)
 
 
 # --- results ---------------------------------------------------------------------
@@ -427,23 +441,31 @@ def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu"
 
 
 def load_estimator(spec: str | Path | None = "default", device: str = "cpu"):
-    """An estimator from a spec: ``"default"``, ``"krumhansl"``, ``"temperley"``
-    or a checkpoint path. Every estimator has ``estimate``/``estimate_file``/
-    ``estimate_features``."""
-    spec = "default" if spec is None else spec
-    if str(spec) in ("krumhansl", "temperley"):
-        from musicssl.key.templates import TemplateKeyEstimator
+    """An estimator from a spec: ``"default"``, a shipped model's name (see
+    :func:`shipped_key_models`), a template (``"krumhansl"``, ``"temperley"``,
+    ``"kostka-payne"``) or a checkpoint path. Every estimator has
+    ``estimate``/``estimate_file``/``estimate_features``.
 
-        return TemplateKeyEstimator(str(spec))
-    if str(spec) == "default":
+    ``"default"`` is the shipped ``skey-default`` model when the package has
+    one, else the Krumhansl template baseline (with a warning).
+    """
+    from musicssl.key.templates import PROFILES, TemplateKeyEstimator
+
+    name = "default" if spec is None else str(spec)
+    if name in PROFILES:
+        return TemplateKeyEstimator(name, device=device)
+    if name == "default":
         if default_model_path() is None:
-            warnings.warn("no trained default model is shipped in this build; using the Krumhansl template baseline",
+            warnings.warn("this build ships no trained default key model; using the Krumhansl template baseline",
                           stacklevel=2)
-            from musicssl.key.templates import TemplateKeyEstimator
-
             return TemplateKeyEstimator("krumhansl")
-        return KeyEstimator.from_checkpoint(None, device)
-    path = Path(spec)
+        name = DEFAULT_MODEL
+    shipped = shipped_key_models()
+    if name in shipped:
+        estimator = KeyEstimator.from_checkpoint(shipped[name], device)
+        estimator.name = name
+        return estimator
+    path = Path(name)
     if not path.is_file():
-        raise CheckpointError(f"{spec}: no such checkpoint (or use default, krumhansl, temperley)")
+        raise CheckpointError(f"{spec}: no such checkpoint or model name (names: {', '.join(model_names())})")
     return KeyEstimator.from_checkpoint(path, device)
