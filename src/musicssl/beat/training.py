@@ -234,7 +234,7 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     elif resume:
         ckpt_path = str(resume)
     t0 = time.monotonic()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)  # no pickled code on resume
     wall = time.monotonic() - t0
     if trainer.global_rank != 0:
         return out_dir / "zerons.safetensors"

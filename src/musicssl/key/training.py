@@ -663,7 +663,8 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
         log("labelled validation needs the feature cache (--cache-dir); skipped")
     trainer = build_trainer(config, callbacks)
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(config))
+    # weights_only: resuming never unpickles code, whoever wrote the .ckpt
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(config), weights_only=True)
     summary = {"global_step": int(trainer.global_step), "seconds": time.time() - started,
                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
                "data": {k: v for k, v in data.report.items() if k != "scan"}, "segments": counts}
