@@ -411,20 +411,35 @@ def cqt_stream(cqt: CQT, blocks: Iterable[np.ndarray | Tensor], chunk_seconds: f
 # --------------------------------------------------------------------------
 # log compression, crop, the key front end
 # --------------------------------------------------------------------------
-def log_compress(mag: Tensor, top_db: float = 80.0) -> Tensor:
-    """Log compression the released checkpoint expects (torchaudio ``AmplitudeToDB(top_db=80)`` / 80 + 1).
+def amplitude_to_db(mag):
+    """``10 log10(max(mag, 1e-10))``: the power convention applied to the magnitude
+    (reference 1), as the released checkpoint expects. Tensor or array, any shape."""
+    if torch.is_tensor(mag):
+        return 10.0 * torch.log10(torch.clamp(mag, min=1e-10))
+    return np.float32(10.0) * np.log10(np.maximum(mag, np.float32(1e-10)))
 
-    ``db = 10 log10(max(mag, 1e-10))`` (power convention applied to the
-    magnitude, reference 1), floored at the example's maximum minus
+
+def compress_db(db, top_db: float = 80.0):
+    """Per-example floor and scale of decibels ``(..., F, T)``:
+    ``max(db, peak - top_db) / top_db + 1`` with the peak over the last two axes.
+    Tensor or array."""
+    if torch.is_tensor(db):
+        peak = db.amax(dim=(-2, -1), keepdim=True)
+        return torch.maximum(db, peak - top_db) / top_db + 1.0
+    peak = db.max(axis=(-2, -1), keepdims=True)
+    return np.maximum(db, peak - top_db) / np.float32(top_db) + np.float32(1.0)
+
+
+def log_compress(mag: Tensor, top_db: float = 80.0) -> Tensor:
+    """Log compression the released checkpoint expects (torchaudio ``AmplitudeToDB(top_db=80)`` / 80 + 1)
+    of magnitudes ``(B, F, T)`` or ``(B, 1, F, T)``.
+
+    ``db`` (:func:`amplitude_to_db`) is floored at the example's maximum minus
     ``top_db``; returns ``db / top_db + 1``. So each example spans
     ``[peak_db/top_db, peak_db/top_db + 1]``: the range has width 1, but it
-    is *not* shifted to [0, 1] (magnitude 1 maps to 1). Any shape ``(B, ...)``;
-    the maximum is taken per example over everything but dim 0.
+    is *not* shifted to [0, 1] (magnitude 1 maps to 1).
     """
-    db = 10.0 * torch.log10(torch.clamp(mag, min=1e-10))
-    peak = db.reshape(db.shape[0], -1).amax(dim=1).view((-1,) + (1,) * (db.dim() - 1))
-    db = torch.maximum(db, peak - top_db)
-    return db / top_db + 1.0
+    return compress_db(amplitude_to_db(mag), top_db)
 
 
 def crop_bins(x: Tensor, offset: int | Tensor, n_bins: int = 84) -> Tensor:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from musicssl.frontend.cqt import amplitude_to_db, compress_db
 from musicssl.errors import AnnotationError, ConfigError, MusicsslError
 from musicssl.keys import cqt_bin_pitch_class, parse_key
 
@@ -293,19 +294,6 @@ def segment_policy_counts(frame_counts: Iterable[int], seg: int) -> dict[str, in
     return out
 
 
-def log_compress_db(db: np.ndarray | torch.Tensor, top_db: float = 80.0):
-    """Per-example log compression of decibels: ``(..., F, T)`` → ``max(db, peak − top_db)/top_db + 1``.
-
-    The peak is over the last two axes (one example = one segment, all bins),
-    matching :func:`musicssl.frontend.cqt.log_compress` applied to the magnitude.
-    """
-    if torch.is_tensor(db):
-        peak = db.amax(dim=(-2, -1), keepdim=True)
-        return torch.maximum(db, peak - top_db) / top_db + 1.0
-    peak = db.max(axis=(-2, -1), keepdims=True)
-    return np.maximum(db, peak - top_db) / np.float32(top_db) + np.float32(1.0)
-
-
 def make_views(logcqt_ab: torch.Tensor, o: torch.Tensor, o2: torch.Tensor, crop: int = 84
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Three views and the pitch-class profile from log-CQTs of A and B.
@@ -415,7 +403,7 @@ class FeatureCache:
                     try:
                         with torch.inference_mode():
                             mag = cqt_chunked(cqt, torch.from_numpy(audio).to(device), chunk_seconds)[0]
-                            db = (10.0 * torch.log10(mag.clamp_min(1e-10))).to(torch.float16).cpu().numpy()
+                            db = amplitude_to_db(mag).to(torch.float16).cpu().numpy()
                         name = _cache_name(path, stamp)
                         tmp = self.root / f".{name}.{os.getpid()}.tmp.npy"
                         np.save(tmp, db)
@@ -537,7 +525,7 @@ class PairDataset(Dataset):
         if self.cache is not None:
             db = self.cache.array(track.path)
             ab = np.stack([db[:, a:a + self.seg], db[:, b:b + self.seg]]).astype(np.float32)
-            logcqt = torch.from_numpy(log_compress_db(ab, self.frontend_config.top_db))[None]
+            logcqt = torch.from_numpy(compress_db(ab, self.frontend_config.top_db))[None]
             views, profile = make_views(logcqt, torch.tensor([o]), torch.tensor([o2]),
                                         self.frontend_config.crop_bins)
             item["views"] = views[0]

@@ -34,9 +34,10 @@ try:  # lightning is a runtime dependency, but keep `import musicssl.key.trainin
 except ImportError as exc:  # pragma: no cover
     raise ConfigError("training needs the 'lightning' package (pip install lightning)") from exc
 
+from musicssl.frontend.cqt import compress_db
 from musicssl.key import losses
 from musicssl.key.data import (
-    FeatureCache, PairDataset, SegmentConfig, Track, audio_batch_views, gather_tracks, log_compress_db,
+    FeatureCache, PairDataset, SegmentConfig, Track, audio_batch_views, gather_tracks,
     make_loader, read_manifest, scan_tracks, split_tracks,
 )
 
@@ -233,7 +234,7 @@ class LabelledValidation:
             scores = []
             for t in self.tracks:
                 db = torch.from_numpy(np.asarray(self.cache.array(t.path), dtype=np.float32))
-                x = log_compress_db(db, self.frontend_config.top_db)[:crop][None, None]
+                x = compress_db(db, self.frontend_config.top_db)[:crop][None, None]
                 probs = to_canonical(model(x.to(device)).float().cpu().numpy(), calibration)[0]
                 scores.append(score_key(t.key, Key.from_index(int(np.argmax(probs)))))
             if scores:
