@@ -456,7 +456,8 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu"):
         return TemplateKeyEstimator(name, device=device)
     if name == "default":
         if default_model_path() is None:
-            warnings.warn("this build ships no trained default key model; using the Krumhansl template baseline",
+            warnings.warn("no trained key model is good enough to be the default yet (see README); "
+                          "using the Krumhansl template baseline",
                           stacklevel=2)
             return TemplateKeyEstimator("krumhansl")
         name = DEFAULT_MODEL
