@@ -346,34 +346,9 @@ class KeyEstimator:
         return results  # type: ignore[return-value]
 
     def local_keys(self, features: KeyFeatures, window_s: float = 20.0, hop_s: float = 5.0) -> list[LocalKey]:
-        """Keys of overlapping windows (``window_s`` long, every ``hop_s`` seconds).
-
-        Each window is log-compressed on its own, as in training. A track
-        shorter than one window gives one window over the whole track.
-        """
-        if window_s <= 0 or hop_s <= 0:
-            raise ValueError("window and hop must be positive")
-        fps = features.frames_per_second
-        n = features.magnitude.shape[-1]
-        win = max(1, int(round(window_s * fps)))
-        hop = max(1, int(round(hop_s * fps)))
-        if n <= win:
-            starts = [0]
-            win = n
-        else:
-            starts = list(range(0, n - win + 1, hop))
-            if starts[-1] + win < n:  # cover the end
-                starts.append(n - win)
-        windows = [features.magnitude[:, s:s + win] for s in starts]
-        probs = []
-        for chunk in range(0, len(windows), 64):
-            probs.append(self._window_probabilities(windows[chunk:chunk + 64]))
-        probs = np.concatenate(probs)
-        out = []
-        for s, p in zip(starts, probs):
-            r = result_from_probabilities(p, 0.0)
-            out.append(LocalKey(s / fps, min(n, s + win) / fps, r.key, r.confidence, p))
-        return out
+        """Keys of overlapping windows (``window_s`` long, every ``hop_s`` seconds);
+        each window is log-compressed on its own, as in training."""
+        return local_keys_of(features, self._window_probabilities, window_s, hop_s)
 
     # --- layer 3: audio / files
     def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
@@ -422,6 +397,34 @@ def _cached_calibration(path: Path, loaded, device: str) -> dict:
     except OSError:
         pass  # a read-only cache only costs time
     return calibration
+
+
+def local_keys_of(features: KeyFeatures, window_probabilities, window_s: float = 20.0,
+                  hop_s: float = 5.0) -> list[LocalKey]:
+    """Local keys of ``features`` for any estimator: ``window_probabilities(list of
+    equal-length CQT magnitudes (F, win)) -> (len, 24)`` scores each window.
+
+    Windows are ``window_s`` long every ``hop_s`` seconds, the last one flush
+    with the end; a track shorter than one window gives one window over all of it.
+    """
+    from musicssl.errors import ConfigError
+
+    if window_s <= 0 or hop_s <= 0:
+        raise ConfigError("window and hop must be positive")
+    fps = features.frames_per_second
+    n = features.magnitude.shape[-1]
+    win = min(n, max(1, int(round(window_s * fps))))
+    hop = max(1, int(round(hop_s * fps)))
+    starts = list(range(0, n - win + 1, hop))
+    if starts[-1] + win < n:  # cover the end
+        starts.append(n - win)
+    windows = [features.magnitude[:, s:s + win] for s in starts]
+    probs = np.concatenate([window_probabilities(windows[i:i + 64]) for i in range(0, len(windows), 64)])
+    out = []
+    for s, p in zip(starts, probs):
+        r = result_from_probabilities(p, 0.0)
+        out.append(LocalKey(s / fps, (s + win) / fps, r.key, r.confidence, p))
+    return out
 
 
 def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:

@@ -152,11 +152,9 @@ class TemplateKeyEstimator:
         """Chroma ``(..., 12)`` of CQT magnitude ``(..., n_bins, T)`` (linear, any scale)."""
         magnitude = np.asarray(magnitude, dtype=np.float64)
         if self.scale == "log":
-            top_db = self.frontend_config.top_db
-            flat = magnitude.reshape(magnitude.shape[:-2] + (-1,))
-            db = 10.0 * np.log10(np.maximum(magnitude, 1e-10))
-            peak = 10.0 * np.log10(np.maximum(flat.max(axis=-1), 1e-10))[..., None, None]
-            magnitude = np.maximum(db, peak - top_db) / top_db + 1.0
+            from musicssl.frontend.cqt import amplitude_to_db, compress_db
+
+            magnitude = compress_db(amplitude_to_db(magnitude), self.frontend_config.top_db)
         return chroma_from_cqt(magnitude.mean(axis=-1), self._lowest_pitch_class())
 
     def probabilities_from_magnitude(self, magnitude: np.ndarray) -> np.ndarray:
@@ -190,24 +188,10 @@ class TemplateKeyEstimator:
 
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
         """Keys of overlapping windows ``window_s`` long every ``hop_s`` seconds."""
-        from musicssl.key.estimator import LocalKey, result_from_probabilities
+        from musicssl.key.estimator import local_keys_of
 
-        if window_s <= 0 or hop_s <= 0:
-            raise ConfigError("window and hop must be positive")
-        fps = features.frames_per_second
-        n = features.magnitude.shape[-1]
-        win = min(n, max(1, int(round(window_s * fps))))
-        hop = max(1, int(round(hop_s * fps)))
-        starts = list(range(0, n - win + 1, hop))
-        if starts[-1] + win < n:
-            starts.append(n - win)
-        windows = np.stack([features.magnitude[:, s:s + win] for s in starts])
-        probs = self.probabilities_from_magnitude(windows)
-        out = []
-        for s, p in zip(starts, probs):
-            r = result_from_probabilities(p, 0.0)
-            out.append(LocalKey(s / fps, (s + win) / fps, r.key, r.confidence, p))
-        return out
+        return local_keys_of(features, lambda windows: self.probabilities_from_magnitude(np.stack(windows)),
+                             window_s, hop_s)
 
     # --- layer 3: audio / files
     def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
