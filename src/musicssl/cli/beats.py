@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl.cli.common import batch_inputs, check_device, files_to_do, write_batch
-from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path
+from musicssl.cli.common import add_batch_arguments, batch_inputs, check_device, files_to_do, write_batch
+from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
@@ -38,19 +38,11 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
         name, help=help_text, description=__doc__.split("\n\n")[0].strip(),
         epilog="exit status: 0 all files analysed, 1 some files failed, 2 usage error",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="audio files, folders (searched recursively) or glob patterns")
-    out = p.add_argument_group("output")
-    out.add_argument("--format", choices=FORMATS, default=None,
-                     help="output format (default: from the -o file extension, else text)")
-    out.add_argument("-o", "--output", metavar="FILE", default=None,
-                     help="write to FILE (atomically) instead of standard output")
+    out = add_batch_arguments(p, "audio files, folders (searched recursively) or glob patterns",
+                              "output format (default: from the -o file extension, else text)")
     out.add_argument("--beats-dir", metavar="DIR", help="also write DIR/<name>.beats (one time per line)")
     out.add_argument("--activations", metavar="DIR", help="save the beat activation as DIR/<name>.npy")
     out.add_argument("--plot", metavar="DIR", help="save waveform + activation + beats as DIR/<name>.png")
-    out.add_argument("--skip-existing", "--resume", dest="skip_existing", action="store_true",
-                     help="keep records already in -o FILE and analyse only the other files")
-    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     model = p.add_argument_group("model and decoder")
     model.add_argument("--checkpoint", metavar="PATH", help="a ZeroNS .safetensors model (default: shipped)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")

@@ -1,11 +1,29 @@
-"""What the batch subcommands (``key``, ``beats``) share: usage errors, input
-checks, the device check, resuming and the progress switch."""
+"""What the batch subcommands (``key``, ``beats``) share: their input and output
+options, usage errors, input checks, the device check, resuming and the progress switch."""
 
 from __future__ import annotations
 
 import sys
 
 from musicssl.errors import ConfigError
+
+
+def add_batch_arguments(parser, paths_help: str, format_help: str):
+    """Add the options every batch subcommand has (``PATH...``, ``--format``,
+    ``-o``, ``--skip-existing``, ``--no-progress``); returns the "output" group
+    so the caller can add its own output options to it."""
+    from musicssl.outputs import FORMATS
+
+    parser.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
+    out = parser.add_argument_group("output")
+    out.add_argument("--format", choices=FORMATS, default=None, help=format_help)
+    out.add_argument("-o", "--output", metavar="FILE", default=None,
+                     help="write to FILE (atomically) instead of standard output")
+    out.add_argument("--skip-existing", "--resume", dest="skip_existing", action="store_true",
+                     help="keep records already in -o FILE and analyse only the other files")
+    out.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="never show a progress bar (it is shown on a terminal for many files)")
+    return out
 
 
 def usage_error(args, command: str, message: str) -> int:

@@ -27,10 +27,11 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import batch_inputs, check_device, files_to_do, usage_error, write_batch
+from musicssl.cli.common import (add_batch_arguments, batch_inputs, check_device, files_to_do, usage_error,
+                                 write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
-from musicssl.outputs import FORMATS, RecordFormat, RecordOutput, format_from_path
+from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
 
 
 EPILOG = """examples:
@@ -50,13 +51,9 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
         name, help=help_text,
         description="Estimate the key of audio files, folders (searched recursively) and glob patterns.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="audio files, folders (searched recursively) or glob patterns ('**' spans folders)")
-    out = p.add_argument_group("output")
-    out.add_argument("--format", choices=FORMATS, default=None,
-                     help="output format (default: from the -o extension .csv/.json/.jsonl, else text)")
-    out.add_argument("-o", "--output", metavar="FILE", default=None,
-                     help="write to FILE (atomically) instead of standard output")
+    out = add_batch_arguments(
+        p, "audio files, folders (searched recursively) or glob patterns ('**' spans folders)",
+        "output format (default: from the -o extension .csv/.json/.jsonl, else text)")
     out.add_argument("--notation", choices=NOTATIONS, default="standard",
                      help="key names: standard ('Eb major', the default), camelot ('5B'), "
                           "openkey ('10d'), tkey ('Eb')")
@@ -69,11 +66,6 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                      help="length of the --local analysis windows (default 20)")
     out.add_argument("--hop", type=_positive_float, default=5.0, metavar="SECONDS",
                      help="hop between --local analysis windows (default 5)")
-    out.add_argument("--skip-existing", "--resume", dest="skip_existing", action="store_true",
-                     help="keep the records already in the -o FILE (or left by an interrupted run) "
-                          "and analyse only the other files")
-    out.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="never show a progress bar (it is shown on a terminal for many files)")
     model = p.add_argument_group("model")
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=model_names(), default="default",
