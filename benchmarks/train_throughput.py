@@ -41,6 +41,8 @@ SETTINGS = {
     "cl-bf16": (512, True, True),
     "cl-hop1024": (1024, True, False),
     "cl-hop1024-bf16": (1024, True, True),
+    "cl-hop2048": (2048, True, False),
+    "cl-hop2048-bf16": (2048, True, True),
 }
 
 

@@ -155,6 +155,28 @@ def test_feature_cache_segments_equal_direct_cqt(corpus, tmp_path):
         D.FeatureCache(tmp_path / "cache", FrontEndConfig(hop_length=512))
 
 
+def test_feature_cache_derived_at_coarser_hop_equals_built(corpus, tmp_path):
+    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    fine = D.FeatureCache(tmp_path / "h512", FrontEndConfig(hop_length=512))
+    fine.build(report.usable, progress=False)
+    built = D.FeatureCache(tmp_path / "built", FrontEndConfig(hop_length=1024))
+    built.build(report.usable, progress=False)
+    derived = D.FeatureCache(tmp_path / "derived", FrontEndConfig(hop_length=1024))
+    assert derived.derive_from(D.FeatureCache.open(tmp_path / "h512"), report.usable) == len(report.usable)
+    assert derived.derive_from(fine, report.usable) == 0                  # nothing left to add
+    for t in report.usable:
+        assert derived.n_frames(t.path) == built.n_frames(t.path)
+        np.testing.assert_array_equal(derived.array(t.path), built.array(t.path))
+    reopened = D.FeatureCache.open(tmp_path / "derived")
+    assert reopened.frontend_config.hop_length == 1024 and all(t.path in reopened for t in report.usable)
+    with pytest.raises(ConfigError, match="cannot derive"):                # 1536 is not a multiple of 1024
+        D.FeatureCache(tmp_path / "x", FrontEndConfig(hop_length=1536)).derive_from(built, report.usable)
+    with pytest.raises(ConfigError, match="cannot derive"):                # other bins
+        D.FeatureCache(tmp_path / "y", FrontEndConfig(hop_length=1024, n_bins=100)).derive_from(fine, report.usable)
+    with pytest.raises(ConfigError, match="no feature cache"):
+        D.FeatureCache.open(tmp_path / "nowhere")
+
+
 def test_pair_dataset_deterministic_per_epoch_and_labels(corpus, tmp_path):
     fe = FrontEndConfig(hop_length=1024)
     report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)

@@ -27,6 +27,8 @@ _HELP = {
     "val_manifest": "labelled validation manifest (path,key) for calibrated MIREX/KSEA/mode accuracy",
     "val_fraction": "share of tracks held out for the validation loss (split by track)",
     "cache_dir": "feature cache folder (whole-track CQT, float16); strongly recommended",
+    "derive_cache_from": "existing feature cache at a finer hop (e.g. 1024 for hop 2048): its frames are "
+                         "subsampled instead of recomputing the CQT",
     "segment_seconds": "segment length in seconds (two per item)",
     "short_tracks": "tracks shorter than two segments: overlap (two overlapping segments) or skip",
     "objective": "stone | stone24 | skey | supervised | semi",

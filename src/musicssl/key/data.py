@@ -372,6 +372,45 @@ class FeatureCache:
     def save_index(self) -> None:
         _atomic_write_text(self.root / CACHE_INDEX, json.dumps(self.index))
 
+    @classmethod
+    def open(cls, root: str | Path) -> "FeatureCache":
+        """An existing cache, with the front end its index records."""
+        from musicssl.frontend.cqt import FrontEndConfig
+
+        index_file = Path(root) / CACHE_INDEX
+        if not index_file.is_file():
+            raise ConfigError(f"no feature cache in {root} (missing {CACHE_INDEX})")
+        return cls(root, FrontEndConfig.from_dict(json.loads(index_file.read_text())["frontend"]))
+
+    def derive_from(self, source: "FeatureCache", tracks: Sequence[Track]) -> int:
+        """Fill missing tracks from a cache at a finer hop; returns how many were added.
+
+        A CQT frame ``t`` at hop ``h`` is centred on sample ``t·h``, so the
+        hop-``k·h`` CQT is exactly every ``k``-th frame of the hop-``h`` one:
+        ``source`` must have the same front end but a hop dividing ours.
+        """
+        mine, theirs = self.frontend_config.to_dict(), source.frontend_config.to_dict()
+        hop, source_hop = mine.pop("hop_length"), theirs.pop("hop_length")
+        if mine != theirs or hop % source_hop:
+            raise ConfigError(f"cannot derive a hop-{hop} cache from {source.root} "
+                              f"(hop {source_hop}, front end {source.frontend_config})")
+        stride = hop // source_hop
+        self.root.mkdir(parents=True, exist_ok=True)
+        added = 0
+        for t in tracks:
+            if t.path in self.index["tracks"] or t.path not in source:
+                continue
+            entry = source.index["tracks"][t.path]
+            db = np.ascontiguousarray(source.array(t.path)[:, ::stride])
+            tmp = self.root / f".{entry['file']}.{os.getpid()}.tmp.npy"
+            np.save(tmp, db)
+            os.replace(tmp, self.root / entry["file"])
+            self.index["tracks"][t.path] = {"file": entry["file"], "n_frames": int(db.shape[1]),
+                                            "stamp": entry["stamp"]}
+            added += 1
+        self.save_index()
+        return added
+
     def build(self, tracks: Sequence[Track], *, device: str = "cpu", max_track_seconds: float | None = 900.0,
               chunk_seconds: float = 60.0, progress: bool = True, save_every: int = 20,
               num_workers: int = 1) -> dict[str, str]:

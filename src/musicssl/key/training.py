@@ -52,6 +52,7 @@ class TrainConfig:
     val_manifest: str | None = None                      # labelled set (path,key) for MIREX/KSEA/mode
     val_fraction: float = 0.05                           # unlabelled validation tracks (split by track)
     cache_dir: str | None = None                         # feature cache (whole-track CQT, float16)
+    derive_cache_from: str | None = None                 # finer-hop cache whose frames are subsampled
     segment_seconds: float = 15.0
     short_tracks: str = "overlap"                        # overlap | skip (tracks < 2 segments)
     min_track_seconds: float = 0.0
@@ -141,7 +142,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
-        """Settings from a YAML file (relative ``data``/``val_manifest``/``cache_dir``/``out``
+        """Settings from a YAML file (relative ``data``/``val_manifest``/``cache_dir``/``derive_cache_from``/``out``
         paths are relative to the file), then ``overrides``."""
         import yaml
 
@@ -159,7 +160,7 @@ class TrainConfig:
         if "data" in values:
             data = values["data"] if isinstance(values["data"], list) else [values["data"]]
             values["data"] = [rel(d) for d in data]
-        for key in ("val_manifest", "cache_dir", "out"):
+        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out"):
             if values.get(key) is not None:
                 values[key] = rel(values[key])
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -530,6 +531,9 @@ def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, tim
     ready = root / f".ready-{digest}"
     if _env_rank() == 0:
         cache = FeatureCache(root, fe)
+        if config.derive_cache_from:
+            added = cache.derive_from(FeatureCache.open(config.derive_cache_from), tracks)
+            log(f"feature cache: {added} tracks subsampled from {config.derive_cache_from}")
         cache.build(tracks, max_track_seconds=config.max_track_seconds, progress=config.progress,
                     num_workers=config.num_workers)
         ready.write_text("ok")
