@@ -1,0 +1,95 @@
+"""What an S-KEY model's key-signature output tracks, and how good its mode pseudo-labels are.
+
+For each labelled clip (crop offset 0, whole clip, model in eval mode):
+
+* ``s = argmax(P[0] + P[1])``: the column S-KEY's mode pseudo-label starts from
+  (SPEC §1.5). The script prints, separately for major and minor clips, the
+  histogram of ``(true tonic − pitch class of crop bin s) mod 12``. A model
+  whose output follows the key signature puts relative keys in (nearly) the
+  same column; a model that follows the tonic puts parallel keys in the same
+  column (then the histograms of major and minor clips peak at the same offset).
+* the agreement of the pseudo-label ``c[s + δ] > c[s + δ + 3]`` with the true
+  mode for every column shift ``δ`` (``δ = 0`` is the rule used in training:
+  it only works when the model's columns line up with the crop's pitch classes
+  the way the rule assumes);
+* the ceiling of profile rules: major third vs minor third above the *true*
+  tonic, with the SPEC's profile (log-CQT in [0, 1], as in training) and with
+  profiles of the linear CQT magnitude and power (same bins and crop).
+
+Labels are only read to score; nothing is trained. Usage::
+
+    python benchmarks/key_pseudo_labels.py runs/skey_default/model.safetensors ../shared/fixtures/skey.pt
+    python benchmarks/key_pseudo_labels.py MODEL --manifest work-data/render24/labels.csv --limit 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicssl.evaluation.datasets import load_dataset
+from musicssl.frontend.audio import load_audio
+from musicssl.frontend.cqt import crop_bins, log_compress
+from musicssl.key.estimator import KeyEstimator, magnitude_cqt
+from musicssl.keys import cqt_bin_pitch_class
+
+
+def diagnose(checkpoint: str, items, limit: int) -> dict:
+    """Histograms and agreements (see module docstring) of one model over ``items``."""
+    estimator = KeyEstimator.from_checkpoint(checkpoint)
+    fe, model = estimator.frontend_config, estimator.model.eval()
+    pc0 = int(cqt_bin_pitch_class(0))
+    offsets = {"major": np.zeros(12, int), "minor": np.zeros(12, int)}
+    agree, n = np.zeros(12), 0
+    ceiling = {"log-CQT": 0, "magnitude": 0, "power": 0}
+    for item in items[:limit]:
+        key = item.key
+        audio = load_audio(item.path, sr=fe.sr, offset=item.offset, duration=item.duration)
+        magnitude = magnitude_cqt(audio, fe)
+        logcqt = log_compress(torch.as_tensor(magnitude)[None, None], fe.top_db)
+        view = crop_bins(logcqt, 0, fe.crop_bins)
+        with torch.inference_mode():
+            p = model(view).float().numpy()[0].reshape(-1, 12)
+        s = int(p.sum(0).argmax())
+        c = view[0, 0].float().mean(-1).numpy().reshape(-1, 12).mean(0)   # crop-frame pitch-class profile
+        offsets[key.mode][(key.tonic - pc0 - s) % 12] += 1
+        agree += [(c[(s + d) % 12] > c[(s + d + 3) % 12]) == key.is_major for d in range(12)]
+        tonic = (key.tonic - pc0) % 12
+        crop = magnitude[:fe.crop_bins]
+        for name, profile in (("log-CQT", c), ("magnitude", crop.mean(-1).reshape(-1, 12).mean(0)),
+                              ("power", (crop ** 2).mean(-1).reshape(-1, 12).mean(0))):
+            ceiling[name] += (profile[(tonic + 4) % 12] > profile[(tonic + 3) % 12]) == key.is_major
+        n += 1
+    return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="two-row key models (project files or released .pt)")
+    p.add_argument("--dataset", default="dev-synth", help="dataset format (see musicssl evaluate)")
+    p.add_argument("--manifest", default="../shared/data/dev-synth", help="dataset folder or manifest")
+    p.add_argument("--limit", type=int, default=80)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    items = load_dataset(args.dataset, args.manifest).items
+    print(f"{min(args.limit, len(items))} clips of {args.manifest}")
+    for ck in args.checkpoints:
+        r = diagnose(ck, items, args.limit)
+        print(f"\n{Path(ck).name}")
+        print("  (tonic - column s) mod 12, major clips:", " ".join(f"{v:3d}" for v in r["offsets"]["major"]))
+        print("  (tonic - column s) mod 12, minor clips:", " ".join(f"{v:3d}" for v in r["offsets"]["minor"]))
+        print("  pseudo-label agreement with the true mode, shift 0..11:",
+              " ".join(f"{v:.2f}" for v in r["agreement"]))
+        print(f"  training rule (shift 0): {r['agreement'][0]:.2f}")
+        print("  M3 > m3 above the true tonic (ceiling of profile rules): "
+              + ", ".join(f"{k} profile {v:.2f}" for k, v in r["ceiling"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
