@@ -25,7 +25,7 @@ signature ``n/4``; beat-in-bar ``k % n + 1``). This script
    strength: its mean at the annotated beats over that at the half-beat and at
    the quarter-beat offsets (``on/half``, ``on/qtr``; above 1 when the beats
    carry the strongest onsets; off-beat-heavy music has ``on/half`` near or
-   below 1) and the grid shift within ±1/8 beat that maximises it (``lag``;
+   below 1) and the grid shift within ±max(50 ms, 1/12 beat) that maximises it (``lag``;
    a few tens of ms late, not 0, because onset detectors peak after a note
    starts). A clip is flagged when ``on/qtr`` is low or ``lag`` is outside
    ``LAG_OK_MS``. The renders themselves start sounding
@@ -346,7 +346,9 @@ def grid_check(y: np.ndarray, sr: int, beats: np.ndarray, period: float) -> Grid
     on = strength_at(beats)
     half = strength_at(beats + period / 2)
     quarter = (strength_at(beats + period / 4) + strength_at(beats + 3 * period / 4)) / 2
-    reach = min(0.150, period / 8)   # never as far as the next sixteenth note
+    # a third of a sixteenth note (at least 50 ms): not as far as swung or
+    # anticipated notes just before the beat
+    reach = min(0.150, max(0.050, period / 12))
     lags = np.arange(-reach, reach + 1e-9, 1 / fps)
     lag = float(lags[int(np.argmax([strength_at(beats + lag) for lag in lags]))])
     return GridCheck(on / max(half, 1e-9), on / max(quarter, 1e-9), 1000 * lag)
@@ -358,7 +360,7 @@ class GridCheck:
 
     half_ratio: float     # onset strength at beats / at half-beat offsets
     quarter_ratio: float  # onset strength at beats / at quarter-beat offsets
-    lag_ms: float         # grid shift (within ±beat/8, at most ±150 ms) with the strongest onsets
+    lag_ms: float         # grid shift (within ±max(50 ms, beat/12)) with the strongest onsets
 
     def looks_off(self, min_ratio: float) -> bool:
         """Off when sixteenth-note offsets carry as much onset strength as the beats
