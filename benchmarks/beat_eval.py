@@ -10,7 +10,10 @@ AMLt, first 5 s trimmed):
                               are left out of every system's score)
 
 Datasets: ``dev-synth`` (../shared/data/dev-synth: rendered scores, no drums,
-a hard case) and ``synthetic-drums`` (drum + chord mixes generated here at
+a hard case), ``csv`` (any manifest folder with ``labels.csv`` holding ``path``
+and ``beats_path`` columns, e.g. the LMMS demo renders of
+``benchmarks/render_lmms.py``: ``--dataset csv --root work-data/lmms-beats``)
+and ``synthetic-drums`` (drum + chord mixes generated here at
 random tempi: an easy sanity check, not music).
 
     python benchmarks/beat_eval.py --dataset dev-synth --limit 80 --finetune-songs 8
@@ -108,12 +111,13 @@ def run_eval(args) -> dict:
 
     torch.set_num_threads(args.threads)
     est = BeatEstimator.from_checkpoint(args.checkpoint)
-    if args.dataset == "dev-synth":
+    if args.dataset in ("dev-synth", "csv"):
         items = dev_synth_items(Path(args.root), args.limit, args.seed)
     else:
         items = synthetic_drum_items(Path(args.cache) / "audio", args.limit or 20, args.seed)
     t0 = time.monotonic()
-    feats = cached_features(items, Path(args.cache) / args.dataset, est.separator)
+    cache_name = args.dataset if args.dataset != "csv" else f"csv-{Path(args.root).resolve().name}"
+    feats = cached_features(items, Path(args.cache) / cache_name, est.separator)
     print(f"features of {len(feats)} clips ready ({time.monotonic() - t0:.0f} s)", flush=True)
     items = [it for it in items if it[0] in feats]
     tune, test = items[:args.finetune_songs], items[args.finetune_songs:]
@@ -208,7 +212,7 @@ def separation_grid(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("dev-synth", "synthetic-drums"), default="dev-synth")
+    p.add_argument("--dataset", choices=("dev-synth", "csv", "synthetic-drums"), default="dev-synth")
     p.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "dev-synth"))
     p.add_argument("--checkpoint", default=None, help="ZeroNS model (default: shipped)")
     p.add_argument("--limit", type=int, default=None, help="clips to use (random subset, fixed seed)")
