@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from musicssl.errors import ConfigError
+from musicssl.frontend.cqt import amplitude_to_db, compress_db
 from musicssl.key import losses as L
 
 
@@ -193,3 +194,47 @@ def test_objective_config_validation():
         L.ObjectiveConfig(omega=2)
     assert L.ObjectiveConfig(name="stone").n_rows == 1
     assert L.ObjectiveConfig(name="skey").n_rows == 2
+
+
+def _one_hot_rows(columns, n=12):
+    return torch.nn.functional.one_hot(torch.tensor(columns), n).float()
+
+
+def test_thirds_pseudo_labels_find_the_tonic_shift_from_the_profiles():
+    # Triad profiles (tonic 1.0, third 0.6, fifth 0.8) in the crop frame; the model's
+    # column s sits 2 below each tonic, which the batch's profiles reveal (δ = 2).
+    tonics, majors = [0, 5, 7, 9], [True, False, True, False]
+    profile = torch.full((4, 12), 0.05)
+    for b, (t, major) in enumerate(zip(tonics, majors)):
+        profile[b, t] = 1.0
+        profile[b, (t + (4 if major else 3)) % 12] = 0.6
+        profile[b, (t + 7) % 12] = 0.8
+    y = _one_hot_rows([(t - 2) % 12 for t in tonics])
+    assert L.thirds_pseudo_labels(y, y, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
+    # the authors' rule reads c[s] vs c[s+3] at the unshifted column: here it says nothing useful
+    assert L.mode_pseudo_labels(y, y, profile).tolist() != [1.0, 0.0, 1.0, 0.0]
+    # with columns on the tonics (δ = 0) the thirds rule gives the same labels
+    y0 = _one_hot_rows(tonics)
+    assert L.thirds_pseudo_labels(y0, y0, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_magnitude_profile_inverts_the_log_compression():
+    torch.manual_seed(0)
+    magnitude = torch.rand(2, 2, 24, 5) + 1e-3                    # (B, V, 2 octaves, T)
+    log_views = compress_db(amplitude_to_db(magnitude), 80.0)   # as the training views
+    expected = magnitude.mean(-1).view(2, 2, 2, 12).mean(2)
+    expected = (expected / expected.sum(-1, keepdim=True)).mean(1)
+    got = L.magnitude_profile(log_views, 80.0)
+    assert got.shape == (2, 12)
+    assert torch.allclose(got, expected, rtol=1e-4)
+    assert torch.allclose(got.sum(-1), torch.ones(2))
+    with pytest.raises(ConfigError):
+        L.magnitude_profile(torch.zeros(1, 2, 10, 3))
+
+
+def test_objective_config_validates_mode_rule_and_profile():
+    assert L.ObjectiveConfig(mode_rule="thirds", mode_profile="magnitude").mode_rule == "thirds"
+    with pytest.raises(ConfigError, match="mode_rule"):
+        L.ObjectiveConfig(mode_rule="guess")
+    with pytest.raises(ConfigError, match="mode_profile"):
+        L.ObjectiveConfig(mode_profile="chroma")

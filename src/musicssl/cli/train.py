@@ -32,6 +32,9 @@ _HELP = {
     "segment_seconds": "segment length in seconds (two per item)",
     "short_tracks": "tracks shorter than two segments: overlap (two overlapping segments) or skip",
     "objective": "stone | stone24 | skey | supervised | semi",
+    "mode_rule": "S-KEY mode pseudo-label: authors (SPEC: c[s] > c[s+3]) or thirds (major vs minor third "
+                 "above the column the batch's profiles say is the tonic; a project variant)",
+    "mode_profile": "pitch-class profile of the pseudo-label: log (SPEC: log-CQT) or magnitude (linear CQT)",
     "omega": "circle of fifths (7) or semitones (1)",
     "devices": "devices per node (int, list or 'auto')",
     "precision": "auto (bf16-mixed/16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed",

@@ -32,6 +32,8 @@ LOG_FLOOR = -100.0
 _GRAD_EPS = 1e-12
 
 OBJECTIVES = ("stone", "stone24", "skey", "supervised", "semi")
+MODE_RULES = ("authors", "thirds")
+MODE_PROFILES = ("log", "magnitude")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -129,6 +131,24 @@ def pitch_class_profile(logcqt_crop: Tensor) -> Tensor:
     return frames.view(x.shape[0], -1, 12).mean(dim=1)    # (B, 12)
 
 
+def magnitude_profile(log_views: Tensor, top_db: float = 80.0) -> Tensor:
+    """Pitch-class profile of the CQT *magnitude*, from log-compressed views.
+
+    ``log_views``: ``(B, V, 12·O, T)``, ``x = max(dB, peak − top_db)/top_db + 1``
+    (:func:`musicssl.frontend.cqt.compress_db`), so the magnitude is
+    ``10^(top_db·(x − 1)/10)`` (bins below the floor read as the floor). Each view's profile
+    (time mean, octave mean) is normalised to sum 1, then the ``V`` views are
+    averaged → ``(B, 12)``.
+    """
+    b, v, f, t = log_views.shape
+    if f % 12:
+        raise ConfigError(f"crop must have a multiple of 12 bins, got {f}")
+    magnitude = torch.pow(10.0, (log_views.float() - 1.0) * (top_db / 10.0))
+    per_view = magnitude.mean(dim=-1).view(b, v, f // 12, 12).mean(dim=2)      # (B, V, 12)
+    per_view = per_view / per_view.sum(dim=-1, keepdim=True)
+    return per_view.mean(dim=1)
+
+
 def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
     """S-KEY's mode pseudo-label ``ℓ`` (SPEC §1.5.2), float ``(B,)`` of 0/1, no gradient.
 
@@ -141,6 +161,27 @@ def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
         c_s = profile.gather(1, s[:, None])[:, 0]
         c_minor_third = profile.gather(1, ((s + 3) % 12)[:, None])[:, 0]
         return (c_s > c_minor_third).to(y_a.dtype)
+
+
+def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
+    """A mode pseudo-label that does not assume where the model's columns sit (project variant).
+
+    ``s = argmax((y_A + y_B)/2)`` as in S-KEY; the batch's column-to-tonic
+    shift is ``δ = argmax_d mean_b profile_b[s_b + d]`` (the pitch class the
+    model's column points at that sounds most, on average over the batch);
+    with ``t = s + δ``, ``ℓ = 1`` iff the major third sounds more than the
+    minor third: ``profile[t + 4] > profile[t + 3]``. Float ``(B,)`` of 0/1,
+    no gradient. ``profile``: ``(B, 12)`` in the crop's frame.
+    """
+    with torch.no_grad():
+        s = ((y_a + y_b) / 2).argmax(dim=1)
+        shifts = torch.arange(12, device=s.device)
+        columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
+        delta = profile.gather(1, columns).mean(dim=0).argmax()
+        t = (s + delta) % 12
+        major_third = profile.gather(1, ((t + 4) % 12)[:, None])[:, 0]
+        minor_third = profile.gather(1, ((t + 3) % 12)[:, None])[:, 0]
+        return (major_third > minor_third).to(y_a.dtype)
 
 
 def balance_loss(m_a: Tensor, m_b: Tensor) -> Tensor:
@@ -165,12 +206,21 @@ class ObjectiveConfig:
     balance_factor: float = 20.0
     #: number of output rows for the label-using objectives (supervised/semi): 1 or 2
     supervised_rows: int = 2
+    #: S-KEY mode pseudo-label: "authors" (SPEC §1.5: c[s] > c[s+3]) or "thirds"
+    #: (:func:`thirds_pseudo_labels`, a project variant)
+    mode_rule: str = "authors"
+    #: profile the pseudo-label reads: "log" (SPEC: the log-CQT views) or "magnitude" (:func:`magnitude_profile`)
+    mode_profile: str = "log"
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.omega not in range(1, 12) or math.gcd(self.omega, 12) != 1:
             raise ConfigError(f"omega must be coprime with 12 (1, 5, 7 or 11), got {self.omega}")
+        if self.mode_rule not in MODE_RULES:
+            raise ConfigError(f"unknown mode_rule {self.mode_rule!r}; choose one of {', '.join(MODE_RULES)}")
+        if self.mode_profile not in MODE_PROFILES:
+            raise ConfigError(f"unknown mode_profile {self.mode_profile!r}; choose one of {', '.join(MODE_PROFILES)}")
         if self.supervised_rows not in (1, 2):
             raise ConfigError(f"supervised_rows must be 1 or 2, got {self.supervised_rows}")
 
@@ -248,7 +298,8 @@ def objective(
     if cfg.name == "skey":
         if profile is None:
             raise ConfigError("the S-KEY objective needs the pitch-class profile of views A and B")
-        ell = mode_pseudo_labels(y_a, y_b, profile)
+        rule = thirds_pseudo_labels if cfg.mode_rule == "thirds" else mode_pseudo_labels
+        ell = rule(y_a, y_b, profile)
         l_mode = (binary_cross_entropy(ell, m_a2) + binary_cross_entropy(ell, m_b)
                   + binary_cross_entropy(ell, m_a)).mean()
         l_bal = balance_loss(m_a, m_b)

@@ -67,6 +67,8 @@ class TrainConfig:
     mode_weight: float = 1.7
     balance_weight: float = 1.0
     supervised_rows: int = 2
+    mode_rule: str = "authors"                           # S-KEY pseudo-label: authors (SPEC) | thirds
+    mode_profile: str = "log"                            # profile it reads: log (SPEC) | magnitude
     channels: list[int] = field(default_factory=lambda: [2, 3, 40, 40, 30, 10, 3])
     kernels: list[int] = field(default_factory=lambda: [7, 7, 7, 7, 7, 5, 5])
     drop_path: float = 0.1
@@ -121,7 +123,8 @@ class TrainConfig:
     def objective_kwargs(self) -> dict:
         return dict(name=self.objective, omega=self.omega, key_weight=self.key_weight,
                     mode_weight=self.mode_weight, balance_weight=self.balance_weight,
-                    supervised_rows=self.supervised_rows)
+                    supervised_rows=self.supervised_rows, mode_rule=self.mode_rule,
+                    mode_profile=self.mode_profile)
 
     def frontend(self):
         from musicssl.frontend.cqt import FrontEndConfig
@@ -295,6 +298,8 @@ class KeyTrainingModule(pl.LightningModule):
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         views, profile = self._views(batch)
+        if self.objective_config.mode_profile == "magnitude":
+            profile = losses.magnitude_profile(views[:, :2], self.frontend_config.top_db)
         b, _, f, t = views.shape
         x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
         if self.config.channels_last:
