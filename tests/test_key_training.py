@@ -101,6 +101,33 @@ def test_shipped_configs_parse(name):
     assert cfg.data and cfg.objective in ("stone", "stone24", "skey", "supervised", "semi")
 
 
+def test_thirds_config_differs_from_the_default_only_where_documented():
+    default = TrainConfig.from_yaml(REPO / "configs" / "skey_default.yaml")
+    thirds = TrainConfig.from_yaml(REPO / "configs" / "skey_thirds.yaml")
+    differ = {k for k in vars(default) if getattr(default, k) != getattr(thirds, k)}
+    assert differ == {"mode_rule", "mode_profile", "out", "max_minutes"}
+    assert (thirds.mode_rule, thirds.mode_profile) == ("thirds", "magnitude")
+
+
+def test_derived_cache_and_missing_derive_source(tmp_path, corpus):
+    """Training data from a cache derived at hop 2048; a missing source only means computing."""
+    from musicssl.key.training import prepare_data
+
+    fine = tiny(tmp_path / "a", corpus, cache_dir=str(tmp_path / "h1024"))
+    prepare_data(fine, log=lambda *_: None)
+    messages: list[str] = []
+    derived = tiny(tmp_path / "b", corpus, hop_length=2048, cache_dir=str(tmp_path / "h2048"),
+                   derive_cache_from=str(tmp_path / "h1024"))
+    data = prepare_data(derived, log=messages.append)
+    assert any("8 tracks subsampled" in m for m in messages)
+    assert len(data.train) == 8 and data.cache.frontend_config.hop_length == 2048
+    messages.clear()
+    computed = tiny(tmp_path / "c", corpus, hop_length=2048, cache_dir=str(tmp_path / "other"),
+                    derive_cache_from=str(tmp_path / "nowhere"))
+    data = prepare_data(computed, log=messages.append)
+    assert any("nothing to derive from" in m for m in messages) and len(data.train) == 8
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
     assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover
 from musicssl.frontend.cqt import compress_db
 from musicssl.key import losses
 from musicssl.key.data import (
-    FeatureCache, PairDataset, SegmentConfig, Track, audio_batch_views, gather_tracks,
+    CACHE_INDEX, FeatureCache, PairDataset, SegmentConfig, Track, audio_batch_views, gather_tracks,
     make_loader, read_manifest, scan_tracks, split_tracks,
 )
 
@@ -536,7 +536,9 @@ def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, tim
     ready = root / f".ready-{digest}"
     if _env_rank() == 0:
         cache = FeatureCache(root, fe)
-        if config.derive_cache_from:
+        if config.derive_cache_from and not (Path(config.derive_cache_from) / CACHE_INDEX).is_file():
+            log(f"feature cache: nothing to derive from in {config.derive_cache_from}; computing every track")
+        elif config.derive_cache_from:
             added = cache.derive_from(FeatureCache.open(config.derive_cache_from), tracks)
             log(f"feature cache: {added} tracks subsampled from {config.derive_cache_from}")
         cache.build(tracks, max_track_seconds=config.max_track_seconds, progress=config.progress,
