@@ -388,6 +388,7 @@ class FeatureCache:
         A CQT frame ``t`` at hop ``h`` is centred on sample ``t·h``, so the
         hop-``k·h`` CQT is exactly every ``k``-th frame of the hop-``h`` one:
         ``source`` must have the same front end but a hop dividing ours.
+        Derived tracks keep the excerpt the source cached (its ``max_track_seconds``).
         """
         mine, theirs = self.frontend_config.to_dict(), source.frontend_config.to_dict()
         hop, source_hop = mine.pop("hop_length"), theirs.pop("hop_length")
