@@ -35,6 +35,7 @@ from musicssl.evaluation.datasets import load_dataset
 from musicssl.frontend.audio import load_audio
 from musicssl.frontend.cqt import crop_bins, log_compress
 from musicssl.key.estimator import KeyEstimator, magnitude_cqt
+from musicssl.key.losses import magnitude_profile, pitch_class_profile
 from musicssl.keys import cqt_bin_pitch_class
 
 
@@ -55,12 +56,12 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
         with torch.inference_mode():
             p = model(view).float().numpy()[0].reshape(-1, 12)
         s = int(p.sum(0).argmax())
-        c = view[0, 0].float().mean(-1).numpy().reshape(-1, 12).mean(0)   # crop-frame pitch-class profile
+        c = pitch_class_profile(view)[0].numpy()            # the training profile (crop frame)
         offsets[key.mode][(key.tonic - pc0 - s) % 12] += 1
         agree += [(c[(s + d) % 12] > c[(s + d + 3) % 12]) == key.is_major for d in range(12)]
         tonic = (key.tonic - pc0) % 12
         crop = magnitude[:fe.crop_bins]
-        for name, profile in (("log-CQT", c), ("magnitude", crop.mean(-1).reshape(-1, 12).mean(0)),
+        for name, profile in (("log-CQT", c), ("magnitude", magnitude_profile(view[:, :1], fe.top_db)[0].numpy()),
                               ("power", (crop ** 2).mean(-1).reshape(-1, 12).mean(0))):
             ceiling[name] += (profile[(tonic + 4) % 12] > profile[(tonic + 3) % 12]) == key.is_major
         n += 1

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from musicssl.evaluation.beat_annotations import format_beat_annotation
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_DIR = Path("/usr/share/lmms/projects/demos")
 #: LMMS ticks in one whole note (a 4/4 bar); a 1/d beat lasts ``TICKS_PER_WHOLE / d`` ticks.
@@ -252,11 +254,6 @@ def beat_grid(bpm: float, numerator: int, duration: float) -> tuple[np.ndarray, 
     return times, np.arange(len(times)) % numerator + 1
 
 
-def format_beats(times: np.ndarray, numbers: np.ndarray) -> str:
-    """``time<TAB>beat-in-bar`` lines."""
-    return "".join(f"{t:.6f}\t{int(n)}\n" for t, n in zip(times, numbers))
-
-
 def find_projects(folders: list[Path]) -> list[Path]:
     """``.mmp`` / ``.mmpz`` files under the folders, sorted, without duplicates."""
     found: dict[Path, None] = {}
@@ -424,7 +421,7 @@ def process(path: Path, args, lmms: str, out: Path, source: str) -> tuple[Outcom
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     audio_rel, beats_rel = Path("audio") / f"{stem}.flac", Path("beats") / f"{stem}.beats"
     sf.write(out / audio_rel, y, sr, subtype="PCM_16")
-    (out / beats_rel).write_text(format_beats(times, numbers))
+    (out / beats_rel).write_text(format_beat_annotation(times, numbers, decimals=6))
     row = {"path": str(audio_rel), "beats_path": str(beats_rel), "bpm": f"{info.bpm:g}",
            "time_signature": info.time_signature, "project": str(path), "source": source,
            "duration_s": f"{duration:.3f}",

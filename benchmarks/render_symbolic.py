@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from musicssl.evaluation.beat_annotations import format_beat_annotation
 from musicssl.keys import Key, parse_key
 
 #: General MIDI programs used with ``--program random`` (melodic, sustained or plucked).
@@ -355,7 +356,7 @@ def render_piece(candidate: Candidate, semitones: int, qpm: float, program: int,
     (out_dir / "beats").mkdir(parents=True, exist_ok=True)
     sf.write(out_dir / audio_rel, audio, rate, format={"ogg": "OGG", "flac": "FLAC", "wav": "WAV"}[fmt],
              **({"subtype": "VORBIS"} if fmt == "ogg" else {}))
-    (out_dir / beats_rel).write_text("".join(f"{t:.4f}\n" for t in beats))
+    (out_dir / beats_rel).write_text(format_beat_annotation(beats))
     return {"path": str(audio_rel), "key": str(key), "beats_path": str(beats_rel),
             "collection": candidate.collection, "piece_id": clip_id, "title": candidate.title,
             "key_source": candidate.key_source, "source_key": str(candidate.key), "transpose": semitones,

@@ -9,6 +9,7 @@ import pytest
 
 from musicssl.errors import AnnotationError
 from musicssl.evaluation.beat_annotations import (
+    format_beat_annotation,
     load_beat_dataset,
     load_beat_dev_synth,
     load_beat_manifest,
@@ -149,3 +150,12 @@ def test_dev_synth_layout(dev_synth):
     assert item.audio_path.is_file() and item.annotation_path.suffix == ".beats"
     beats = item.reference().times
     assert len(beats) > 10 and np.all(np.diff(beats) > 0)
+
+
+def test_format_beat_annotation_round_trips_both_layouts():
+    times, numbers = [0.5, 1.0, 1.5], [3, 4, 1]
+    assert format_beat_annotation(times) == "0.5000\n1.0000\n1.5000\n"
+    parsed = parse_beat_annotation(format_beat_annotation(times, numbers, decimals=6))
+    assert parsed.times.tolist() == times and parsed.beat_in_bar.tolist() == numbers
+    with pytest.raises(AnnotationError):
+        format_beat_annotation(times, [1, 2])

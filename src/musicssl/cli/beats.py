@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from musicssl.cli.common import add_batch_arguments, batch_inputs, check_device, files_to_do, write_batch
+from musicssl.evaluation.beat_annotations import format_beat_annotation
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
@@ -141,7 +142,7 @@ def make_finish(estimator, args):
             name = _unique_name(path, used) if (args.beats_dir or args.activations or args.plot) else None
             if args.beats_dir:
                 target = Path(args.beats_dir) / f"{name}.beats"
-                atomic_write_text(target, "".join(f"{b:.4f}\n" for b in beats))
+                atomic_write_text(target, format_beat_annotation(beats))
                 record["beats_file"] = str(target)
             if args.activations:
                 target = Path(args.activations) / f"{name}.npy"

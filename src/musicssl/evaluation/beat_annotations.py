@@ -86,6 +86,16 @@ class BeatAnnotation:
         return None if self.beat_in_bar is None else self.times[self.beat_in_bar == 1]
 
 
+def format_beat_annotation(times: Sequence[float], beat_in_bar: Sequence[int] | None = None,
+                           decimals: int = 4) -> str:
+    """The text of a beat file: ``time`` (s) per line, or ``time<TAB>beat-in-bar``."""
+    if beat_in_bar is None:
+        return "".join(f"{float(t):.{decimals}f}\n" for t in times)
+    if len(beat_in_bar) != len(times):
+        raise AnnotationError(f"{len(times)} beat times but {len(beat_in_bar)} beat-in-bar numbers")
+    return "".join(f"{float(t):.{decimals}f}\t{int(n)}\n" for t, n in zip(times, beat_in_bar))
+
+
 def parse_beat_annotation(text: str, source: str = "<text>") -> BeatAnnotation:
     """Parse the text of a beat file (see module docstring); ``source`` names it in errors."""
     times: list[float] = []
