@@ -207,6 +207,35 @@ def test_pair_dataset_deterministic_per_epoch_and_labels(corpus, tmp_path):
     assert views.shape == (1, 3, 84, D.segment_frames(2.0, SR, 1024)) and profile.shape == (1, 12)
 
 
+def test_random_eq_is_smooth_bounded_and_seeded():
+    curves = [D.random_eq_db(np.random.default_rng(i), 99, 12.0) for i in range(50)]
+    for c in curves:
+        assert c.shape == (99,) and c.dtype == np.float32
+        assert np.abs(c).max() <= 12.0 + 1e-5
+        assert np.abs(np.diff(c)).max() < 3.0           # a semitone apart: nearly the same gain
+    assert max(np.abs(c).max() for c in curves) > 6.0   # and it does change the balance
+    assert np.array_equal(D.random_eq_db(np.random.default_rng(3), 99, 12.0), curves[3])
+    assert not D.random_eq_db(np.random.default_rng(0), 99, 0.0).any()
+
+
+def test_pair_dataset_eq_changes_segments_not_positions(corpus, tmp_path):
+    fe = FrontEndConfig(hop_length=1024)
+    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    cache = D.FeatureCache(tmp_path / "c", fe)
+    cache.build(report.usable, progress=False)
+    seg = D.SegmentConfig(segment_seconds=2.0, seed=5)
+    plain, eq = D.PairDataset(report.usable, fe, seg, cache), D.PairDataset(report.usable, fe, seg, cache, eq_db=12.0)
+    a, b = plain[1], eq[1]
+    assert (a["o"], a["o2"], a["k"]) == (b["o"], b["o2"], b["k"])     # same segments and transposition
+    assert a["views"].shape == b["views"].shape
+    assert not torch.allclose(a["views"], b["views"])
+    assert torch.equal(b["views"], eq[1]["views"])                      # deterministic
+    with pytest.raises(ConfigError, match="cache"):
+        D.PairDataset(report.usable, fe, seg, None, eq_db=6.0)
+    with pytest.raises(ConfigError, match="eq_db"):
+        D.PairDataset(report.usable, fe, seg, cache, eq_db=-1.0)
+
+
 def test_epoch_sampler_shards_and_skips():
     s0 = D.EpochSampler(10, seed=1, rank=0, world_size=2)
     s1 = D.EpochSampler(10, seed=1, rank=1, world_size=2)

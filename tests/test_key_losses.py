@@ -232,8 +232,22 @@ def test_magnitude_profile_inverts_the_log_compression():
         L.magnitude_profile(torch.zeros(1, 2, 10, 3))
 
 
+def test_power_profile_squares_the_magnitude():
+    magnitude = torch.ones(1, 1, 12, 4)
+    magnitude[..., 4, :] = 2.0                                   # one pitch class twice as loud
+    log_views = compress_db(amplitude_to_db(magnitude), 80.0)
+    by_magnitude = L.magnitude_profile(log_views, 80.0)
+    by_power = L.magnitude_profile(log_views, 80.0, exponent=L.PROFILE_EXPONENTS["power"])
+    assert by_magnitude[0, 4] / by_magnitude[0, 0] == pytest.approx(2.0, rel=1e-4)
+    assert by_power[0, 4] / by_power[0, 0] == pytest.approx(4.0, rel=1e-4)
+    assert by_power[0, 4] == pytest.approx(4.0 / 15.0, rel=1e-4)
+    with pytest.raises(ConfigError, match="exponent"):
+        L.magnitude_profile(log_views, 80.0, exponent=0.0)
+
+
 def test_objective_config_validates_mode_rule_and_profile():
     assert L.ObjectiveConfig(mode_rule="thirds", mode_profile="magnitude").mode_rule == "thirds"
+    assert L.ObjectiveConfig(mode_rule="thirds", mode_profile="power").mode_profile == "power"
     with pytest.raises(ConfigError, match="mode_rule"):
         L.ObjectiveConfig(mode_rule="guess")
     with pytest.raises(ConfigError, match="mode_profile"):

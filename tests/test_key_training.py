@@ -145,7 +145,12 @@ def test_warmup_cosine_schedule():
 def test_train_logs_checkpoints_and_exports_a_usable_model(tmp_path, corpus):
     from musicssl.key.estimator import KeyEstimator
 
-    cfg = tiny(tmp_path, corpus, objective="skey", max_steps=3, export=True, val_fraction=0.25,
+    # a split column, not the hashed split (which depends on this session's tmp paths): 6 train, 2 val
+    lines = (corpus / "labels.csv").read_text().splitlines()
+    split = corpus / "labels_split.csv"
+    split.write_text("\n".join([lines[0] + ",split"] + [f"{row},{'val' if i < 2 else 'train'}"
+                                                          for i, row in enumerate(lines[1:])]) + "\n")
+    cfg = tiny(tmp_path, corpus, data=[str(split)], objective="skey", max_steps=3, export=True,
                val_manifest=None)
     summary = train(cfg, log=lambda *_: None)
     out = Path(cfg.out)

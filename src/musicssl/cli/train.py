@@ -34,7 +34,8 @@ _HELP = {
     "objective": "stone | stone24 | skey | supervised | semi",
     "mode_rule": "S-KEY mode pseudo-label: authors (SPEC: c[s] > c[s+3]) or thirds (major vs minor third "
                  "above the column the batch's profiles say is the tonic; a project variant)",
-    "mode_profile": "pitch-class profile of the pseudo-label: log (SPEC: log-CQT) or magnitude (linear CQT)",
+    "mode_profile": "pitch-class profile of the pseudo-label: log (SPEC: log-CQT), magnitude (linear CQT) or power (its square)",
+    "eq_db": "augmentation: a random smooth equaliser of up to +-EQ_DB dB on each training segment (needs cache_dir; 0 = off)",
     "omega": "circle of fifths (7) or semitones (1)",
     "devices": "devices per node (int, list or 'auto')",
     "precision": "auto (bf16-mixed/16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed",

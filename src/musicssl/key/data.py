@@ -286,6 +286,25 @@ def draw_transposition(rng: np.random.Generator) -> tuple[int, int, int]:
     return o, o2, o2 - o
 
 
+def random_eq_db(rng: np.random.Generator, n_bins: int, max_db: float, bins_per_octave: int = 12) -> np.ndarray:
+    """A smooth random equaliser curve in dB over CQT bins, ``(n_bins,)`` float32.
+
+    A tilt of up to ``±max_db / 2`` at either end plus two bell bands (gain up to
+    ``±max_db``, width ½–2 octaves, centre anywhere), clipped to ``±max_db``.
+    Neighbouring bins (a semitone apart) change by well under 1 dB, so the
+    balance of the thirds is kept while the register balance changes.
+    """
+    if max_db <= 0:
+        return np.zeros(n_bins, np.float32)
+    bins = np.arange(n_bins, dtype=np.float64)
+    curve = rng.uniform(-0.5, 0.5) * max_db * (2 * bins / max(1, n_bins - 1) - 1)
+    for _ in range(2):
+        centre = rng.uniform(0, n_bins)
+        width = rng.uniform(0.5, 2.0) * bins_per_octave
+        curve += rng.uniform(-1, 1) * max_db * np.exp(-0.5 * ((bins - centre) / (width / 2)) ** 2)
+    return np.clip(curve, -max_db, max_db).astype(np.float32)
+
+
 def segment_policy_counts(frame_counts: Iterable[int], seg: int) -> dict[str, int]:
     """How many tracks get two disjoint segments, overlapping segments, or are too short."""
     out = {"disjoint": 0, "overlapping": 0, "too_short": 0}
@@ -511,12 +530,19 @@ class PairDataset(Dataset):
         profile float32 (12,)       pitch-class profile of A and B at o
         k int, o int, o2 int, labelled int, tonic_column int, is_major int
 
-    Without one it holds ``audio float32 (2, N)`` (A, B; each peak-normalised)
+    ``eq_db > 0`` (cache only) gives segments A and B each its own random
+    equaliser (:func:`random_eq_db`) before the log compression; A′ shares A's.
+    Without a cache an item holds ``audio float32 (2, N)`` (A, B; each peak-normalised)
     and the module computes the CQT on the training device (:func:`audio_batch_views`).
     """
 
     def __init__(self, tracks: Sequence[Track], frontend_config, segments: SegmentConfig,
-                 cache: FeatureCache | None = None, fixed_epoch: int | None = None):
+                 cache: FeatureCache | None = None, fixed_epoch: int | None = None, eq_db: float = 0.0):
+        if eq_db < 0:
+            raise ConfigError(f"eq_db must be >= 0, got {eq_db}")
+        if eq_db > 0 and cache is None:
+            raise ConfigError("eq_db (equaliser augmentation) needs the feature cache (cache_dir)")
+        self.eq_db = float(eq_db)
         self.frontend_config = frontend_config
         self.segments = segments
         self.cache = cache
@@ -565,6 +591,10 @@ class PairDataset(Dataset):
         if self.cache is not None:
             db = self.cache.array(track.path)
             ab = np.stack([db[:, a:a + self.seg], db[:, b:b + self.seg]]).astype(np.float32)
+            if self.eq_db > 0:
+                for row in range(2):
+                    ab[row] += random_eq_db(rng, ab.shape[1], self.eq_db,
+                                            self.frontend_config.bins_per_octave)[:, None]
             logcqt = torch.from_numpy(compress_db(ab, self.frontend_config.top_db))[None]
             views, profile = make_views(logcqt, torch.tensor([o]), torch.tensor([o2]),
                                         self.frontend_config.crop_bins)

@@ -33,7 +33,7 @@ _GRAD_EPS = 1e-12
 
 OBJECTIVES = ("stone", "stone24", "skey", "supervised", "semi")
 MODE_RULES = ("authors", "thirds")
-MODE_PROFILES = ("log", "magnitude")
+MODE_PROFILES = ("log", "magnitude", "power")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -131,22 +131,28 @@ def pitch_class_profile(logcqt_crop: Tensor) -> Tensor:
     return frames.view(x.shape[0], -1, 12).mean(dim=1)    # (B, 12)
 
 
-def magnitude_profile(log_views: Tensor, top_db: float = 80.0) -> Tensor:
-    """Pitch-class profile of the CQT *magnitude*, from log-compressed views.
+def magnitude_profile(log_views: Tensor, top_db: float = 80.0, exponent: float = 1.0) -> Tensor:
+    """Pitch-class profile of the CQT *magnitude* (``exponent=2``: power), from log-compressed views.
 
     ``log_views``: ``(B, V, 12·O, T)``, ``x = max(dB, peak − top_db)/top_db + 1``
     (:func:`musicssl.frontend.cqt.compress_db`), so the magnitude is
     ``10^(top_db·(x − 1)/10)`` (bins below the floor read as the floor). Each view's profile
-    (time mean, octave mean) is normalised to sum 1, then the ``V`` views are
-    averaged → ``(B, 12)``.
+    (time mean of ``magnitude ** exponent``, octave mean) is normalised to sum 1, then the
+    ``V`` views are averaged → ``(B, 12)``.
     """
     b, v, f, t = log_views.shape
     if f % 12:
         raise ConfigError(f"crop must have a multiple of 12 bins, got {f}")
-    magnitude = torch.pow(10.0, (log_views.float() - 1.0) * (top_db / 10.0))
-    per_view = magnitude.mean(dim=-1).view(b, v, f // 12, 12).mean(dim=2)      # (B, V, 12)
+    if exponent <= 0:
+        raise ConfigError(f"exponent must be positive, got {exponent}")
+    energy = torch.pow(10.0, (log_views.float() - 1.0) * (exponent * top_db / 10.0))
+    per_view = energy.mean(dim=-1).view(b, v, f // 12, 12).mean(dim=2)      # (B, V, 12)
     per_view = per_view / per_view.sum(dim=-1, keepdim=True)
     return per_view.mean(dim=1)
+
+
+#: exponent of the CQT magnitude for each linear ``mode_profile``
+PROFILE_EXPONENTS = {"magnitude": 1.0, "power": 2.0}
 
 
 def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
@@ -209,7 +215,7 @@ class ObjectiveConfig:
     #: S-KEY mode pseudo-label: "authors" (SPEC §1.5: c[s] > c[s+3]) or "thirds"
     #: (:func:`thirds_pseudo_labels`, a project variant)
     mode_rule: str = "authors"
-    #: profile the pseudo-label reads: "log" (SPEC: the log-CQT views) or "magnitude" (:func:`magnitude_profile`)
+    #: profile the pseudo-label reads: "log" (SPEC: the log-CQT views), "magnitude" or "power" (:func:`magnitude_profile`)
     mode_profile: str = "log"
 
     def __post_init__(self):

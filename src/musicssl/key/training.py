@@ -58,6 +58,7 @@ class TrainConfig:
     min_track_seconds: float = 0.0
     max_track_seconds: float = 900.0                     # longer tracks are cut (cache)
     val_labelled_limit: int | None = None                # score only the first N labelled clips
+    eq_db: float = 0.0                                   # random EQ of up to ±eq_db dB per training segment (cache only)
     # front end
     hop_length: int = 512
     # model
@@ -68,7 +69,7 @@ class TrainConfig:
     balance_weight: float = 1.0
     supervised_rows: int = 2
     mode_rule: str = "authors"                           # S-KEY pseudo-label: authors (SPEC) | thirds
-    mode_profile: str = "log"                            # profile it reads: log (SPEC) | magnitude
+    mode_profile: str = "log"                            # profile it reads: log (SPEC) | magnitude | power
     channels: list[int] = field(default_factory=lambda: [2, 3, 40, 40, 30, 10, 3])
     kernels: list[int] = field(default_factory=lambda: [7, 7, 7, 7, 7, 5, 5])
     drop_path: float = 0.1
@@ -116,6 +117,8 @@ class TrainConfig:
             raise ConfigError("set epochs >= 1 or max_steps > 0")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.eq_db < 0:
+            raise ConfigError(f"eq_db must be >= 0, got {self.eq_db}")
         if len(self.channels) != len(self.kernels):
             raise ConfigError("channels and kernels must have the same length")
 
@@ -298,8 +301,9 @@ class KeyTrainingModule(pl.LightningModule):
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         views, profile = self._views(batch)
-        if self.objective_config.mode_profile == "magnitude":
-            profile = losses.magnitude_profile(views[:, :2], self.frontend_config.top_db)
+        if self.objective_config.mode_profile in losses.PROFILE_EXPONENTS:
+            profile = losses.magnitude_profile(views[:, :2], self.frontend_config.top_db,
+                                               losses.PROFILE_EXPONENTS[self.objective_config.mode_profile])
         b, _, f, t = views.shape
         x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
         if self.config.channels_last:
@@ -418,7 +422,7 @@ class KeyDataModule(pl.LightningDataModule):
         self.config = config
         fe = config.frontend()
         seg = SegmentConfig(config.segment_seconds, config.short_tracks, config.seed)
-        self.train_set = PairDataset(train_tracks, fe, seg, cache)
+        self.train_set = PairDataset(train_tracks, fe, seg, cache, eq_db=config.eq_db)
         self.val_set = PairDataset(val_tracks, fe, seg, cache, fixed_epoch=0) if val_tracks else None
         self._loader = None
         self._resume: tuple[int, int] | None = None    # (epoch, items to skip) from a checkpoint
