@@ -184,6 +184,34 @@ def test_train_logs_checkpoints_and_exports_a_usable_model(tmp_path, corpus):
     assert exported.provenance["checkpoint_step"] == 3
 
 
+def test_ema_update_rule_and_export(tmp_path, corpus):
+    from musicssl.checkpoint import load_key_model
+    from musicssl.key.training import KeyTrainingModule, load_training_checkpoint
+
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig.from_mapping({"ema_decay": 1.0})
+    # the update rule, by hand: d = min(decay, (1 + step) / (10 + step))
+    module = KeyTrainingModule(tiny(tmp_path / "unit", corpus, ema_decay=0.9).to_dict())
+    assert KeyTrainingModule(tiny(tmp_path / "off", corpus).to_dict()).ema is None
+    before = {k: v.clone() for k, v in module.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(1.0)
+    module._update_ema()                                   # global_step 0 -> d = 0.1
+    for name, p in module.model.named_parameters():
+        assert torch.allclose(module.ema.state_dict()[name], 0.1 * before[name] + 0.9 * p), name
+    # a run keeps it in its checkpoints and exports it, not the live weights
+    cfg = tiny(tmp_path, corpus, objective="skey", max_steps=4, epochs=5, export=True, ema_decay=0.9)
+    train(cfg, log=lambda *_: None)
+    trained, _ = load_training_checkpoint(Path(cfg.out) / "checkpoints" / "last.ckpt")
+    exported = load_key_model(Path(cfg.out) / "model.safetensors").model.state_dict()
+    live, ema = trained.model.state_dict(), trained.ema.state_dict()
+    weights = [k for k in live if k.endswith("weight")]
+    assert any(not torch.equal(live[k], ema[k]) for k in weights)
+    for k in weights:
+        assert torch.equal(exported[k], ema[k]), k
+
+
 class _Kill(RuntimeError):
     pass
 

@@ -36,6 +36,7 @@ _HELP = {
                  "above the column the batch's profiles say is the tonic; a project variant)",
     "mode_profile": "pitch-class profile of the pseudo-label: log (SPEC: log-CQT), magnitude (linear CQT) or power (its square)",
     "eq_db": "augmentation: a random smooth equaliser of up to +-EQ_DB dB on each training segment (needs cache_dir; 0 = off)",
+    "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off): it is validated and exported",
     "omega": "circle of fifths (7) or semitones (1)",
     "devices": "devices per node (int, list or 'auto')",
     "precision": "auto (bf16-mixed/16-mixed on GPU, 32-true on CPU), 32-true, bf16-mixed, 16-mixed",

@@ -14,6 +14,7 @@ restored from the Lightning checkpoint).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -81,6 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int | None = None                      # default: 5 % of all steps (at most 2000)
     min_lr_fraction: float = 0.0
+    ema_decay: float = 0.0                               # > 0: validate and export an EMA of the weights
     grad_clip: float = 1.0
     # hardware and run
     accelerator: str = "auto"
@@ -117,6 +119,8 @@ class TrainConfig:
             raise ConfigError("set epochs >= 1 or max_steps > 0")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.eq_db < 0:
             raise ConfigError(f"eq_db must be >= 0, got {self.eq_db}")
         if len(self.channels) != len(self.kernels):
@@ -278,6 +282,9 @@ class KeyTrainingModule(pl.LightningModule):
         # the module that runs the forward pass (compiled or not); not registered as a submodule,
         # so checkpoints hold the weights once, under "model."
         object.__setattr__(self, "_network", torch.compile(self.model, dynamic=False) if c.compile else self.model)
+        # exponential moving average of the weights (and batch-norm statistics): what is
+        # validated with labels and exported when ema_decay > 0; saved in checkpoints as "ema."
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.ema_decay > 0 else None
         self._frontend = None            # built on demand for batches of raw audio (no feature cache)
         self.labelled_validation: LabelledValidation | None = None
         self._timer: dict[str, float] = {}
@@ -319,6 +326,24 @@ class KeyTrainingModule(pl.LightningModule):
             return losses.objective(self.objective_config, pa, pb, pa2, batch["k"], profile=profile.float(),
                                     targets_a=targets, labelled=batch["labelled"].bool())
 
+    @property
+    def final_model(self) -> torch.nn.Module:
+        """The network that is validated with labels and exported: the EMA when kept."""
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema ← d·ema + (1 − d)·model`` with ``d = min(ema_decay, (1 + step)/(10 + step))``."""
+        step = int(self.global_step)
+        d = min(self.config.ema_decay, (1.0 + step) / (10.0 + step))
+        for avg, live in zip(self.ema.parameters(), self.model.parameters()):
+            avg.lerp_(live.detach(), 1.0 - d)
+        for avg, live in zip(self.ema.buffers(), self.model.buffers()):
+            if avg.is_floating_point():
+                avg.lerp_(live, 1.0 - d)
+            else:
+                avg.copy_(live)
+
     # -- steps
     def on_train_batch_start(self, batch, batch_idx):
         now = time.perf_counter()
@@ -339,6 +364,8 @@ class KeyTrainingModule(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self._update_ema()
         now = time.perf_counter()
         self._timer["end"] = now
         w = self._window
@@ -362,7 +389,8 @@ class KeyTrainingModule(pl.LightningModule):
         # DDP keeps batch-norm running statistics per process: average them so every
         # process (and every checkpoint) holds the same model
         if self.trainer.world_size > 1:
-            for module in self.model.modules():
+            networks = [self.model] + ([self.ema] if self.ema is not None else [])
+            for module in (m for network in networks for m in network.modules()):
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
                     module.running_mean.copy_(self.trainer.strategy.reduce(module.running_mean, reduce_op="mean"))
                     module.running_var.copy_(self.trainer.strategy.reduce(module.running_var, reduce_op="mean"))
@@ -377,7 +405,7 @@ class KeyTrainingModule(pl.LightningModule):
         if self.labelled_validation is None or self.trainer.sanity_checking:
             return
         if self.global_rank == 0:
-            metrics = self.labelled_validation.evaluate(self.model, self.device)
+            metrics = self.labelled_validation.evaluate(self.final_model, self.device)
             for k, v in metrics.items():
                 self.log(f"val_labelled/{k}", float(v), rank_zero_only=True)
 
@@ -632,7 +660,7 @@ def export_model(module: KeyTrainingModule, path: str | Path, extra_provenance: 
     from musicssl.checkpoint import save_key_model
     from musicssl.key.estimator import calibrate_model
 
-    model = module.model.to(device).eval()
+    model = module.final_model.to(device).eval()
     calibration = calibrate_model(model, module.frontend_config, device)
     provenance = {"trainer": "musicssl.key.training", "objective": module.config.objective,
                   "config": module.config.to_dict(), "global_step": int(module.global_step),
@@ -689,7 +717,7 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
         summary["calibration"] = export_model(module, path, {"train_summary": summary})
         summary["model"] = str(path)
         if module.labelled_validation is not None:
-            summary["final_labelled"] = module.labelled_validation.evaluate(module.model, "cpu")
+            summary["final_labelled"] = module.labelled_validation.evaluate(module.final_model, "cpu")
         (Path(config.out) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         log(f"model written to {path}")
     return summary
