@@ -16,10 +16,17 @@ For each labelled clip (crop offset 0, whole clip, model in eval mode):
   tonic, with the SPEC's profile (log-CQT in [0, 1], as in training) and with
   profiles of the linear CQT magnitude and power (same bins and crop).
 
+With ``--training-config CONFIG`` it also draws training batches (from that
+config's feature cache, as in training) and prints which column-to-tonic
+shift ``δ`` the ``thirds`` rule picks in each batch (profile of that config's
+``mode_profile``). A shift that changes from batch to batch flips the mode
+pseudo-labels of the whole batch.
+
 Labels are only read to score; nothing is trained. Usage::
 
     python benchmarks/key_pseudo_labels.py runs/skey_default/model.safetensors ../shared/fixtures/skey.pt
     python benchmarks/key_pseudo_labels.py MODEL --manifest work-data/render24/labels.csv --limit 48
+    python benchmarks/key_pseudo_labels.py MODEL --training-config configs/skey_thirds.yaml --limit 0
 """
 
 from __future__ import annotations
@@ -68,18 +75,54 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()}}
 
 
+def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: int = 32, seed: int = 0) -> dict[int, int]:
+    """How often each shift ``δ`` wins the ``thirds`` rule's batch vote over ``batches`` training batches."""
+    from musicssl.checkpoint import load_key_model
+    from musicssl.key import losses
+    from musicssl.key.training import KeyDataModule, TrainConfig, prepare_data
+
+    config = TrainConfig.from_yaml(config_path)
+    data = prepare_data(config, log=lambda *a: None)
+    dataset = KeyDataModule(config, data.train, data.val, data.cache).train_set
+    model = load_key_model(checkpoint).model.eval()
+    exponent = losses.PROFILE_EXPONENTS.get(config.mode_profile)
+    rng = np.random.default_rng(seed)
+    wins: dict[int, int] = {}
+    for _ in range(batches):
+        items = [dataset[int(i)] for i in rng.choice(len(dataset), batch_size, replace=False)]
+        views = torch.stack([it["views"] for it in items])
+        profile = (losses.magnitude_profile(views[:, :2], config.frontend().top_db, exponent) if exponent
+                   else torch.stack([it["profile"] for it in items]))
+        with torch.inference_mode():
+            y_a, _ = losses.split_outputs(model(views[:, :1]).float(), model.n_rows)
+            y_b, _ = losses.split_outputs(model(views[:, 1:2]).float(), model.n_rows)
+        s_col = ((y_a + y_b) / 2).argmax(dim=1)
+        columns = (s_col[:, None] + torch.arange(12)[None, :]) % 12
+        delta = int(profile.gather(1, columns).mean(dim=0).argmax())
+        wins[delta] = wins.get(delta, 0) + 1
+    return dict(sorted(wins.items()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="two-row key models (project files or released .pt)")
     p.add_argument("--dataset", default="dev-synth", help="dataset format (see musicssl evaluate)")
     p.add_argument("--manifest", default="../shared/data/dev-synth", help="dataset folder or manifest")
-    p.add_argument("--limit", type=int, default=80)
+    p.add_argument("--limit", type=int, default=80, help="labelled clips to diagnose (0: none)")
+    p.add_argument("--training-config", help="also count the thirds rule's batch shift on this config's training batches")
+    p.add_argument("--batches", type=int, default=12, help="training batches for --training-config")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     items = load_dataset(args.dataset, args.manifest).items
-    print(f"{min(args.limit, len(items))} clips of {args.manifest}")
+    if args.limit > 0:
+        print(f"{min(args.limit, len(items))} clips of {args.manifest}")
     for ck in args.checkpoints:
+        if args.training_config:
+            print(f"\n{ck}: batch shift δ of the thirds rule, wins over {args.batches} training batches:",
+                  batch_shifts(ck, args.training_config, args.batches))
+        if args.limit <= 0:
+            continue
         r = diagnose(ck, items, args.limit)
         print(f"\n{Path(ck).name}")
         print("  (tonic - column s) mod 12, major clips:", " ".join(f"{v:3d}" for v in r["offsets"]["major"]))
