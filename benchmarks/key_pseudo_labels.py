@@ -26,7 +26,7 @@ Labels are only read to score; nothing is trained. Usage::
 
     python benchmarks/key_pseudo_labels.py runs/skey_default/model.safetensors ../shared/fixtures/skey.pt
     python benchmarks/key_pseudo_labels.py MODEL --manifest work-data/render24/labels.csv --limit 48
-    python benchmarks/key_pseudo_labels.py MODEL --training-config configs/skey_thirds.yaml --limit 0
+    python benchmarks/key_pseudo_labels.py MODEL --training-config configs/skey_debian.yaml --limit 0
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -109,6 +110,13 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     assert isinstance(est.load_estimator("temperley"), TemplateKeyEstimator)
     with pytest.raises(CheckpointError, match="no such checkpoint or model name"):
         est.load_estimator(str(tmp_path / "missing.safetensors"))
+    # this build ships the trained model: "default" is it, with no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        default = est.load_estimator("default")
+    assert isinstance(default, est.KeyEstimator) and default.name == est.DEFAULT_MODEL == "skey-debian"
+    assert default.frontend_config.hop_length == 2048           # the hop it was trained at
+    # a build without it falls back to the template baseline, and says so
     monkeypatch.setattr(est, "shipped_key_models", lambda: {})
     with pytest.warns(UserWarning, match="Krumhansl"):
         assert isinstance(est.load_estimator("default"), TemplateKeyEstimator)

@@ -101,12 +101,17 @@ def test_shipped_configs_parse(name):
     assert cfg.data and cfg.objective in ("stone", "stone24", "skey", "supervised", "semi")
 
 
-def test_thirds_config_differs_from_the_default_only_where_documented():
+def test_shipped_model_recipe_differs_from_the_default_only_where_documented():
     default = TrainConfig.from_yaml(REPO / "configs" / "skey_default.yaml")
-    thirds = TrainConfig.from_yaml(REPO / "configs" / "skey_thirds.yaml")
-    differ = {k for k in vars(default) if getattr(default, k) != getattr(thirds, k)}
-    assert differ == {"mode_rule", "mode_profile", "out", "max_minutes"}
-    assert (thirds.mode_rule, thirds.mode_profile) == ("thirds", "magnitude")
+    recipe = TrainConfig.from_yaml(REPO / "configs" / "skey_debian.yaml")
+    differ = {k for k in vars(default) if getattr(default, k) != getattr(recipe, k)}
+    assert differ == {"mode_rule", "mode_profile", "eq_db", "min_lr_fraction", "ema_decay", "out", "max_minutes",
+                      "val_every"}
+    assert (recipe.mode_rule, recipe.mode_profile, recipe.eq_db, recipe.ema_decay) == ("thirds", "power", 12.0, 0.999)
+    # each of those keys is marked "project" in the file
+    marked = [line.split(":")[0] for line in (REPO / "configs" / "skey_debian.yaml").read_text().splitlines()
+              if "# project" in line]
+    assert set(marked) == differ - {"out", "val_every"}
 
 
 def test_derived_cache_and_missing_derive_source(tmp_path, corpus):

@@ -31,7 +31,7 @@ from musicssl.errors import AudioTooShortError, CheckpointError
 from musicssl.keys import KEY_LABELS, Key, format_key
 
 #: Name of the shipped model that ``"default"`` means, when the package has it.
-DEFAULT_MODEL = "skey-default"
+DEFAULT_MODEL = "skey-debian"
 
 
 def shipped_key_models() -> dict[str, Path]:
@@ -449,7 +449,7 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu"):
     ``"kostka-payne"``) or a checkpoint path. Every estimator has
     ``estimate``/``estimate_file``/``estimate_features``.
 
-    ``"default"`` is the shipped ``skey-default`` model when the package has
+    ``"default"`` is the shipped ``skey-debian`` model when the package has
     one, else the Krumhansl template baseline (with a warning).
     """
     from musicssl.key.templates import PROFILES, TemplateKeyEstimator
