@@ -14,14 +14,14 @@ by side on the same clips. Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import numpy as np
 
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key, summarize
-from musicssl.frontend.audio import load_audio
-from musicssl.key.estimator import KeyFeatures, load_estimator, magnitude_cqt
+from musicssl.key.estimator import compute_features, load_estimator
 from musicssl.keys import Key
 
 
@@ -50,21 +50,16 @@ def main(argv=None) -> int:
 
     items = load_dataset(args.dataset, args.manifest).items[: args.limit]
     estimators = {name: load_estimator(name) for name in args.estimators}
-    features: dict[tuple, list[KeyFeatures]] = {}
+    features: dict = {}                                   # front end -> features of every clip (computed once)
     rows = []
     for name, estimator in estimators.items():
         fe = estimator.frontend_config
-        stamp = (fe.sr, fe.hop_length, fe.n_bins)
-        if stamp not in features:
-            feats = []
-            for item in items:
-                audio = load_audio(item.path, sr=fe.sr, offset=item.offset, duration=item.duration)
-                feats.append(KeyFeatures(magnitude_cqt(audio, fe), len(audio) / fe.sr, fe.sr / fe.hop_length))
-            features[stamp] = feats
+        if fe not in features:
+            features[fe] = [compute_features(item.path, fe, offset=item.offset, duration=item.duration)
+                            for item in items]
         for curve_name, curve_db in eq_curves(fe.n_bins, fe.bins_per_octave).items():
             gain = (10.0 ** (curve_db / 10.0)).astype(np.float32)[:, None]     # dB = 10 log10(magnitude)
-            equalised = [KeyFeatures(f.magnitude * gain, f.duration_s, f.frames_per_second)
-                         for f in features[stamp]]
+            equalised = [dataclasses.replace(f, magnitude=f.magnitude * gain) for f in features[fe]]
             results = estimator.estimate_features(equalised)
             scores = summarize([score_key(item.key, Key.from_index(int(np.argmax(r.probabilities))))
                                 for item, r in zip(items, results)])

@@ -42,7 +42,7 @@ from musicssl.evaluation.datasets import load_dataset
 from musicssl.frontend.audio import load_audio
 from musicssl.frontend.cqt import crop_bins, log_compress
 from musicssl.key.estimator import KeyEstimator, magnitude_cqt
-from musicssl.key.losses import magnitude_profile, pitch_class_profile
+from musicssl.key.losses import PROFILE_EXPONENTS, magnitude_profile, pitch_class_profile
 from musicssl.keys import cqt_bin_pitch_class
 
 
@@ -67,9 +67,9 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
         offsets[key.mode][(key.tonic - pc0 - s) % 12] += 1
         agree += [(c[(s + d) % 12] > c[(s + d + 3) % 12]) == key.is_major for d in range(12)]
         tonic = (key.tonic - pc0) % 12
-        crop = magnitude[:fe.crop_bins]
-        for name, profile in (("log-CQT", c), ("magnitude", magnitude_profile(view[:, :1], fe.top_db)[0].numpy()),
-                              ("power", (crop ** 2).mean(-1).reshape(-1, 12).mean(0))):
+        linear = {name: magnitude_profile(view[:, :1], fe.top_db, exponent)[0].numpy()
+                  for name, exponent in PROFILE_EXPONENTS.items()}           # magnitude, power
+        for name, profile in (("log-CQT", c), *linear.items()):
             ceiling[name] += (profile[(tonic + 4) % 12] > profile[(tonic + 3) % 12]) == key.is_major
         n += 1
     return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()}}
@@ -85,20 +85,17 @@ def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: in
     data = prepare_data(config, log=lambda *a: None)
     dataset = KeyDataModule(config, data.train, data.val, data.cache).train_set
     model = load_key_model(checkpoint).model.eval()
-    exponent = losses.PROFILE_EXPONENTS.get(config.mode_profile)
     rng = np.random.default_rng(seed)
     wins: dict[int, int] = {}
     for _ in range(batches):
         items = [dataset[int(i)] for i in rng.choice(len(dataset), batch_size, replace=False)]
         views = torch.stack([it["views"] for it in items])
-        profile = (losses.magnitude_profile(views[:, :2], config.frontend().top_db, exponent) if exponent
-                   else torch.stack([it["profile"] for it in items]))
+        profile = losses.mode_label_profile(config.mode_profile, views, torch.stack([it["profile"] for it in items]),
+                                            config.frontend().top_db)
         with torch.inference_mode():
             y_a, _ = losses.split_outputs(model(views[:, :1]).float(), model.n_rows)
             y_b, _ = losses.split_outputs(model(views[:, 1:2]).float(), model.n_rows)
-        s_col = ((y_a + y_b) / 2).argmax(dim=1)
-        columns = (s_col[:, None] + torch.arange(12)[None, :]) % 12
-        delta = int(profile.gather(1, columns).mean(dim=0).argmax())
+        delta = int(losses.thirds_tonic_shift(y_a, y_b, profile)[1])
         wins[delta] = wins.get(delta, 0) + 1
     return dict(sorted(wins.items()))
 

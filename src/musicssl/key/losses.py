@@ -155,6 +155,15 @@ def magnitude_profile(log_views: Tensor, top_db: float = 80.0, exponent: float =
 PROFILE_EXPONENTS = {"magnitude": 1.0, "power": 2.0}
 
 
+def mode_label_profile(mode_profile: str, log_views: Tensor, log_profile: Tensor, top_db: float = 80.0) -> Tensor:
+    """The profile ``(B, 12)`` the mode pseudo-label reads: ``log_profile`` (the log-CQT
+    profile of A and B, SPEC) for ``"log"``, else :func:`magnitude_profile` of views A and B
+    (``log_views (B, 3, 12·O, T)``) with that profile's exponent."""
+    if mode_profile == "log":
+        return log_profile
+    return magnitude_profile(log_views[:, :2], top_db, PROFILE_EXPONENTS[mode_profile])
+
+
 def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
     """S-KEY's mode pseudo-label ``ℓ`` (SPEC §1.5.2), float ``(B,)`` of 0/1, no gradient.
 
@@ -169,21 +178,29 @@ def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
         return (c_s > c_minor_third).to(y_a.dtype)
 
 
+def thirds_tonic_shift(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch vote of :func:`thirds_pseudo_labels`: ``s = argmax((y_A + y_B)/2)``
+    ``(B,)`` and the shift ``δ = argmax_d mean_b profile_b[s_b + d]`` (scalar tensor),
+    both in the crop's frame. No gradient."""
+    with torch.no_grad():
+        s = ((y_a + y_b) / 2).argmax(dim=1)
+        shifts = torch.arange(12, device=s.device)
+        columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
+        return s, profile.gather(1, columns).mean(dim=0).argmax()
+
+
 def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
     """A mode pseudo-label that does not assume where the model's columns sit (project variant).
 
     ``s = argmax((y_A + y_B)/2)`` as in S-KEY; the batch's column-to-tonic
     shift is ``δ = argmax_d mean_b profile_b[s_b + d]`` (the pitch class the
-    model's column points at that sounds most, on average over the batch);
-    with ``t = s + δ``, ``ℓ = 1`` iff the major third sounds more than the
-    minor third: ``profile[t + 4] > profile[t + 3]``. Float ``(B,)`` of 0/1,
-    no gradient. ``profile``: ``(B, 12)`` in the crop's frame.
+    model's column points at that sounds most, on average over the batch;
+    :func:`thirds_tonic_shift`); with ``t = s + δ``, ``ℓ = 1`` iff the major third
+    sounds more than the minor third: ``profile[t + 4] > profile[t + 3]``. Float ``(B,)``
+    of 0/1, no gradient. ``profile``: ``(B, 12)`` in the crop's frame.
     """
     with torch.no_grad():
-        s = ((y_a + y_b) / 2).argmax(dim=1)
-        shifts = torch.arange(12, device=s.device)
-        columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
-        delta = profile.gather(1, columns).mean(dim=0).argmax()
+        s, delta = thirds_tonic_shift(y_a, y_b, profile)
         t = (s + delta) % 12
         major_third = profile.gather(1, ((t + 4) % 12)[:, None])[:, 0]
         minor_third = profile.gather(1, ((t + 3) % 12)[:, None])[:, 0]

@@ -307,10 +307,9 @@ class KeyTrainingModule(pl.LightningModule):
                                      self.frontend_config.crop_bins)
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        views, profile = self._views(batch)
-        if self.objective_config.mode_profile in losses.PROFILE_EXPONENTS:
-            profile = losses.magnitude_profile(views[:, :2], self.frontend_config.top_db,
-                                               losses.PROFILE_EXPONENTS[self.objective_config.mode_profile])
+        views, log_profile = self._views(batch)
+        profile = losses.mode_label_profile(self.objective_config.mode_profile, views, log_profile,
+                                            self.frontend_config.top_db)
         b, _, f, t = views.shape
         x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
         if self.config.channels_last:
