@@ -219,6 +219,7 @@ def test_error_lines_in_text_output(fake, music, capsys):
     (["--notation", "roman"], "invalid choice"),
     (["--window", "0"], "positive"),
     (["--jobs", "0"], "at least 1"),
+    (["--transpositions", "0"], "at least 1"),
     (["--model", "krumhansl", "--checkpoint", "x.pt"], "not allowed with"),
     (["--dry-run"], "--write-tags"),
     (["--skip-existing"], "-o"),
@@ -382,6 +383,19 @@ def test_default_model_path_on_the_example(capsys):
     assert list(record["probabilities"]) == list(KEY_LABELS)
     assert record["key"] == "D major"   # the shipped default model on the score's key
     assert 0.0 <= record["confidence"] <= 1.0
+
+
+@needs_front_end
+def test_transpositions_reach_the_estimator(capsys):
+    code, out, err = run_cli(capsys, EXAMPLE, "--format", "json", "--transpositions", "1", "--probabilities")
+    assert code == 0, err
+    single = json.loads(out)[0]
+    code, out, _ = run_cli(capsys, EXAMPLE, "--format", "json", "--probabilities")
+    averaged = json.loads(out)[0]
+    assert single["key"] == averaged["key"] == "D major"
+    assert single["probabilities"] != averaged["probabilities"]
+    code, _, err = run_cli(capsys, EXAMPLE, "--transpositions", "17")
+    assert code == 2 and "transpositions must be between 1 and 16" in err
 
 
 def test_failed_model_load_leaves_no_files(music, capsys, tmp_path):

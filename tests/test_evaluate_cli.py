@@ -105,6 +105,19 @@ def test_cli_rejects_bad_arguments(small_dataset, capsys):
         main(["evaluate", "--dataset", "mnist", str(small_dataset)])
 
 
+def test_evaluate_records_the_transpositions_of_network_models(small_dataset, capsys):
+    out = small_dataset / "results"
+    args = ["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"), "--model", "default",
+            "--model", "krumhansl", "--out", str(out), "--quiet", "--limit", "2"]
+    assert main(args + ["--transpositions", "3"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"] == {"default": {"transpositions": 3}, "krumhansl": {}}
+    assert main(args) == 0                                         # default: 12 crops
+    assert json.loads((out / "results.json").read_text())["settings"]["default"] == {"transpositions": 12}
+    assert main(args + ["--transpositions", "40"]) == 2            # more crops than the front end has
+    assert "transpositions must be between 1 and 16" in capsys.readouterr().err
+
+
 def test_pca_of_rotated_profiles_is_a_ring_and_figures_are_written(tmp_path):
     from musicssl.evaluation.figures import pca_2d, plot_embedding_pca, plot_keygram
     from musicssl.keys import KEYS

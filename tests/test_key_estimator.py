@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from musicssl.errors import AudioTooShortError, MusicsslError, SilentAudioError
 from musicssl.key.calibration import reference_signal
@@ -17,7 +18,7 @@ def released(shared_fixtures, tmp_path_factory):
     from musicssl.key.estimator import KeyEstimator
 
     os.environ["MUSICSSL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return KeyEstimator.from_checkpoint(shared_fixtures / "skey.pt")
+    return KeyEstimator.from_checkpoint(shared_fixtures / "skey.pt", transpositions=1)   # the SPEC's inference
 
 
 def test_result_fields_and_dict(released):
@@ -120,3 +121,73 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     monkeypatch.setattr(est, "shipped_key_models", lambda: {})
     with pytest.warns(UserWarning, match="Krumhansl"):
         assert isinstance(est.load_estimator("default"), TemplateKeyEstimator)
+
+
+class _PitchClassNet(torch.nn.Module):
+    """A toy two-row 'model' that is exactly transposition-equivariant: softmax of the
+    crop's pitch-class profile (column c = crop bins c, c + 12, …), plus a column bias."""
+
+    n_rows = 2
+
+    def __init__(self, bias: torch.Tensor):
+        super().__init__()
+        self.bias = bias
+
+    def forward(self, x):                                   # (B, 1, 84, T) -> (B, 24)
+        profile = x.mean(-1)[:, 0].reshape(x.shape[0], -1, 12).mean(1)
+        logits = torch.cat([profile, profile.roll(3, dims=-1)], dim=-1) * 20 + self.bias
+        return torch.softmax(logits, dim=-1)
+
+
+def _toy_estimator(bias, transpositions):
+    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.key.estimator import KeyEstimator
+
+    calibration = {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 0]}
+    return KeyEstimator(_PitchClassNet(bias), FrontEndConfig(), calibration, transpositions=transpositions)
+
+
+def test_transposition_averaging_rotates_each_crop_back():
+    from musicssl.frontend.cqt import crop_bins
+
+    torch.manual_seed(0)
+    pattern = torch.rand(2, 1, 12, 16)                       # the same in every octave
+    x = pattern.repeat(1, 1, 9, 1)[:, :, :99]
+    # without a column bias the toy model is exactly equivariant: every crop, rotated back, agrees
+    flat = torch.zeros(24)
+    np.testing.assert_allclose(_toy_estimator(flat, 12).native_probabilities(x),
+                               _toy_estimator(flat, 1).native_probabilities(x), atol=1e-6)
+    # with a bias, the average is the mean of the rotated crops (rotation by +offset per row)
+    bias = torch.randn(24)
+    est = _toy_estimator(bias, 5)
+    model = est.model
+    expected = np.mean([model(crop_bins(x, o)).view(2, 2, 12).roll(o, dims=-1).reshape(2, 24).numpy()
+                        for o in range(5)], axis=0)
+    np.testing.assert_allclose(est.native_probabilities(x), expected, atol=1e-6)
+    # and averaging cancels the bias: closer to the unbiased answer than the single crop is
+    unbiased = _toy_estimator(flat, 1).native_probabilities(x)
+    single = _toy_estimator(bias, 1).native_probabilities(x)
+    averaged = _toy_estimator(bias, 12).native_probabilities(x)
+    assert np.abs(averaged - unbiased).sum() < np.abs(single - unbiased).sum()
+
+
+def test_transpositions_default_and_bounds():
+    from musicssl.errors import ConfigError
+    from musicssl.key.estimator import DEFAULT_TRANSPOSITIONS
+
+    assert _toy_estimator(torch.zeros(24), None).transpositions == DEFAULT_TRANSPOSITIONS == 12
+    assert _toy_estimator(torch.zeros(24), 16).transpositions == 16
+    for bad in (0, 17):
+        with pytest.raises(ConfigError, match="transpositions must be between 1 and 16"):
+            _toy_estimator(torch.zeros(24), bad)
+
+
+def test_default_model_averages_transpositions_and_keeps_its_answer(shared_fixtures):
+    from musicssl.key.estimator import load_estimator
+
+    one, twelve = load_estimator("default", transpositions=1), load_estimator("default")
+    assert (one.transpositions, twelve.transpositions) == (1, 12)
+    x = np.concatenate([reference_signal(Key(7, "major"))] * 2)
+    a, b = one.estimate(x, 22050), twelve.estimate(x, 22050)
+    assert a.key == b.key == Key(7, "major")
+    assert not np.allclose(a.probabilities, b.probabilities)

@@ -54,20 +54,22 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--lenient", action="store_true",
                    help="skip and count malformed annotation lines instead of stopping")
     p.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
+    p.add_argument("--transpositions", type=int, default=None, metavar="N",
+                   help="network models average N transposed crops (default 12; 1: the papers' single crop)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="decoding worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
-def resolve_estimators(specs: list[str], device: str = "cpu") -> dict:
+def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: int | None = None) -> dict:
     """``{display name: estimator}`` for model specs; names are made unique."""
     from musicssl.key.estimator import load_estimator, model_names
 
     estimators: dict = {}
     for spec in specs:
         spec = str(spec)
-        est = load_estimator(spec, device)
+        est = load_estimator(spec, device, transpositions)
         name = spec if spec in model_names() else Path(spec).stem
         unique, n = name, 2
         while unique in estimators:
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped: {skipped.where}: {skipped.reason}", file=sys.stderr)
     if not dataset.items:
         raise ConfigError(f"no item of {args.path} has its audio file; nothing to score")
-    estimators = resolve_estimators(specs, args.device)
+    estimators = resolve_estimators(specs, args.device, args.transpositions)
     local_ids = list(args.keygram or [])
     if args.figures and not local_ids:
         local_ids = [dataset.items[0].id]

@@ -75,6 +75,9 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                         help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the network runs (default cpu)")
+    model.add_argument("--transpositions", type=_positive_int, default=None, metavar="N",
+                       help="average the network over N transposed crops (default 12; "
+                            "1: the papers' single crop)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
@@ -182,7 +185,7 @@ def load_key_estimator(args):
     spec = args.checkpoint if args.checkpoint is not None else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = load_estimator(spec, args.device)
+        estimator = load_estimator(spec, args.device, args.transpositions)
     for warning in caught:
         print(f"musicssl key: note: {warning.message}", file=sys.stderr)
     return estimator

@@ -60,6 +60,8 @@ class Evaluation:
     dataset: Dataset
     names: list[str]
     items: list[ItemResult]
+    #: per estimator, how it was run (e.g. ``{"transpositions": 12}`` for network models)
+    settings: dict[str, dict] = field(default_factory=dict)
 
     def scored(self, name: str) -> list[ItemResult]:
         return [r for r in self.items if name in r.predictions]
@@ -92,6 +94,7 @@ class Evaluation:
             },
             "metrics": {name: SCORE_LABELS[name] for name in SCORE_NAMES},
             "estimators": list(self.names),
+            "settings": {name: dict(self.settings.get(name, {})) for name in self.names},
             "summary": {},
             "failures": [{"id": r.item.id, "path": str(r.item.path), "error": r.error} for r in self.failures],
             "items": [],
@@ -222,7 +225,9 @@ def evaluate(dataset: Dataset, estimators: Mapping[str, Any], *, jobs: int = 1, 
             out.embeddings = record["embeddings"]
             out.local = record["local"]
         results.append(out)
-    return Evaluation(dataset, names, results)
+    settings = {name: {"transpositions": est.transpositions}
+                for name, est in estimators.items() if hasattr(est, "transpositions")}
+    return Evaluation(dataset, names, results, settings)
 
 
 # --- Markdown ------------------------------------------------------------------------------

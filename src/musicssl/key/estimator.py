@@ -27,11 +27,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from musicssl.errors import AudioTooShortError, CheckpointError
+from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
 from musicssl.keys import KEY_LABELS, Key, format_key
 
 #: Name of the shipped model that ``"default"`` means, when the package has it.
 DEFAULT_MODEL = "skey-debian"
+#: Crop offsets whose outputs a :class:`KeyEstimator` averages by default (one per
+#: pitch class; 1 = the SPEC's single crop at offset 0).
+DEFAULT_TRANSPOSITIONS = 12
 
 
 def shipped_key_models() -> dict[str, Path]:
@@ -255,10 +258,19 @@ class KeyEstimator:
     Build with :meth:`from_checkpoint`; the network runs on ``device``.
     Windows longer than ``max_window_s`` are analysed in pieces whose
     probabilities are averaged by duration (keeps memory bounded).
+
+    ``transpositions``: the network sees the music at this many crop offsets
+    (0, 1, … — each a transposition down by one semitone, SPEC §1.1) and its
+    outputs, rotated back to the frame of offset 0, are averaged (transposition
+    averaging: cancels what the network prefers in particular columns). ``1`` is
+    the SPEC's inference (crop at offset 0 only); ``None``: :data:`DEFAULT_TRANSPOSITIONS`
+    or as many as the front end allows. At most ``frontend_config.n_crops``
+    (16 for the standard front end).
     """
 
     def __init__(self, model: torch.nn.Module, frontend_config, calibration: dict,
-                 device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0):
+                 device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0,
+                 transpositions: int | None = None):
         from musicssl.key.calibration import validate_calibration
 
         self.model = model.to(device).eval()
@@ -267,9 +279,18 @@ class KeyEstimator:
         self.device = device
         self.name = name
         self.max_window_s = max_window_s
+        most = frontend_config.n_crops if frontend_config.bins_per_octave == 12 else 1
+        if transpositions is None:
+            transpositions = min(DEFAULT_TRANSPOSITIONS, most)
+        if not 1 <= int(transpositions) <= most:
+            raise ConfigError(f"transpositions must be between 1 and {most} for this front end "
+                              f"({frontend_config.n_bins} bins, {frontend_config.bins_per_octave} per octave, "
+                              f"crops of {frontend_config.crop_bins}), got {transpositions}")
+        self.transpositions = int(transpositions)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu") -> "KeyEstimator":
+    def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
+                        transpositions: int | None = None) -> "KeyEstimator":
         """Load a project checkpoint or a released S-KEY/STONE ``.pt``;
         ``None`` loads the shipped default model.
 
@@ -285,16 +306,24 @@ class KeyEstimator:
         calibration = loaded.calibration
         if calibration is None:
             calibration = _cached_calibration(Path(path), loaded, device)
-        return cls(loaded.model, loaded.frontend_config, calibration, device, name=Path(path).name)
+        return cls(loaded.model, loaded.frontend_config, calibration, device, name=Path(path).name,
+                   transpositions=transpositions)
 
     # --- layer 1: spectrogram -> probabilities
     @torch.inference_mode()
     def native_probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
-        """Network outputs for log-CQT ``(B, 1, F, T)`` (all bins): ``(B, 12 * n_rows)``."""
+        """Network outputs for log-CQT ``(B, 1, F, T)`` (all bins): ``(B, 12 * n_rows)``,
+        in the column frame of crop offset 0, averaged over :attr:`transpositions` crops."""
         from musicssl.frontend.cqt import crop_bins
 
-        x = crop_bins(logcqt.to(self.device), 0, self.frontend_config.crop_bins)
-        return self.model(x).float().cpu().numpy()
+        x = logcqt.to(self.device)
+        total = None
+        for offset in range(self.transpositions):      # one crop at a time: bounded memory on long tracks
+            out = self.model(crop_bins(x, offset, self.frontend_config.crop_bins)).float()
+            # crop offset o shows the music o semitones lower: column c + o of offset 0 is column c here
+            out = out.view(out.shape[0], -1, 12).roll(offset, dims=-1).flatten(1)
+            total = out if total is None else total + out
+        return (total / self.transpositions).cpu().numpy()
 
     def probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
         """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``."""
@@ -443,11 +472,13 @@ def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu"
     return calibrate(native, frontend_config.sr)
 
 
-def load_estimator(spec: str | Path | None = "default", device: str = "cpu"):
+def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
+                   transpositions: int | None = None):
     """An estimator from a spec: ``"default"``, a shipped model's name (see
     :func:`shipped_key_models`), a template (``"krumhansl"``, ``"temperley"``,
     ``"kostka-payne"``) or a checkpoint path. Every estimator has
-    ``estimate``/``estimate_file``/``estimate_features``.
+    ``estimate``/``estimate_file``/``estimate_features``. ``transpositions``
+    applies to network models (:class:`KeyEstimator`); templates ignore it.
 
     ``"default"`` is the shipped ``skey-debian`` model when the package has
     one, else the Krumhansl template baseline (with a warning).
@@ -466,10 +497,10 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu"):
         name = DEFAULT_MODEL
     shipped = shipped_key_models()
     if name in shipped:
-        estimator = KeyEstimator.from_checkpoint(shipped[name], device)
+        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions)
         estimator.name = name
         return estimator
     path = Path(name)
     if not path.is_file():
         raise CheckpointError(f"{spec}: no such checkpoint or model name (names: {', '.join(model_names())})")
-    return KeyEstimator.from_checkpoint(path, device)
+    return KeyEstimator.from_checkpoint(path, device, transpositions)
