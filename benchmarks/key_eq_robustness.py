@@ -46,10 +46,12 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="dev-synth", help="dataset format (see musicssl evaluate)")
     p.add_argument("--manifest", default="../shared/data/dev-synth", help="dataset folder or manifest")
     p.add_argument("--limit", type=int, default=None, help="first N clips only")
+    p.add_argument("--transpositions", type=int, default=None,
+                   help="transposed crops network models average (default 12; 1: the SPEC's single crop)")
     args = p.parse_args(argv)
 
     items = load_dataset(args.dataset, args.manifest).items[: args.limit]
-    estimators = {name: load_estimator(name) for name in args.estimators}
+    estimators = {name: load_estimator(name, transpositions=args.transpositions) for name in args.estimators}
     features: dict = {}                                   # front end -> features of every clip (computed once)
     rows = []
     for name, estimator in estimators.items():

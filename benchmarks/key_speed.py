@@ -16,7 +16,13 @@ then analysed in a subprocess by the streaming path (blocks â†’ streaming CQT â†
 network on 10-minute windows) and by ``KeyEstimator.estimate_file`` to report
 peak resident memory.
 
+``--estimators`` times what users run instead: ``compute_features`` and
+``KeyEstimator.estimate_features`` for the shipped default model and the
+released checkpoint, with the SPEC's single crop and with the default
+transposition averaging (12 crops), on the same clips.
+
     python benchmarks/key_speed.py [--limit N] [--skip-memory] [--hour-seconds 3600]
+    python benchmarks/key_speed.py --estimators [--limit N]
 """
 
 from __future__ import annotations
@@ -76,6 +82,43 @@ def reference_resample(audio, rate):
     return mono / np.abs(mono).max()
 
 
+def dev_files(limit: int) -> list[str]:
+    """The first ``limit`` dev-synth clips, and the nocturne (44.1 kHz stereo mp3) when present."""
+    files = sorted(glob.glob(str(DEV_AUDIO / "*.ogg")))[:limit]
+    if not files:
+        sys.exit(f"no dev clips under {DEV_AUDIO}")
+    if NOCTURNE.is_file():
+        files.append(str(NOCTURNE))  # exercises the resampler
+    return files
+
+
+def estimator_report(files: list[str]) -> None:
+    """Seconds per 30 s clip of ``compute_features`` and ``estimate_features``, per model and crop count."""
+    from musicssl.key.estimator import compute_features, load_estimator
+
+    print(f"\n{len(files)} files; seconds per 30 s clip, 1 thread, wall; "
+          f"machine load average {os.getloadavg()[0]:.1f}\n")
+    print(f"{'model':14s} {'crops':>5s} {'features':>9s} {'network':>8s} {'total':>7s}  same key as 1 crop")
+    for spec in ("default", str(CHECKPOINT)):
+        estimators = {n: load_estimator(spec, transpositions=n) for n in (1, 12)}
+        config = estimators[1].frontend_config
+        clock, duration = Clock(), 0.0
+        compute_features(files[0], config)                       # builds the CQT kernels: not timed
+        keys: dict[int, list] = {1: [], 12: []}
+        for path in files:
+            features = clock.run("features", compute_features, path, config)
+            duration += features.duration_s
+            estimators[1].estimate_features([features])          # warm caches before timing
+            for n, est in estimators.items():
+                keys[n].append(clock.run(f"network {n}", est.estimate_features, [features])[0].key)
+        per30 = 30.0 / duration
+        name = "skey-debian" if spec == "default" else "released S-KEY"
+        for n in (1, 12):
+            f, net = clock.wall["features"] * per30, clock.wall[f"network {n}"] * per30
+            same = sum(a == b for a, b in zip(keys[1], keys[n]))
+            print(f"{name:14s} {n:5d} {f:9.4f} {net:8.4f} {f + net:7.4f}  {same}/{len(files)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=40, help="number of dev clips (default 40)")
@@ -83,10 +126,15 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="only the one-hour memory test")
     parser.add_argument("--hour-seconds", type=float, default=3600.0, help="length of the long file (s)")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--estimators", action="store_true",
+                        help="only: seconds per 30 s clip of the estimators, 1 vs 12 transposed crops")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.memory_child:
         memory_child(*args.memory_child)
+        return
+    if args.estimators:
+        estimator_report(dev_files(args.limit))
         return
 
     if args.memory_only:
@@ -98,11 +146,7 @@ def main() -> None:
     from musicssl.frontend.audio import load_audio
     from musicssl.frontend.cqt import KeyFrontEnd, crop_bins, log_compress
 
-    files = sorted(glob.glob(str(DEV_AUDIO / "*.ogg")))[: args.limit]
-    if not files:
-        sys.exit(f"no dev clips under {DEV_AUDIO}")
-    if NOCTURNE.is_file():
-        files.append(str(NOCTURNE))  # 44.1 kHz stereo mp3: exercises the resampler
+    files = dev_files(args.limit)
     model = load_key_model(CHECKPOINT).model
     frontend = KeyFrontEnd()
     reference_cqt = VQT(sr=SR, hop_length=512, fmin=27.5, n_bins=99, bins_per_octave=12, gamma=0,
@@ -249,7 +293,7 @@ def memory_child(mode: str, path: str) -> None:
 
         est = KeyEstimator(loaded.model, loaded.frontend_config, IMPORTED_SKEY_CALIBRATION)
         res = est.estimate_file(path)
-        label, result = "KeyEstimator.estimate_file (load_audio)", f"{res.key} ({res.confidence:.2f})"
+        label, result = f"KeyEstimator.estimate_file ({est.transpositions} crops)", f"{res.key} ({res.confidence:.2f})"
     else:
         raise SystemExit(f"unknown mode {mode}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
