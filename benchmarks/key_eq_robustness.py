@@ -22,7 +22,6 @@ import numpy as np
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key, summarize
 from musicssl.key.estimator import compute_features, load_estimator
-from musicssl.keys import Key
 
 
 def eq_curves(n_bins: int, bins_per_octave: int = 12) -> dict[str, np.ndarray]:
@@ -63,8 +62,7 @@ def main(argv=None) -> int:
             gain = (10.0 ** (curve_db / 10.0)).astype(np.float32)[:, None]     # dB = 10 log10(magnitude)
             equalised = [dataclasses.replace(f, magnitude=f.magnitude * gain) for f in features[fe]]
             results = estimator.estimate_features(equalised)
-            scores = summarize([score_key(item.key, Key.from_index(int(np.argmax(r.probabilities))))
-                                for item, r in zip(items, results)])
+            scores = summarize([score_key(item.key, r.key) for item, r in zip(items, results)])
             rows.append((name, curve_name, scores))
             print(f"{name:40s} {curve_name:14s} MIREX {100 * scores.mirex:5.1f}  KSEA {100 * scores.ksea:5.1f}  "
                   f"mode {100 * scores.mode:5.1f}", flush=True)

@@ -39,9 +39,8 @@ import numpy as np
 import torch
 
 from musicssl.evaluation.datasets import load_dataset
-from musicssl.frontend.audio import load_audio
 from musicssl.frontend.cqt import crop_bins, log_compress
-from musicssl.key.estimator import KeyEstimator, magnitude_cqt
+from musicssl.key.estimator import KeyEstimator, compute_features
 from musicssl.key.losses import PROFILE_EXPONENTS, magnitude_profile, pitch_class_profile
 from musicssl.keys import cqt_bin_pitch_class
 
@@ -56,8 +55,7 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     ceiling = {"log-CQT": 0, "magnitude": 0, "power": 0}
     for item in items[:limit]:
         key = item.key
-        audio = load_audio(item.path, sr=fe.sr, offset=item.offset, duration=item.duration)
-        magnitude = magnitude_cqt(audio, fe)
+        magnitude = compute_features(item.path, fe, offset=item.offset, duration=item.duration).magnitude
         logcqt = log_compress(torch.as_tensor(magnitude)[None, None], fe.top_db)
         view = crop_bins(logcqt, 0, fe.crop_bins)
         with torch.inference_mode():
