@@ -14,7 +14,11 @@ For each labelled clip (crop offset 0, whole clip, model in eval mode):
   the way the rule assumes);
 * the ceiling of profile rules: major third vs minor third above the *true*
   tonic, with the SPEC's profile (log-CQT in [0, 1], as in training) and with
-  profiles of the linear CQT magnitude and power (same bins and crop).
+  profiles of the linear CQT magnitude and power (same bins and crop);
+* the agreement with the true mode of each training rule (``authors``,
+  ``thirds``, ``triads``, on the power profile as ``configs/skey_debian.yaml``)
+  applied to random batches of 32 of these clips, as in training (the
+  ``thirds`` and ``triads`` rules vote over the batch).
 
 With ``--training-config CONFIG`` it also draws training batches (from that
 config's feature cache, as in training) and prints which column-to-tonic
@@ -52,6 +56,7 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     pc0 = int(cqt_bin_pitch_class(0))
     offsets = {"major": np.zeros(12, int), "minor": np.zeros(12, int)}
     agree, n = np.zeros(12), 0
+    columns, powers, majors = [], [], []
     ceiling = {"log-CQT": 0, "magnitude": 0, "power": 0}
     for item in items[:limit]:
         key = item.key
@@ -69,8 +74,34 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
                   for name, exponent in PROFILE_EXPONENTS.items()}           # magnitude, power
         for name, profile in (("log-CQT", c), *linear.items()):
             ceiling[name] += (profile[(tonic + 4) % 12] > profile[(tonic + 3) % 12]) == key.is_major
+        columns.append(s)
+        powers.append(linear["power"])
+        majors.append(key.is_major)
         n += 1
-    return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()}}
+    return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()},
+            "rules": rule_agreement(np.array(columns), np.array(powers), np.array(majors))}
+
+
+def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray,
+                   batch_size: int = 32, batches: int = 200, seed: int = 0) -> dict[str, float]:
+    """Mean agreement with the true mode of each S-KEY pseudo-label rule over random batches.
+
+    ``columns``: ``(N,)`` model columns ``s``; ``profiles``: ``(N, 12)`` in the crop frame;
+    ``majors``: ``(N,)`` bool.
+    """
+    from musicssl.key import losses
+
+    rng = np.random.default_rng(seed)
+    y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+    profile = torch.as_tensor(profiles).float()
+    size = min(batch_size, len(columns))
+    scores: dict[str, list[float]] = {rule: [] for rule in losses.MODE_RULES}
+    for _ in range(batches if size else 0):
+        idx = torch.as_tensor(rng.choice(len(columns), size, replace=False))
+        for rule, values in scores.items():
+            labels = losses.PSEUDO_LABEL_RULES[rule](y[idx], y[idx], profile[idx]).numpy() > 0.5
+            values.append(float((labels == majors[idx.numpy()]).mean()))
+    return {rule: float(np.mean(v)) if v else float("nan") for rule, v in scores.items()}
 
 
 def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: int = 32, seed: int = 0) -> dict[int, int]:
@@ -127,6 +158,8 @@ def main(argv=None) -> int:
         print(f"  training rule (shift 0): {r['agreement'][0]:.2f}")
         print("  M3 > m3 above the true tonic (ceiling of profile rules): "
               + ", ".join(f"{k} profile {v:.2f}" for k, v in r["ceiling"].items()))
+        print("  training rules on the power profile, batches of 32: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["rules"].items()))
     return 0
 
 

@@ -218,6 +218,53 @@ def test_thirds_pseudo_labels_find_the_tonic_shift_from_the_profiles():
     assert L.thirds_pseudo_labels(y0, y0, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
+def _triad_profiles(tonics, majors):
+    """Crop-frame profiles of triads: tonic 1.0, fifth 0.8, third 0.6, elsewhere 0.05."""
+    profile = torch.full((len(tonics), 12), 0.05)
+    for b, (t, major) in enumerate(zip(tonics, majors)):
+        profile[b, t] = 1.0
+        profile[b, (t + (4 if major else 3)) % 12] = 0.6
+        profile[b, (t + 7) % 12] = 0.8
+    return profile
+
+
+def test_triad_pseudo_labels_pick_each_items_tonic_where_one_batch_shift_cannot():
+    # Five items whose column s sits 2 below the tonic, three whose column sits 9 below:
+    # no single shift reads every tonic, so the thirds rule mislabels one group.
+    tonics = [0, 5, 7, 9, 2, 4, 11, 6]
+    majors = [True, False, True, False, True, True, True, True]
+    below = [2, 2, 2, 2, 2, 9, 9, 9]
+    profile = _triad_profiles(tonics, majors)
+    y = _one_hot_rows([(t - d) % 12 for t, d in zip(tonics, below)])
+    expected = [float(m) for m in majors]
+    assert L.triad_tonics(y, y, profile).tolist() == tonics
+    assert L.triad_pseudo_labels(y, y, profile).tolist() == expected
+    assert L.thirds_pseudo_labels(y, y, profile).tolist() != expected
+    # one candidate is the thirds rule's single batch shift
+    assert L.triad_pseudo_labels(y, y, profile).tolist() != L.thirds_pseudo_labels(y, y, profile).tolist()
+    one = L.triad_tonics(y, y, profile, n_candidates=1)
+    s, delta = L.thirds_tonic_shift(y, y, profile)
+    assert one.tolist() == ((s + delta) % 12).tolist()
+    with pytest.raises(ConfigError, match="n_candidates"):
+        L.triad_tonics(y, y, profile, n_candidates=0)
+
+
+def test_objective_uses_the_configured_mode_rule():
+    tonics = [0, 5, 7, 9, 2, 4, 11, 6]
+    majors = [True, False, True, False, True, True, True, True]
+    below = [2, 2, 2, 2, 2, 9, 9, 9]
+    profile = _triad_profiles(tonics, majors)
+    columns = _one_hot_rows([(t - d) % 12 for t, d in zip(tonics, below)])
+    probs = torch.cat([columns * 0.9 + 0.1 / 24, torch.full((8, 12), 0.1 / 24)], 1)
+    k = torch.zeros(8, dtype=torch.long)
+    share = {}
+    for rule in L.MODE_RULES:
+        _, terms = L.objective(L.ObjectiveConfig(mode_rule=rule), probs, probs, probs, k, profile=profile)
+        share[rule] = terms["pseudo_major"].item()
+    assert share["triads"] == pytest.approx(6 / 8)
+    assert share["thirds"] != pytest.approx(6 / 8)
+
+
 def test_magnitude_profile_inverts_the_log_compression():
     torch.manual_seed(0)
     magnitude = torch.rand(2, 2, 24, 5) + 1e-3                    # (B, V, 2 octaves, T)

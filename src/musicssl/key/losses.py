@@ -32,7 +32,7 @@ LOG_FLOOR = -100.0
 _GRAD_EPS = 1e-12
 
 OBJECTIVES = ("stone", "stone24", "skey", "supervised", "semi")
-MODE_RULES = ("authors", "thirds")
+MODE_RULES = ("authors", "thirds", "triads")
 MODE_PROFILES = ("log", "magnitude", "power")
 
 
@@ -178,15 +178,29 @@ def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
         return (c_s > c_minor_third).to(y_a.dtype)
 
 
+def _column_shift_scores(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tensor, Tensor]:
+    """``s = argmax((y_A + y_B)/2)`` ``(B,)`` and, for each shift ``d``, the batch mean of
+    ``profile_b[s_b + d]`` ``(12,)``: how much the pitch class ``d`` above the model's column sounds."""
+    s = ((y_a + y_b) / 2).argmax(dim=1)
+    shifts = torch.arange(12, device=s.device)
+    columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
+    return s, profile.gather(1, columns).mean(dim=0)
+
+
 def thirds_tonic_shift(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tensor, Tensor]:
     """The batch vote of :func:`thirds_pseudo_labels`: ``s = argmax((y_A + y_B)/2)``
     ``(B,)`` and the shift ``δ = argmax_d mean_b profile_b[s_b + d]`` (scalar tensor),
     both in the crop's frame. No gradient."""
     with torch.no_grad():
-        s = ((y_a + y_b) / 2).argmax(dim=1)
-        shifts = torch.arange(12, device=s.device)
-        columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
-        return s, profile.gather(1, columns).mean(dim=0).argmax()
+        s, scores = _column_shift_scores(y_a, y_b, profile)
+        return s, scores.argmax()
+
+
+def _third_label(profile: Tensor, tonic: Tensor) -> Tensor:
+    """1.0 where ``profile[tonic + 4] > profile[tonic + 3]`` (major third louder), else 0.0; ``(B,)``."""
+    major_third = profile.gather(1, ((tonic + 4) % 12)[:, None])[:, 0]
+    minor_third = profile.gather(1, ((tonic + 3) % 12)[:, None])[:, 0]
+    return (major_third > minor_third).to(profile.dtype)
 
 
 def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
@@ -201,10 +215,50 @@ def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
     """
     with torch.no_grad():
         s, delta = thirds_tonic_shift(y_a, y_b, profile)
-        t = (s + delta) % 12
-        major_third = profile.gather(1, ((t + 4) % 12)[:, None])[:, 0]
-        minor_third = profile.gather(1, ((t + 3) % 12)[:, None])[:, 0]
-        return (major_third > minor_third).to(y_a.dtype)
+        return _third_label(profile, (s + delta) % 12).to(y_a.dtype)
+
+
+#: tonic candidates of the ``triads`` rule: the batch's best column-to-tonic shifts
+TRIAD_CANDIDATES = 3
+
+
+def triad_tonics(y_a: Tensor, y_b: Tensor, profile: Tensor, n_candidates: int = TRIAD_CANDIDATES) -> Tensor:
+    """Each item's tonic for the ``triads`` rule, ``(B,)`` long, in the crop's frame. No gradient.
+
+    The candidates are ``s + d`` for the ``n_candidates`` shifts ``d`` with the largest
+    batch mean ``profile_b[s_b + d]`` (``s = argmax((y_A + y_B)/2)``); each item takes
+    the candidate ``t`` whose triad sounds most in its own profile:
+    ``profile[t] + profile[t + 7] + max(profile[t + 3], profile[t + 4])``.
+    """
+    if not 1 <= n_candidates <= 12:
+        raise ConfigError(f"n_candidates must be in 1..12, got {n_candidates}")
+    with torch.no_grad():
+        s, scores = _column_shift_scores(y_a, y_b, profile)
+        shifts = scores.topk(n_candidates).indices                             # (n,)
+        tonics = (s[:, None] + shifts[None, :]) % 12                           # (B, n)
+
+        def at(offset: int) -> Tensor:
+            return profile.gather(1, (tonics + offset) % 12)
+
+        triad = at(0) + at(7) + torch.maximum(at(3), at(4))                    # (B, n)
+        return tonics.gather(1, triad.argmax(dim=1, keepdim=True))[:, 0]
+
+
+def triad_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
+    """The ``thirds`` label read above a tonic chosen per item (project variant, ``triads``).
+
+    The model's column ``s`` sits at different distances from the tonic for
+    different pieces (usually tonic or a fifth away), so one shift per batch reads
+    some items' thirds above the dominant or subdominant. Here each item picks
+    its tonic among the batch's best shifts (:func:`triad_tonics`), then
+    ``ℓ = 1`` iff ``profile[t + 4] > profile[t + 3]``. Float ``(B,)`` of 0/1, no gradient.
+    """
+    with torch.no_grad():
+        return _third_label(profile, triad_tonics(y_a, y_b, profile)).to(y_a.dtype)
+
+
+#: the S-KEY mode pseudo-label of each ``mode_rule``
+PSEUDO_LABEL_RULES = {"authors": mode_pseudo_labels, "thirds": thirds_pseudo_labels, "triads": triad_pseudo_labels}
 
 
 def balance_loss(m_a: Tensor, m_b: Tensor) -> Tensor:
@@ -229,8 +283,8 @@ class ObjectiveConfig:
     balance_factor: float = 20.0
     #: number of output rows for the label-using objectives (supervised/semi): 1 or 2
     supervised_rows: int = 2
-    #: S-KEY mode pseudo-label: "authors" (SPEC §1.5: c[s] > c[s+3]) or "thirds"
-    #: (:func:`thirds_pseudo_labels`, a project variant)
+    #: S-KEY mode pseudo-label: "authors" (SPEC §1.5: c[s] > c[s+3]), or the project
+    #: variants "thirds" (:func:`thirds_pseudo_labels`) and "triads" (:func:`triad_pseudo_labels`)
     mode_rule: str = "authors"
     #: profile the pseudo-label reads: "log" (SPEC: the log-CQT views), "magnitude" or "power" (:func:`magnitude_profile`)
     mode_profile: str = "log"
@@ -321,8 +375,7 @@ def objective(
     if cfg.name == "skey":
         if profile is None:
             raise ConfigError("the S-KEY objective needs the pitch-class profile of views A and B")
-        rule = thirds_pseudo_labels if cfg.mode_rule == "thirds" else mode_pseudo_labels
-        ell = rule(y_a, y_b, profile)
+        ell = PSEUDO_LABEL_RULES[cfg.mode_rule](y_a, y_b, profile)
         l_mode = (binary_cross_entropy(ell, m_a2) + binary_cross_entropy(ell, m_b)
                   + binary_cross_entropy(ell, m_a)).mean()
         l_bal = balance_loss(m_a, m_b)

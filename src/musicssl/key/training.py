@@ -69,7 +69,7 @@ class TrainConfig:
     mode_weight: float = 1.7
     balance_weight: float = 1.0
     supervised_rows: int = 2
-    mode_rule: str = "authors"                           # S-KEY pseudo-label: authors (SPEC) | thirds
+    mode_rule: str = "authors"                           # S-KEY pseudo-label: authors (SPEC) | thirds | triads
     mode_profile: str = "log"                            # profile it reads: log (SPEC) | magnitude | power
     channels: list[int] = field(default_factory=lambda: [2, 3, 40, 40, 30, 10, 3])
     kernels: list[int] = field(default_factory=lambda: [7, 7, 7, 7, 7, 5, 5])
