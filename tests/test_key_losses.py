@@ -265,6 +265,56 @@ def test_objective_uses_the_configured_mode_rule():
     assert share["thirds"] != pytest.approx(6 / 8)
 
 
+def test_tonic_pseudo_targets_pull_each_row_to_its_most_common_distance():
+    # Major items 0, 2, 4, 7 and minor items 1, 3 sit 2 below their tonic; major items 5
+    # and 6 sit 9 below: their targets move them to 2 below their tonics, in the major row.
+    tonics = [0, 5, 7, 9, 2, 4, 11, 6]
+    majors = [True, False, True, False, True, True, True, True]
+    below = [2, 2, 2, 2, 2, 9, 9, 2]
+    profile = _triad_profiles(tonics, majors)
+    y = _one_hot_rows([(t - d) % 12 for t, d in zip(tonics, below)])
+    labels = torch.tensor([float(m) for m in majors])
+    targets = L.tonic_pseudo_targets(y, y, profile, labels)
+    assert targets.sum(dim=1).tolist() == [1.0] * 8
+    row, column = targets.argmax(dim=1) // 12, targets.argmax(dim=1) % 12
+    assert row.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
+    # major row: distance 2 (4 items) beats 9 (2 items); minor row: both items at 2
+    assert column.tolist() == [(t - 2) % 12 for t in tonics]
+
+
+def test_tonic_loss_is_the_cross_entropy_of_the_three_views():
+    targets = torch.zeros(2, 24)
+    targets[0, 3] = 1.0             # major row, column 3
+    targets[1, 12 + 10] = 1.0       # minor row, column 10
+    uniform = torch.full((2, 24), 1 / 24)
+    k = torch.tensor([1, -2])
+    assert L.tonic_loss(targets, uniform, uniform, uniform, k).item() == pytest.approx(math.log(24))
+    # view A' sees the key k columns lower: a one-hot there costs nothing
+    a2 = torch.zeros(2, 24)
+    a2[0, 2] = 1.0                  # 3 - 1
+    a2[1, 12 + 0] = 1.0             # 10 + 2 = 12 -> column 0
+    loss = L.tonic_loss(targets, targets, targets, a2, k)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    wrong = L.tonic_loss(targets, targets, targets, targets, k)   # A' not shifted: 2 of 6 terms at the floor
+    assert wrong.item() == pytest.approx(2 * 100.0 / 6)
+
+
+def test_objective_adds_the_tonic_term_only_when_weighted():
+    tonics, majors = [0, 5, 7, 9], [True, False, True, False]
+    profile = _triad_profiles(tonics, majors)
+    probs = torch.cat([_one_hot_rows([(t - 2) % 12 for t in tonics]) * 0.5 + 0.5 / 24,
+                       torch.full((4, 12), 0.5 / 24)], 1)
+    k = torch.zeros(4, dtype=torch.long)
+    base, terms = L.objective(L.ObjectiveConfig(mode_rule="triads"), probs, probs, probs, k, profile=profile)
+    assert "tonic" not in terms
+    total, terms = L.objective(L.ObjectiveConfig(mode_rule="triads", tonic_weight=0.5), probs, probs, probs, k,
+                               profile=profile)
+    assert total.item() == pytest.approx(base.item() + 0.5 * terms["tonic"].item())
+    assert terms["tonic"].item() > 0
+    with pytest.raises(ConfigError, match="tonic_weight"):
+        L.ObjectiveConfig(tonic_weight=-1.0)
+
+
 def test_magnitude_profile_inverts_the_log_compression():
     torch.manual_seed(0)
     magnitude = torch.rand(2, 2, 24, 5) + 1e-3                    # (B, V, 2 octaves, T)

@@ -35,6 +35,8 @@ _HELP = {
     "mode_rule": "S-KEY mode pseudo-label: authors (SPEC: c[s] > c[s+3]), thirds (major vs minor third "
                  "above the column the batch's profiles say is the tonic; a project variant) or triads "
                  "(the same above a tonic each item picks among the batch's 3 best; a project variant)",
+    "tonic_weight": "S-KEY project variant: weight of a cross-entropy with 24-key pseudo-targets (tonic picked "
+                    "as in the triads rule, column at each row's most common distance from it); 0 = off",
     "mode_profile": "pitch-class profile of the pseudo-label: log (SPEC: log-CQT), magnitude (linear CQT) or power (its square)",
     "eq_db": "augmentation: a random smooth equaliser of up to +-EQ_DB dB on each training segment (needs cache_dir; 0 = off)",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off): it is validated and exported",

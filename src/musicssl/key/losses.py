@@ -257,6 +257,42 @@ def triad_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
         return _third_label(profile, triad_tonics(y_a, y_b, profile)).to(y_a.dtype)
 
 
+def tonic_pseudo_targets(y_a: Tensor, y_b: Tensor, profile: Tensor, labels: Tensor) -> Tensor:
+    """One-hot 24-key targets ``(B, 24)`` that hold each row to one frame (project variant). No gradient.
+
+    ``labels``: ``(B,)`` mode pseudo-labels (1 = major = row 0, 0 = minor = row 1). Each
+    item's tonic ``t`` is :func:`triad_tonics`; each row's offset ``Δ_r`` is the most
+    common ``(t − s) mod 12`` among the batch's items of that row (the model's own
+    frame for that mode); the target is row ``r``, column ``(t − Δ_r) mod 12``. So
+    items of one mode whose column sits at another distance from their tonic are
+    pulled to the distance most of that row's items have.
+    """
+    with torch.no_grad():
+        s = ((y_a + y_b) / 2).argmax(dim=1)
+        tonic = triad_tonics(y_a, y_b, profile)
+        rows = (labels < 0.5).long()                                            # major → 0, minor → 1
+        distance = (tonic - s) % 12
+        counts = torch.zeros(2, 12, device=s.device).index_put_((rows, distance), torch.ones_like(s, dtype=torch.float),
+                                                                accumulate=True)
+        row_offset = counts.argmax(dim=1)                                       # (2,)
+        column = (tonic - row_offset[rows]) % 12
+        targets = torch.zeros(s.shape[0], 24, device=s.device, dtype=y_a.dtype)
+        targets[torch.arange(s.shape[0], device=s.device), rows * 12 + column] = 1.0
+        return targets
+
+
+def tonic_loss(targets: Tensor, probs_a: Tensor, probs_b: Tensor, probs_a2: Tensor, k: Tensor) -> Tensor:
+    """Cross-entropy of the three views' ``(B, 24)`` outputs with :func:`tonic_pseudo_targets`
+    (view A′'s target moved ``k`` columns down, like its key), batch mean of the three."""
+    rows = targets.view(-1, 2, 12)
+    shifted = torch.stack([torch.roll(r, -int(shift), dims=-1) for r, shift in zip(rows, k.tolist())]).view_as(targets)
+
+    def ce(target: Tensor, probs: Tensor) -> Tensor:
+        return -(target * clamped_log(probs)).sum(dim=1)
+
+    return (ce(targets, probs_a) + ce(targets, probs_b) + ce(shifted, probs_a2)).mean() / 3.0
+
+
 #: the S-KEY mode pseudo-label of each ``mode_rule``
 PSEUDO_LABEL_RULES = {"authors": mode_pseudo_labels, "thirds": thirds_pseudo_labels, "triads": triad_pseudo_labels}
 
@@ -288,6 +324,8 @@ class ObjectiveConfig:
     mode_rule: str = "authors"
     #: profile the pseudo-label reads: "log" (SPEC: the log-CQT views), "magnitude" or "power" (:func:`magnitude_profile`)
     mode_profile: str = "log"
+    #: weight of :func:`tonic_loss` (S-KEY only; 0 = off, the SPEC): holds each row to one frame
+    tonic_weight: float = 0.0
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -300,6 +338,8 @@ class ObjectiveConfig:
             raise ConfigError(f"unknown mode_profile {self.mode_profile!r}; choose one of {', '.join(MODE_PROFILES)}")
         if self.supervised_rows not in (1, 2):
             raise ConfigError(f"supervised_rows must be 1 or 2, got {self.supervised_rows}")
+        if self.tonic_weight < 0:
+            raise ConfigError(f"tonic_weight must be >= 0, got {self.tonic_weight}")
 
     @property
     def n_rows(self) -> int:
@@ -354,7 +394,7 @@ def objective(
     replaced by its target (Sup-/Semi-TONE, SPEC §1.4). ``supervised`` uses
     every item's label; ``semi`` only those with ``labelled`` true.
     Returns the scalar loss and detached terms (``loss``, ``key``, ``pos``,
-    ``eq1``, ``eq2``, and ``mode``/``balance``/``pseudo_major`` when they apply).
+    ``eq1``, ``eq2``, and ``mode``/``balance``/``pseudo_major``/``tonic`` when they apply).
     """
     n_rows = cfg.n_rows
     if cfg.uses_labels:
@@ -382,6 +422,10 @@ def objective(
         total = (cfg.key_weight * l_key + cfg.mode_factor * cfg.mode_weight * l_mode
                  + cfg.balance_factor * cfg.balance_weight * l_bal)
         terms.update(mode=l_mode.detach(), balance=l_bal.detach(), pseudo_major=ell.mean())
+        if cfg.tonic_weight > 0:
+            l_tonic = tonic_loss(tonic_pseudo_targets(y_a, y_b, profile, ell), probs_a, probs_b, probs_a2, k)
+            total = total + cfg.tonic_weight * l_tonic
+            terms["tonic"] = l_tonic.detach()
     else:  # stone24, supervised, semi (24-STONE family)
         l_mode = mode_consistency_loss(m_a, m_b, m_a2)
         total = l_key + cfg.mode_factor * l_mode

@@ -71,6 +71,7 @@ class TrainConfig:
     supervised_rows: int = 2
     mode_rule: str = "authors"                           # S-KEY pseudo-label: authors (SPEC) | thirds | triads
     mode_profile: str = "log"                            # profile it reads: log (SPEC) | magnitude | power
+    tonic_weight: float = 0.0                            # project: tonic pseudo-target term (0 = off, SPEC)
     channels: list[int] = field(default_factory=lambda: [2, 3, 40, 40, 30, 10, 3])
     kernels: list[int] = field(default_factory=lambda: [7, 7, 7, 7, 7, 5, 5])
     drop_path: float = 0.1
@@ -131,7 +132,7 @@ class TrainConfig:
         return dict(name=self.objective, omega=self.omega, key_weight=self.key_weight,
                     mode_weight=self.mode_weight, balance_weight=self.balance_weight,
                     supervised_rows=self.supervised_rows, mode_rule=self.mode_rule,
-                    mode_profile=self.mode_profile)
+                    mode_profile=self.mode_profile, tonic_weight=self.tonic_weight)
 
     def frontend(self):
         from musicssl.frontend.cqt import FrontEndConfig
