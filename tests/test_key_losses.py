@@ -200,24 +200,6 @@ def _one_hot_rows(columns, n=12):
     return torch.nn.functional.one_hot(torch.tensor(columns), n).float()
 
 
-def test_thirds_pseudo_labels_find_the_tonic_shift_from_the_profiles():
-    # Triad profiles (tonic 1.0, third 0.6, fifth 0.8) in the crop frame; the model's
-    # column s sits 2 below each tonic, which the batch's profiles reveal (δ = 2).
-    tonics, majors = [0, 5, 7, 9], [True, False, True, False]
-    profile = torch.full((4, 12), 0.05)
-    for b, (t, major) in enumerate(zip(tonics, majors)):
-        profile[b, t] = 1.0
-        profile[b, (t + (4 if major else 3)) % 12] = 0.6
-        profile[b, (t + 7) % 12] = 0.8
-    y = _one_hot_rows([(t - 2) % 12 for t in tonics])
-    assert L.thirds_pseudo_labels(y, y, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
-    # the authors' rule reads c[s] vs c[s+3] at the unshifted column: here it says nothing useful
-    assert L.mode_pseudo_labels(y, y, profile).tolist() != [1.0, 0.0, 1.0, 0.0]
-    # with columns on the tonics (δ = 0) the thirds rule gives the same labels
-    y0 = _one_hot_rows(tonics)
-    assert L.thirds_pseudo_labels(y0, y0, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
-
-
 def _triad_profiles(tonics, majors):
     """Crop-frame profiles of triads: tonic 1.0, fifth 0.8, third 0.6, elsewhere 0.05."""
     profile = torch.full((len(tonics), 12), 0.05)
@@ -228,16 +210,37 @@ def _triad_profiles(tonics, majors):
     return profile
 
 
+#: eight items (tonic pitch class in the crop frame, mode) for the per-item tonic tests
+_TONICS = [0, 5, 7, 9, 2, 4, 11, 6]
+_MAJORS = [True, False, True, False, True, True, True, True]
+
+
+def _eight_items(below):
+    """Triad profiles of the eight items and one-hot columns ``below[b]`` below each tonic."""
+    profile = _triad_profiles(_TONICS, _MAJORS)
+    return profile, _one_hot_rows([(t - d) % 12 for t, d in zip(_TONICS, below)])
+
+
+def test_thirds_pseudo_labels_find_the_tonic_shift_from_the_profiles():
+    # Triad profiles (tonic 1.0, third 0.6, fifth 0.8) in the crop frame; the model's
+    # column s sits 2 below each tonic, which the batch's profiles reveal (δ = 2).
+    tonics, majors = [0, 5, 7, 9], [True, False, True, False]
+    profile = _triad_profiles(tonics, majors)
+    y = _one_hot_rows([(t - 2) % 12 for t in tonics])
+    assert L.thirds_pseudo_labels(y, y, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
+    # the authors' rule reads c[s] vs c[s+3] at the unshifted column: here it says nothing useful
+    assert L.mode_pseudo_labels(y, y, profile).tolist() != [1.0, 0.0, 1.0, 0.0]
+    # with columns on the tonics (δ = 0) the thirds rule gives the same labels
+    y0 = _one_hot_rows(tonics)
+    assert L.thirds_pseudo_labels(y0, y0, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
 def test_triad_pseudo_labels_pick_each_items_tonic_where_one_batch_shift_cannot():
     # Five items whose column s sits 2 below the tonic, three whose column sits 9 below:
     # no single shift reads every tonic, so the thirds rule mislabels one group.
-    tonics = [0, 5, 7, 9, 2, 4, 11, 6]
-    majors = [True, False, True, False, True, True, True, True]
-    below = [2, 2, 2, 2, 2, 9, 9, 9]
-    profile = _triad_profiles(tonics, majors)
-    y = _one_hot_rows([(t - d) % 12 for t, d in zip(tonics, below)])
-    expected = [float(m) for m in majors]
-    assert L.triad_tonics(y, y, profile).tolist() == tonics
+    profile, y = _eight_items([2, 2, 2, 2, 2, 9, 9, 9])
+    expected = [float(m) for m in _MAJORS]
+    assert L.triad_tonics(y, y, profile).tolist() == _TONICS
     assert L.triad_pseudo_labels(y, y, profile).tolist() == expected
     assert L.thirds_pseudo_labels(y, y, profile).tolist() != expected
     # one candidate is the thirds rule's single batch shift
@@ -250,11 +253,7 @@ def test_triad_pseudo_labels_pick_each_items_tonic_where_one_batch_shift_cannot(
 
 
 def test_objective_uses_the_configured_mode_rule():
-    tonics = [0, 5, 7, 9, 2, 4, 11, 6]
-    majors = [True, False, True, False, True, True, True, True]
-    below = [2, 2, 2, 2, 2, 9, 9, 9]
-    profile = _triad_profiles(tonics, majors)
-    columns = _one_hot_rows([(t - d) % 12 for t, d in zip(tonics, below)])
+    profile, columns = _eight_items([2, 2, 2, 2, 2, 9, 9, 9])
     probs = torch.cat([columns * 0.9 + 0.1 / 24, torch.full((8, 12), 0.1 / 24)], 1)
     k = torch.zeros(8, dtype=torch.long)
     share = {}
@@ -268,18 +267,14 @@ def test_objective_uses_the_configured_mode_rule():
 def test_tonic_pseudo_targets_pull_each_row_to_its_most_common_distance():
     # Major items 0, 2, 4, 7 and minor items 1, 3 sit 2 below their tonic; major items 5
     # and 6 sit 9 below: their targets move them to 2 below their tonics, in the major row.
-    tonics = [0, 5, 7, 9, 2, 4, 11, 6]
-    majors = [True, False, True, False, True, True, True, True]
-    below = [2, 2, 2, 2, 2, 9, 9, 2]
-    profile = _triad_profiles(tonics, majors)
-    y = _one_hot_rows([(t - d) % 12 for t, d in zip(tonics, below)])
-    labels = torch.tensor([float(m) for m in majors])
+    profile, y = _eight_items([2, 2, 2, 2, 2, 9, 9, 2])
+    labels = torch.tensor([float(m) for m in _MAJORS])
     targets = L.tonic_pseudo_targets(y, y, profile, labels)
     assert targets.sum(dim=1).tolist() == [1.0] * 8
     row, column = targets.argmax(dim=1) // 12, targets.argmax(dim=1) % 12
     assert row.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
     # major row: distance 2 (4 items) beats 9 (2 items); minor row: both items at 2
-    assert column.tolist() == [(t - 2) % 12 for t in tonics]
+    assert column.tolist() == [(t - 2) % 12 for t in _TONICS]
 
 
 def test_tonic_loss_is_the_cross_entropy_of_the_three_views():
