@@ -262,6 +262,15 @@ def test_other_objectives_train(tmp_path, corpus, objective):
     assert np.isfinite(summary["metrics"]["train/loss"])
 
 
+def test_skey_project_variants_train_and_log_the_tonic_term(tmp_path, corpus):
+    cfg = tiny(tmp_path, corpus, objective="skey", max_steps=2, mode_rule="triads", mode_profile="power",
+               tonic_weight=0.5)
+    assert cfg.objective_kwargs()["tonic_weight"] == 0.5
+    summary = train(cfg, log=lambda *_: None)
+    assert summary["global_step"] == 2
+    assert np.isfinite(summary["metrics"]["train/tonic"]) and summary["metrics"]["train/tonic"] > 0
+
+
 DDP_DRIVER = r'''
 import json, sys
 import lightning.pytorch as pl
