@@ -272,8 +272,8 @@ def tonic_pseudo_targets(y_a: Tensor, y_b: Tensor, profile: Tensor, labels: Tens
         tonic = triad_tonics(y_a, y_b, profile)
         rows = (labels < 0.5).long()                                            # major → 0, minor → 1
         distance = (tonic - s) % 12
-        counts = torch.zeros(2, 12, device=s.device).index_put_((rows, distance), torch.ones_like(s, dtype=torch.float),
-                                                                accumulate=True)
+        counts = torch.zeros(2, 12, device=s.device)
+        counts.index_put_((rows, distance), torch.ones_like(distance, dtype=counts.dtype), accumulate=True)
         row_offset = counts.argmax(dim=1)                                       # (2,)
         column = (tonic - row_offset[rows]) % 12
         targets = torch.zeros(s.shape[0], 24, device=s.device, dtype=y_a.dtype)
@@ -285,7 +285,8 @@ def tonic_loss(targets: Tensor, probs_a: Tensor, probs_b: Tensor, probs_a2: Tens
     """Cross-entropy of the three views' ``(B, 24)`` outputs with :func:`tonic_pseudo_targets`
     (view A′'s target moved ``k`` columns down, like its key), batch mean of the three."""
     rows = targets.view(-1, 2, 12)
-    shifted = torch.stack([torch.roll(r, -int(shift), dims=-1) for r, shift in zip(rows, k.tolist())]).view_as(targets)
+    columns = (torch.arange(12, device=k.device)[None, :] + k.long()[:, None]) % 12       # (B, 12): c + k
+    shifted = rows.gather(2, columns[:, None, :].expand(-1, 2, -1)).reshape_as(targets)   # target[c + k] at c
 
     def ce(target: Tensor, probs: Tensor) -> Tensor:
         return -(target * clamped_log(probs)).sum(dim=1)
