@@ -44,6 +44,7 @@ import torch
 
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.frontend.cqt import crop_bins, log_compress
+from musicssl.key import losses
 from musicssl.key.estimator import KeyEstimator, compute_features
 from musicssl.key.losses import PROFILE_EXPONENTS, magnitude_profile, pitch_class_profile
 from musicssl.keys import cqt_bin_pitch_class
@@ -89,8 +90,6 @@ def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray
     ``columns``: ``(N,)`` model columns ``s``; ``profiles``: ``(N, 12)`` in the crop frame;
     ``majors``: ``(N,)`` bool.
     """
-    from musicssl.key import losses
-
     rng = np.random.default_rng(seed)
     y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
     profile = torch.as_tensor(profiles).float()
@@ -107,7 +106,6 @@ def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray
 def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: int = 32, seed: int = 0) -> dict[int, int]:
     """How often each shift ``δ`` wins the ``thirds`` rule's batch vote over ``batches`` training batches."""
     from musicssl.checkpoint import load_key_model
-    from musicssl.key import losses
     from musicssl.key.training import KeyDataModule, TrainConfig, prepare_data
 
     config = TrainConfig.from_yaml(config_path)

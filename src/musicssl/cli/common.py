@@ -1,11 +1,31 @@
-"""What the batch subcommands (``key``, ``beats``) share: their input and output
-options, usage errors, input checks, the device check, resuming and the progress switch."""
+"""What the subcommands share: the batch subcommands' (``key``, ``beats``) input and
+output options, usage errors, input checks, the device check, resuming and the progress
+switch; positive-integer options and the key models' ``--transpositions`` (``key``, ``evaluate``)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from musicssl.errors import ConfigError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def add_transpositions_argument(parser) -> None:
+    """``--transpositions N``: transposed crops a key network averages (``KeyEstimator``)."""
+    parser.add_argument("--transpositions", type=positive_int, default=None, metavar="N",
+                        help="average key networks over N transposed crops (default 12; "
+                             "1: the papers' single crop)")
 
 
 def add_batch_arguments(parser, paths_help: str, format_help: str):

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from musicssl.cli.common import add_transpositions_argument
+
 DATASETS = ("csv", "dev-synth", "giantsteps", "gtzan", "fmakv2", "winterreise")
 
 
@@ -54,8 +56,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--lenient", action="store_true",
                    help="skip and count malformed annotation lines instead of stopping")
     p.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
-    p.add_argument("--transpositions", type=int, default=None, metavar="N",
-                   help="network models average N transposed crops (default 12; 1: the papers' single crop)")
+    add_transpositions_argument(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="decoding worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -27,8 +27,8 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import (add_batch_arguments, batch_inputs, check_device, files_to_do, usage_error,
-                                 write_batch)
+from musicssl.cli.common import (add_batch_arguments, add_transpositions_argument, batch_inputs, check_device,
+                                 files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
@@ -75,14 +75,12 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                         help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the network runs (default cpu)")
-    model.add_argument("--transpositions", type=_positive_int, default=None, metavar="N",
-                       help="average the network over N transposed crops (default 12; "
-                            "1: the papers' single crop)")
+    add_transpositions_argument(model)
     speed = p.add_argument_group("speed")
-    speed.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
+    speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
                             "in parallel (default 1)")
-    speed.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+    speed.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="files per network batch (default 16)")
     tags = p.add_argument_group("tags")
     tags.add_argument("--write-tags", action="store_true",
@@ -103,16 +101,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
     return value
 
 

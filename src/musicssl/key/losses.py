@@ -197,10 +197,10 @@ def thirds_tonic_shift(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tenso
 
 
 def _third_label(profile: Tensor, tonic: Tensor) -> Tensor:
-    """1.0 where ``profile[tonic + 4] > profile[tonic + 3]`` (major third louder), else 0.0; ``(B,)``."""
+    """True where ``profile[tonic + 4] > profile[tonic + 3]`` (major third louder); bool ``(B,)``."""
     major_third = profile.gather(1, ((tonic + 4) % 12)[:, None])[:, 0]
     minor_third = profile.gather(1, ((tonic + 3) % 12)[:, None])[:, 0]
-    return (major_third > minor_third).to(profile.dtype)
+    return major_third > minor_third
 
 
 def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
