@@ -398,6 +398,24 @@ def test_transpositions_reach_the_estimator(capsys):
     assert code == 2 and "transpositions must be between 1 and 16" in err
 
 
+@needs_front_end
+def test_prior_option_and_model_spec_reach_the_estimator(capsys):
+    def probabilities(*args):
+        code, out, err = run_cli(capsys, EXAMPLE, "--format", "json", "--transpositions", "1", *args)
+        assert code == 0, err
+        (record,) = json.loads(out)
+        assert record["key"] == "D major"
+        return record["probabilities"]
+
+    default = probabilities()
+    assert probabilities("--model", "skey-debian+temperley") == default
+    alone = probabilities("--prior", "none")
+    assert probabilities("--model", "skey-debian") == alone != default
+    assert probabilities("--prior", "krumhansl") not in (alone, default)
+    code, _, err = run_cli(capsys, EXAMPLE, "--model", "temperley", "--prior", "krumhansl")
+    assert code == 2 and "not to a template" in err
+
+
 def test_failed_model_load_leaves_no_files(music, capsys, tmp_path):
     out_file = tmp_path / "keys.jsonl"
     code, _, _ = run_cli(capsys, music, "-o", out_file, "--checkpoint", tmp_path / "nope.pt")

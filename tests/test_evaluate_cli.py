@@ -111,11 +111,33 @@ def test_evaluate_records_the_transpositions_of_network_models(small_dataset, ca
             "--model", "krumhansl", "--out", str(out), "--quiet", "--limit", "2"]
     assert main(args + ["--transpositions", "3"]) == 0
     data = json.loads((out / "results.json").read_text())
-    assert data["settings"] == {"default": {"transpositions": 3}, "krumhansl": {}}
+    assert data["settings"] == {"default": {"transpositions": 3, "prior": "temperley"}, "krumhansl": {}}
     assert main(args) == 0                                         # default: 12 crops
-    assert json.loads((out / "results.json").read_text())["settings"]["default"] == {"transpositions": 12}
+    assert json.loads((out / "results.json").read_text())["settings"]["default"] == {
+        "transpositions": 12, "prior": "temperley"}
     assert main(args + ["--transpositions", "40"]) == 2            # more crops than the front end has
     assert "transpositions must be between 1 and 16" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_network_with_and_without_its_prior(small_dataset, capsys):
+    out = small_dataset / "results"
+    args = ["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"), "--model", "skey-debian",
+            "--model", "skey-debian+temperley", "--out", str(out), "--quiet", "--limit", "2",
+            "--transpositions", "1"]
+    assert main(args) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"] == {"skey-debian": {"transpositions": 1, "prior": None},
+                                "skey-debian+temperley": {"transpositions": 1, "prior": "temperley"}}
+    first = data["items"][0]["predictions"]
+    assert first["skey-debian"]["probabilities"] != first["skey-debian+temperley"]["probabilities"]
+    assert main(args + ["--prior", "none"]) == 0                   # --prior overrides every spec's
+    assert set(json.loads((out / "results.json").read_text())["settings"]) == {"skey-debian", "skey-debian#2"}
+    assert main(args[:-2] + ["--prior", "kostka-payne", "--transpositions", "1"]) == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert [v["prior"] for v in settings.values()] == ["kostka-payne", "kostka-payne"]
+    assert main(["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"), "--model", "krumhansl+temperley",
+                 "--out", str(out), "--quiet"]) == 2
+    assert "not to a template" in capsys.readouterr().err
 
 
 def test_pca_of_rotated_profiles_is_a_ring_and_figures_are_written(tmp_path):

@@ -115,8 +115,15 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         default = est.load_estimator("default")
-    assert isinstance(default, est.KeyEstimator) and default.name == est.DEFAULT_MODEL == "skey-debian"
+    assert isinstance(default, est.KeyEstimator) and est.DEFAULT_MODEL == "skey-debian"
+    assert (default.name, default.prior) == ("skey-debian+temperley", "temperley")   # with its template prior
     assert default.frontend_config.hop_length == 2048           # the hop it was trained at
+    alone = est.load_estimator("default", prior="none")
+    assert (alone.name, alone.prior) == ("skey-debian", None)
+    assert est.load_estimator("skey-debian").prior is None
+    assert est.load_estimator("skey-debian+krumhansl").name == "skey-debian+krumhansl"
+    assert est.load_estimator("skey-debian", prior="kostka-payne").prior == "kostka-payne"
+    assert {"skey-debian", "skey-debian+krumhansl"} <= set(names)
     # a build without it falls back to the template baseline, and says so
     monkeypatch.setattr(est, "shipped_key_models", lambda: {})
     with pytest.warns(UserWarning, match="Krumhansl"):
@@ -139,12 +146,13 @@ class _PitchClassNet(torch.nn.Module):
         return torch.softmax(logits, dim=-1)
 
 
-def _toy_estimator(bias, transpositions):
+def _toy_estimator(bias, transpositions, prior=None):
     from musicssl.frontend.cqt import FrontEndConfig
     from musicssl.key.estimator import KeyEstimator
 
     calibration = {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 0]}
-    return KeyEstimator(_PitchClassNet(bias), FrontEndConfig(), calibration, transpositions=transpositions)
+    return KeyEstimator(_PitchClassNet(bias), FrontEndConfig(), calibration, transpositions=transpositions,
+                        prior=prior)
 
 
 def test_transposition_averaging_rotates_each_crop_back():
@@ -191,3 +199,73 @@ def test_default_model_averages_transpositions_and_keeps_its_answer(shared_fixtu
     a, b = one.estimate(x, 22050), twelve.estimate(x, 22050)
     assert a.key == b.key == Key(7, "major")
     assert not np.allclose(a.probabilities, b.probabilities)
+
+
+def test_combine_with_prior_is_a_renormalised_product():
+    from musicssl.errors import ConfigError
+    from musicssl.key.estimator import combine_with_prior
+
+    p = np.zeros(24)
+    p[[0, 9, 21]] = [0.5, 0.3, 0.2]
+    q = np.zeros(24)
+    q[[0, 9, 21]] = [0.2, 0.2, 0.6]
+    # products 0.10, 0.06, 0.12 (sum 0.28); every other key ~1e-24
+    expected = np.array([0.10, 0.06, 0.12]) / 0.28
+    out = combine_with_prior(p, q)
+    np.testing.assert_allclose(out[[0, 9, 21]], expected, atol=1e-9)
+    assert out.argmax() == 21 != p.argmax()                 # the prior moved the answer
+    # weight 0: the network alone; weight 2 squares the prior; batches (B, 24) work row by row
+    np.testing.assert_allclose(combine_with_prior(p, q, 0.0)[[0, 9, 21]], [0.5, 0.3, 0.2], atol=1e-9)
+    squared = np.array([0.5 * 0.04, 0.3 * 0.04, 0.2 * 0.36])
+    np.testing.assert_allclose(combine_with_prior(p, q, 2.0)[[0, 9, 21]], squared / squared.sum(), atol=1e-9)
+    both = combine_with_prior(np.stack([p, q]), np.stack([q, p]))
+    np.testing.assert_allclose(both.sum(axis=1), 1.0)
+    np.testing.assert_allclose(both[0], both[1], atol=1e-12)
+    with pytest.raises(ConfigError, match="prior weight"):
+        combine_with_prior(p, q, -1.0)
+
+
+def test_spec_with_a_prior_splits_and_checks():
+    from musicssl.errors import ConfigError
+    from musicssl.key.estimator import load_estimator, split_spec
+
+    assert split_spec("skey-debian+krumhansl") == ("skey-debian", "krumhansl")
+    assert split_spec("a/b+c.pt+temperley") == ("a/b+c.pt", "temperley")
+    assert split_spec("skey-debian") == ("skey-debian", None)
+    assert split_spec("model+v2.safetensors") == ("model+v2.safetensors", None)
+    with pytest.raises(ConfigError, match="not to a template"):
+        load_estimator("krumhansl+temperley")
+    with pytest.raises(ConfigError, match="not to a template"):
+        load_estimator("krumhansl", prior="temperley")
+    with pytest.raises(ConfigError, match="prior must be one of"):
+        load_estimator("default", prior="bach")
+
+
+def test_estimator_prior_multiplies_the_template_probabilities():
+    from musicssl.frontend.cqt import log_compress
+    from musicssl.key.estimator import combine_with_prior
+    from musicssl.key.templates import TemplateKeyEstimator
+
+    torch.manual_seed(1)
+    x = log_compress(torch.rand(2, 1, 99, 160) + 0.01)
+    bias = torch.randn(24)
+    alone, with_prior = _toy_estimator(bias, 3), _toy_estimator(bias, 3, prior="temperley")
+    expected = combine_with_prior(alone.probabilities(x), TemplateKeyEstimator("temperley").probabilities(x))
+    np.testing.assert_allclose(with_prior.probabilities(x), expected, atol=1e-9)
+    assert not np.allclose(with_prior.probabilities(x), alone.probabilities(x), atol=1e-3)
+
+
+def test_prior_needs_a_24_key_model():
+    from musicssl.errors import ConfigError
+    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.key.estimator import KeyEstimator
+
+    class _Signature(torch.nn.Module):
+        n_rows = 1
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 12), 1 / 12)
+
+    calibration = {"n_rows": 1, "row_modes": ["signature"], "row_offsets": [0]}
+    with pytest.raises(ConfigError, match="needs a 24-key model"):
+        KeyEstimator(_Signature(), FrontEndConfig(), calibration, prior="krumhansl")

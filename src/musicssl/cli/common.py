@@ -1,6 +1,6 @@
 """What the subcommands share: the batch subcommands' (``key``, ``beats``) input and
 output options, usage errors, input checks, the device check, resuming and the progress
-switch; positive-integer options and the key models' ``--transpositions`` (``key``, ``evaluate``)."""
+switch; positive-integer options and the key models' ``--transpositions`` and ``--prior`` (``key``, ``evaluate``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def add_transpositions_argument(parser) -> None:
     parser.add_argument("--transpositions", type=positive_int, default=None, metavar="N",
                         help="average key networks over N transposed crops (default 12; "
                              "1: the papers' single crop)")
+
+
+def add_prior_argument(parser) -> None:
+    """``--prior PROFILE|none``: template prior of key networks (``KeyEstimator``)."""
+    from musicssl.key.estimator import NO_PRIOR
+    from musicssl.key.templates import PROFILES
+
+    parser.add_argument("--prior", choices=(NO_PRIOR, *PROFILES), default=None,
+                        help="multiply a key network's probabilities by a template's (default: as the "
+                             "model spec says; the default model uses temperley; none: the network alone)")
 
 
 def add_batch_arguments(parser, paths_help: str, format_help: str):

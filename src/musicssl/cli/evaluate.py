@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from musicssl.cli.common import add_transpositions_argument
+from musicssl.cli.common import add_prior_argument, add_transpositions_argument
 
 DATASETS = ("csv", "dev-synth", "giantsteps", "gtzan", "fmakv2", "winterreise")
 
@@ -33,12 +33,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                "  gtzan        folder with Lerch's *.lerch.txt (use --audio-dir for GTZAN audio)\n"
                "  fmakv2       folder with fmakv2.csv and FMA audio (<id[:3]>/<id>.mp3)\n"
                "  winterreise  Schubert Winterreise Dataset folder (first 30 s of each piece)\n"
-               "models: default, krumhansl, temperley, kostka-payne or a checkpoint path")
+               "models: default, skey-debian, krumhansl, temperley, kostka-payne or a checkpoint path;\n"
+               "  a network spec may end in +PROFILE for a template prior (skey-debian+temperley,\n"
+               "  ../shared/fixtures/skey.pt+temperley); default = skey-debian+temperley")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format")
     p.add_argument("path", type=Path, help="dataset folder or manifest file")
     p.add_argument("--model", action="append", metavar="SPEC", default=None,
-                   help="estimator to score (repeatable): default | krumhansl | temperley | "
-                        "kostka-payne | CHECKPOINT")
+                   help="estimator to score (repeatable): default | skey-debian | krumhansl | temperley | "
+                        "kostka-payne | CHECKPOINT, network specs optionally +PROFILE")
     p.add_argument("--checkpoint", action="append", metavar="PATH", type=Path, default=None,
                    help="a key model checkpoint to score (repeatable; same as --model PATH)")
     p.add_argument("--out", type=Path, default=None,
@@ -57,21 +59,28 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="skip and count malformed annotation lines instead of stopping")
     p.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
     add_transpositions_argument(p)
+    add_prior_argument(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="decoding worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
-def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: int | None = None) -> dict:
+def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: int | None = None,
+                       prior: str | None = None) -> dict:
     """``{display name: estimator}`` for model specs; names are made unique."""
-    from musicssl.key.estimator import load_estimator, model_names
+    from musicssl.key.estimator import load_estimator, model_names, split_spec
 
     estimators: dict = {}
     for spec in specs:
         spec = str(spec)
-        est = load_estimator(spec, device, transpositions)
-        name = spec if spec in model_names() else Path(spec).stem
+        est = load_estimator(spec, device, transpositions, prior)
+        if spec in model_names():
+            name = spec if prior is None else getattr(est, "name", spec)
+        else:
+            model, _ = split_spec(spec)
+            chosen = getattr(est, "prior", None)
+            name = Path(model).stem + (f"+{chosen}" if chosen else "")
         unique, n = name, 2
         while unique in estimators:
             unique, n = f"{name}#{n}", n + 1
@@ -106,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped: {skipped.where}: {skipped.reason}", file=sys.stderr)
     if not dataset.items:
         raise ConfigError(f"no item of {args.path} has its audio file; nothing to score")
-    estimators = resolve_estimators(specs, args.device, args.transpositions)
+    estimators = resolve_estimators(specs, args.device, args.transpositions, args.prior)
     local_ids = list(args.keygram or [])
     if args.figures and not local_ids:
         local_ids = [dataset.items[0].id]

@@ -27,8 +27,8 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import (add_batch_arguments, add_transpositions_argument, batch_inputs, check_device,
-                                 files_to_do, positive_int, usage_error, write_batch)
+from musicssl.cli.common import (add_batch_arguments, add_prior_argument, add_transpositions_argument, batch_inputs,
+                                 check_device, files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
@@ -69,13 +69,15 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     model = p.add_argument_group("model")
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=model_names(), default="default",
-                        help="a model shipped with musicssl (default: see README) or a template "
-                             "baseline (Krumhansl-Kessler, Temperley, Kostka-Payne)")
+                        help="a model shipped with musicssl, alone or +PROFILE with a template prior "
+                             "(default: skey-debian+temperley, see README), or a template baseline "
+                             "(Krumhansl-Kessler, Temperley, Kostka-Payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the network runs (default cpu)")
     add_transpositions_argument(model)
+    add_prior_argument(model)
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
@@ -173,7 +175,7 @@ def load_key_estimator(args):
     spec = args.checkpoint if args.checkpoint is not None else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = load_estimator(spec, args.device, args.transpositions)
+        estimator = load_estimator(spec, args.device, args.transpositions, args.prior)
     for warning in caught:
         print(f"musicssl key: note: {warning.message}", file=sys.stderr)
     return estimator

@@ -60,7 +60,7 @@ class Evaluation:
     dataset: Dataset
     names: list[str]
     items: list[ItemResult]
-    #: per estimator, how it was run (e.g. ``{"transpositions": 12}`` for network models)
+    #: per estimator, how it was run (e.g. ``{"transpositions": 12, "prior": None}`` for network models)
     settings: dict[str, dict] = field(default_factory=dict)
 
     def scored(self, name: str) -> list[ItemResult]:
@@ -225,7 +225,7 @@ def evaluate(dataset: Dataset, estimators: Mapping[str, Any], *, jobs: int = 1, 
             out.embeddings = record["embeddings"]
             out.local = record["local"]
         results.append(out)
-    settings = {name: {"transpositions": est.transpositions}
+    settings = {name: {"transpositions": est.transpositions, "prior": est.prior}
                 for name, est in estimators.items() if hasattr(est, "transpositions")}
     return Evaluation(dataset, names, results, settings)
 

@@ -32,6 +32,11 @@ from musicssl.keys import KEY_LABELS, Key, format_key
 
 #: Name of the shipped model that ``"default"`` means, when the package has it.
 DEFAULT_MODEL = "skey-debian"
+#: Template prior that ``"default"`` multiplies the shipped model's probabilities by
+#: (see :func:`combine_with_prior`; README: "Key models" for the figures with and without it).
+DEFAULT_PRIOR = "temperley"
+#: ``prior`` value that turns a spec's prior off (``"default"`` then means the network alone).
+NO_PRIOR = "none"
 #: Crop offsets whose outputs a :class:`KeyEstimator` averages by default (one per
 #: pitch class; 1 = the SPEC's single crop at offset 0).
 DEFAULT_TRANSPOSITIONS = 12
@@ -51,10 +56,40 @@ def default_model_path() -> Path | None:
 
 
 def model_names() -> tuple[str, ...]:
-    """Every name :func:`load_estimator` accepts besides a checkpoint path."""
+    """Every name :func:`load_estimator` accepts besides a checkpoint path
+    (``CHECKPOINT+PROFILE`` works for paths too)."""
     from musicssl.key.templates import PROFILES
 
-    return ("default", *shipped_key_models(), *PROFILES)
+    shipped = tuple(shipped_key_models())
+    return ("default", *shipped, *PROFILES, *(f"{m}+{p}" for m in shipped for p in PROFILES))
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"MODEL+PROFILE"`` → ``("MODEL", "PROFILE")``; a spec without a known
+    profile after its last ``+`` (or an existing file) → ``(spec, None)``."""
+    from musicssl.key.templates import PROFILES
+
+    model, plus, profile = spec.rpartition("+")
+    if plus and model and profile in PROFILES and not Path(spec).is_file():
+        return model, profile
+    return spec, None
+
+
+def combine_with_prior(probabilities: np.ndarray, prior: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """Product of experts over the last axis (24 keys): ``p · q^weight``, renormalised.
+
+    ``probabilities``, ``prior``: ``(..., 24)``, non-negative, each summing to one.
+    Computed in the log domain with a ``1e-12`` floor, so a zero in one expert only
+    vetoes a key if the other one cannot outvote it.
+    """
+    if not weight >= 0:
+        raise ConfigError(f"prior weight must be >= 0, got {weight}")
+    log_p = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12))
+    log_q = np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1e-12))
+    z = log_p + weight * log_q
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 # --- results ---------------------------------------------------------------------
@@ -266,12 +301,18 @@ class KeyEstimator:
     the SPEC's inference (crop at offset 0 only); ``None``: :data:`DEFAULT_TRANSPOSITIONS`
     or as many as the front end allows. At most ``frontend_config.n_crops``
     (16 for the standard front end).
+
+    ``prior``: a template profile (``"krumhansl"``, ``"temperley"``, ``"kostka-payne"``)
+    whose probabilities, computed from the same CQT, multiply the network's
+    (:func:`combine_with_prior`, exponent ``prior_weight``); ``None``: the network alone.
+    24-key models only.
     """
 
     def __init__(self, model: torch.nn.Module, frontend_config, calibration: dict,
                  device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0,
-                 transpositions: int | None = None):
+                 transpositions: int | None = None, prior: str | None = None, prior_weight: float = 1.0):
         from musicssl.key.calibration import validate_calibration
+        from musicssl.key.templates import TemplateKeyEstimator
 
         self.model = model.to(device).eval()
         self.frontend_config = frontend_config
@@ -287,12 +328,20 @@ class KeyEstimator:
                               f"({frontend_config.n_bins} bins, {frontend_config.bins_per_octave} per octave, "
                               f"crops of {frontend_config.crop_bins}), got {transpositions}")
         self.transpositions = int(transpositions)
+        self.prior = prior
+        self.prior_weight = float(prior_weight)
+        self._prior_estimator = None
+        if prior is not None:
+            if self.calibration["n_rows"] != 2:
+                raise ConfigError(f"a template prior needs a 24-key model; {name} predicts key signatures only")
+            self._prior_estimator = TemplateKeyEstimator(prior, frontend_config=frontend_config, device=device)
+            combine_with_prior(np.full(24, 1 / 24), np.full(24, 1 / 24), self.prior_weight)  # validates the weight
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
-                        transpositions: int | None = None) -> "KeyEstimator":
+                        transpositions: int | None = None, prior: str | None = None) -> "KeyEstimator":
         """Load a project checkpoint or a released S-KEY/STONE ``.pt``;
-        ``None`` loads the shipped default model.
+        ``None`` loads the shipped default model (without a prior: see :func:`load_estimator`).
 
         Uncalibrated checkpoints (e.g. the released ``.pt``) are calibrated on load.
         """
@@ -306,8 +355,9 @@ class KeyEstimator:
         calibration = loaded.calibration
         if calibration is None:
             calibration = _cached_calibration(Path(path), loaded, device)
-        return cls(loaded.model, loaded.frontend_config, calibration, device, name=Path(path).name,
-                   transpositions=transpositions)
+        name = Path(path).name if prior is None else f"{Path(path).name}+{prior}"
+        return cls(loaded.model, loaded.frontend_config, calibration, device, name=name,
+                   transpositions=transpositions, prior=prior)
 
     # --- layer 1: spectrogram -> probabilities
     @torch.inference_mode()
@@ -326,10 +376,14 @@ class KeyEstimator:
         return (total / self.transpositions).cpu().numpy()
 
     def probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
-        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``."""
+        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``
+        (times the template prior's, when the estimator has one)."""
         from musicssl.key.calibration import to_canonical
 
-        return to_canonical(self.native_probabilities(logcqt), self.calibration)
+        probabilities = to_canonical(self.native_probabilities(logcqt), self.calibration)
+        if self._prior_estimator is None:
+            return probabilities
+        return combine_with_prior(probabilities, self._prior_estimator.probabilities(logcqt), self.prior_weight)
 
     def _window_probabilities(self, magnitudes: Sequence[np.ndarray]) -> np.ndarray:
         """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length."""
@@ -473,20 +527,28 @@ def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu"
 
 
 def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
-                   transpositions: int | None = None):
+                   transpositions: int | None = None, prior: str | None = None):
     """An estimator from a spec: ``"default"``, a shipped model's name (see
     :func:`shipped_key_models`), a template (``"krumhansl"``, ``"temperley"``,
-    ``"kostka-payne"``) or a checkpoint path. Every estimator has
+    ``"kostka-payne"``) or a checkpoint path; a network spec may end in
+    ``+PROFILE`` (e.g. ``"skey-debian+temperley"``) for a template prior
+    (:class:`KeyEstimator`). Every estimator has
     ``estimate``/``estimate_file``/``estimate_features``. ``transpositions``
-    applies to network models (:class:`KeyEstimator`); templates ignore it.
+    applies to network models; templates ignore it.
 
-    ``"default"`` is the shipped ``skey-debian`` model when the package has
-    one, else the Krumhansl template baseline (with a warning).
+    ``"default"`` is the shipped ``skey-debian`` model with the
+    :data:`DEFAULT_PRIOR` template prior when the package has the model, else the
+    Krumhansl template baseline (with a warning). ``prior`` overrides the spec's:
+    a profile name, or ``"none"`` for the network alone.
     """
     from musicssl.key.templates import PROFILES, TemplateKeyEstimator
 
-    name = "default" if spec is None else str(spec)
+    name, spec_prior = split_spec("default" if spec is None else str(spec))
+    if prior is not None and prior != NO_PRIOR and prior not in PROFILES:
+        raise ConfigError(f"prior must be one of {', '.join((NO_PRIOR, *PROFILES))}, got {prior!r}")
     if name in PROFILES:
+        if spec_prior is not None or prior not in (None, NO_PRIOR):
+            raise ConfigError(f"{spec}: a template prior applies to network models, not to a template")
         return TemplateKeyEstimator(name, device=device)
     if name == "default":
         if default_model_path() is None:
@@ -494,13 +556,14 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
                           "using the Krumhansl template baseline",
                           stacklevel=2)
             return TemplateKeyEstimator("krumhansl")
-        name = DEFAULT_MODEL
+        name, spec_prior = DEFAULT_MODEL, spec_prior or DEFAULT_PRIOR
+    chosen = spec_prior if prior is None else (None if prior == NO_PRIOR else prior)
     shipped = shipped_key_models()
     if name in shipped:
-        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions)
-        estimator.name = name
+        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen)
+        estimator.name = name if chosen is None else f"{name}+{chosen}"
         return estimator
     path = Path(name)
     if not path.is_file():
         raise CheckpointError(f"{spec}: no such checkpoint or model name (names: {', '.join(model_names())})")
-    return KeyEstimator.from_checkpoint(path, device, transpositions)
+    return KeyEstimator.from_checkpoint(path, device, transpositions, prior=chosen)
