@@ -269,3 +269,7 @@ def test_prior_needs_a_24_key_model():
     calibration = {"n_rows": 1, "row_modes": ["signature"], "row_offsets": [0]}
     with pytest.raises(ConfigError, match="needs a 24-key model"):
         KeyEstimator(_Signature(), FrontEndConfig(), calibration, prior="krumhansl")
+    with pytest.raises(ConfigError, match="prior weight"):
+        KeyEstimator(_PitchClassNet(torch.zeros(24)), FrontEndConfig(),
+                     {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 0]},
+                     prior="krumhansl", prior_weight=-1.0)

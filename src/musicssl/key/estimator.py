@@ -33,7 +33,7 @@ from musicssl.keys import KEY_LABELS, Key, format_key
 #: Name of the shipped model that ``"default"`` means, when the package has it.
 DEFAULT_MODEL = "skey-debian"
 #: Template prior that ``"default"`` multiplies the shipped model's probabilities by
-#: (see :func:`combine_with_prior`; README: "Key models" for the figures with and without it).
+#: (see :func:`combine_with_prior`; README, "Key: accuracy", for the figures with and without it).
 DEFAULT_PRIOR = "temperley"
 #: ``prior`` value that turns a spec's prior off (``"default"`` then means the network alone).
 NO_PRIOR = "none"
@@ -334,8 +334,9 @@ class KeyEstimator:
         if prior is not None:
             if self.calibration["n_rows"] != 2:
                 raise ConfigError(f"a template prior needs a 24-key model; {name} predicts key signatures only")
+            if not self.prior_weight >= 0:
+                raise ConfigError(f"prior weight must be >= 0, got {prior_weight}")
             self._prior_estimator = TemplateKeyEstimator(prior, frontend_config=frontend_config, device=device)
-            combine_with_prior(np.full(24, 1 / 24), np.full(24, 1 / 24), self.prior_weight)  # validates the weight
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
