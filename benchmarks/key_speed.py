@@ -17,9 +17,10 @@ network on 10-minute windows) and by ``KeyEstimator.estimate_file`` to report
 peak resident memory.
 
 ``--estimators`` times what users run instead: ``compute_features`` and
-``KeyEstimator.estimate_features`` for the shipped default model and the
-released checkpoint, with the SPEC's single crop and with the default
-transposition averaging (12 crops), on the same clips.
+``KeyEstimator.estimate_features`` for the shipped network alone, the default
+(the same network with its template prior) and the released checkpoint, with
+the SPEC's single crop and with the default transposition averaging (12
+crops), on the same clips ("network" includes the template prior).
 
     python benchmarks/key_speed.py [--limit N] [--skip-memory] [--hour-seconds 3600]
     python benchmarks/key_speed.py --estimators [--limit N]
@@ -98,8 +99,8 @@ def estimator_report(files: list[str]) -> None:
 
     print(f"\n{len(files)} files; seconds per 30 s clip, 1 thread, wall; "
           f"machine load average {os.getloadavg()[0]:.1f}\n")
-    print(f"{'model':14s} {'crops':>5s} {'features':>9s} {'network':>8s} {'total':>7s}  same key as 1 crop")
-    for spec in ("default", str(CHECKPOINT)):
+    print(f"{'model':21s} {'crops':>5s} {'features':>9s} {'network':>8s} {'total':>7s}  same key as 1 crop")
+    for spec in ("skey-debian", "default", str(CHECKPOINT)):
         estimators = {n: load_estimator(spec, transpositions=n) for n in (1, 12)}
         config = estimators[1].frontend_config
         clock, duration = Clock(), 0.0
@@ -113,11 +114,11 @@ def estimator_report(files: list[str]) -> None:
             for n, est in estimators.items():
                 keys[n].append(clock.run(f"network {n}", est.estimate_features, [features])[0].key)
         per30 = 30.0 / duration
-        name = "skey-debian" if spec == "default" else "released S-KEY"
+        name = "released S-KEY" if spec == str(CHECKPOINT) else estimators[1].name
         for n in (1, 12):
             f, net = clock.wall["features"] * per30, clock.wall[f"network {n}"] * per30
             same = sum(a == b for a, b in zip(keys[1], keys[n]))
-            print(f"{name:14s} {n:5d} {f:9.4f} {net:8.4f} {f + net:7.4f}  {same}/{len(files)}")
+            print(f"{name:21s} {n:5d} {f:9.4f} {net:8.4f} {f + net:7.4f}  {same}/{len(files)}")
 
 
 def main() -> None:
