@@ -273,3 +273,14 @@ def test_prior_needs_a_24_key_model():
         KeyEstimator(_PitchClassNet(torch.zeros(24)), FrontEndConfig(),
                      {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 0]},
                      prior="krumhansl", prior_weight=-1.0)
+
+
+def test_default_model_names_the_nocturne_key(shared_fixtures):
+    """Regression check on the one real recording: the default (network × Temperley prior)
+    names E-flat major; the network alone names the relative minor (model card)."""
+    from musicssl.key.estimator import compute_features, load_estimator
+
+    default, alone = load_estimator("default"), load_estimator("default", prior="none")
+    features = compute_features(shared_fixtures / "nocturne_n02_in_e-flat_major.mp3", default.frontend_config)
+    assert default.estimate_features([features])[0].key == Key(3, "major")
+    assert alone.estimate_features([features])[0].key.relative == Key(3, "major")
