@@ -132,9 +132,10 @@ def test_evaluate_scores_a_network_with_and_without_its_prior(small_dataset, cap
     assert first["skey-debian"]["probabilities"] != first["skey-debian+temperley"]["probabilities"]
     assert main(args + ["--prior", "none"]) == 0                   # --prior overrides every spec's
     assert set(json.loads((out / "results.json").read_text())["settings"]) == {"skey-debian", "skey-debian#2"}
-    assert main(args[:-2] + ["--prior", "kostka-payne", "--transpositions", "1"]) == 0
-    settings = json.loads((out / "results.json").read_text())["settings"]
-    assert [v["prior"] for v in settings.values()] == ["kostka-payne", "kostka-payne"]
+    assert main(args[:-2] + ["--prior", "kostka-payne", "--transpositions", "1", "--model", "krumhansl"]) == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]   # templates ignore --prior
+    assert settings == {name: {"transpositions": 1, "prior": "kostka-payne"}
+                        for name in ("skey-debian+kostka-payne", "skey-debian+kostka-payne#2")} | {"krumhansl": {}}
     assert main(["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"), "--model", "krumhansl+temperley",
                  "--out", str(out), "--quiet"]) == 2
     assert "not to a template" in capsys.readouterr().err

@@ -68,15 +68,18 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: int | None = None,
                        prior: str | None = None) -> dict:
-    """``{display name: estimator}`` for model specs; names are made unique."""
+    """``{display name: estimator}`` for model specs; names are made unique.
+    ``prior`` (a profile or ``"none"``) applies to the network specs; templates ignore it."""
     from musicssl.key.estimator import load_estimator, model_names, split_spec
+    from musicssl.key.templates import PROFILES
 
     estimators: dict = {}
     for spec in specs:
         spec = str(spec)
-        est = load_estimator(spec, device, transpositions, prior)
+        network_prior = None if split_spec(spec)[0] in PROFILES else prior
+        est = load_estimator(spec, device, transpositions, network_prior)
         if spec in model_names():
-            name = spec if prior is None else getattr(est, "name", spec)
+            name = spec if network_prior is None else getattr(est, "name", spec)
         else:
             model, _ = split_spec(spec)
             chosen = getattr(est, "prior", None)
