@@ -76,14 +76,15 @@ def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: in
     estimators: dict = {}
     for spec in specs:
         spec = str(spec)
-        network_prior = None if split_spec(spec)[0] in PROFILES else prior
+        model, _ = split_spec(spec)
+        network_prior = None if model in PROFILES else prior
         est = load_estimator(spec, device, transpositions, network_prior)
-        if spec in model_names():
-            name = spec if network_prior is None else getattr(est, "name", spec)
-        else:
-            model, _ = split_spec(spec)
-            chosen = getattr(est, "prior", None)
-            name = Path(model).stem + (f"+{chosen}" if chosen else "")
+        if spec in model_names() and network_prior is None:
+            name = spec
+        elif model in model_names():                       # a shipped network whose prior --prior set
+            name = est.name
+        else:                                              # a checkpoint path: its stem, then its prior
+            name = Path(model).stem + (f"+{est.prior}" if est.prior else "")
         unique, n = name, 2
         while unique in estimators:
             unique, n = f"{name}#{n}", n + 1

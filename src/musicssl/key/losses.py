@@ -32,7 +32,6 @@ LOG_FLOOR = -100.0
 _GRAD_EPS = 1e-12
 
 OBJECTIVES = ("stone", "stone24", "skey", "supervised", "semi")
-MODE_RULES = ("authors", "thirds", "triads")
 MODE_PROFILES = ("log", "magnitude", "power")
 
 
@@ -296,6 +295,8 @@ def tonic_loss(targets: Tensor, probs_a: Tensor, probs_b: Tensor, probs_a2: Tens
 
 #: the S-KEY mode pseudo-label of each ``mode_rule``
 PSEUDO_LABEL_RULES = {"authors": mode_pseudo_labels, "thirds": thirds_pseudo_labels, "triads": triad_pseudo_labels}
+#: names of the S-KEY mode pseudo-label rules (``ObjectiveConfig.mode_rule``)
+MODE_RULES = tuple(PSEUDO_LABEL_RULES)
 
 
 def balance_loss(m_a: Tensor, m_b: Tensor) -> Tensor:
