@@ -6,6 +6,13 @@ AMLt, first 5 s trimmed):
 * ``ZeroNS + DBN``            the ZeroNS activation decoded by musicssl.beat.dbn
 * ``ZeroNS + librosa DP``     the ZeroNS activation as librosa.beat.beat_track's onset envelope
 * ``librosa beat_track``      librosa's own tracker on the audio (its onset strength)
+* ``onset + DBN (default)``   ``musicssl beats``' default: onset strength + the DBN with the
+                              onset settings (``musicssl.beat.onset.ONSET_DBN_PARAMS``)
+* ``onset + DBN, SPEC params`` the same envelope decoded with the DBN's SPEC defaults
+                              (observation_lambda 16, no tempo prior): the former ``librosa-dbn``
+* ``oracle + DBN``            the DBN (SPEC defaults) on an activation built from the annotations
+                              (20 ms jitter, 20 % of beats dropped, uniform noise up to 0.3): a check
+                              of the decoder on an activation one can trust
 * ``ZeroNS fine-tuned + DBN`` the model fine-tuned on ``--finetune-songs`` clips (those clips
                               are left out of every system's score)
 
@@ -20,6 +27,9 @@ random tempi: an easy sanity check, not music).
     python benchmarks/beat_eval.py --separation      # the HPSS settings measurement
 
 Separation and VQT are computed once per clip into a feature cache (``--cache``).
+Besides mir_eval's scores the table prints ``tempo±4%``: the share of clips whose
+estimated tempo (``musicssl.beat.dbn.beats_tempo`` of the beats) is within 4 % of
+the annotated tempo, its double or its half.
 """
 
 from __future__ import annotations
@@ -100,9 +110,31 @@ def librosa_on_audio(path: Path) -> np.ndarray:
     return np.asarray(beats)
 
 
+def oracle_activation(ref: np.ndarray, n_frames: int, fps: float, seed: int) -> np.ndarray:
+    """Annotations as an activation ``(n_frames,)``: jittered bumps, dropped beats, noise."""
+    rng = np.random.default_rng(seed)
+    act = rng.uniform(0.0, 0.3, n_frames)
+    t = np.arange(n_frames) / fps
+    kept = ref[rng.random(len(ref)) > 0.2]
+    for b in kept + rng.normal(0.0, 0.02, len(kept)):
+        act = np.maximum(act, np.exp(-0.5 * ((t - b) / 0.015) ** 2))
+    return np.clip(act, 0.0, 1.0)
+
+
+def tempo_hit(ref: np.ndarray, est: np.ndarray, tolerance: float = 0.04) -> float:
+    """1.0 when the tempo of ``est`` beats is within ``tolerance`` of that of ``ref``, x2 or x1/2."""
+    from musicssl.beat.dbn import beats_tempo
+
+    t_ref, t_est = beats_tempo(ref), beats_tempo(np.asarray(est))
+    if t_ref is None or t_est is None:
+        return 0.0
+    return float(any(abs(t_est - f * t_ref) <= tolerance * f * t_ref for f in (0.5, 1.0, 2.0)))
+
+
 def run_eval(args) -> dict:
     import torch
 
+    from musicssl.beat.dbn import decode_beats
     from musicssl.beat.estimator import BeatEstimator
     from musicssl.beat.finetune import FinetuneConfig, SongExample, finetune_model
     from musicssl.beat.frontend import FPS
@@ -134,26 +166,43 @@ def run_eval(args) -> dict:
               f"(BCE {hist[0]:.4f} -> {hist[-1]:.4f})", flush=True)
         tuned = BeatEstimator(tuned_model, separator=est.separator)
 
-    systems = ["ZeroNS + DBN", "ZeroNS + librosa DP", "librosa beat_track"]
+    from musicssl.beat.estimator import OnsetBeatEstimator
+    from musicssl.beat.onset import onset_envelope
+    from musicssl.frontend.audio import load_audio
+
+    onset = OnsetBeatEstimator()
+    systems = ["onset + DBN (default)", "onset + DBN, SPEC params", "librosa beat_track",
+               "ZeroNS + DBN", "ZeroNS + librosa DP", "oracle + DBN"]
+    tempo_hits: dict[str, list[float]] = {s: [] for s in systems + ["ZeroNS fine-tuned + DBN"]}
     if tuned is not None:
         systems.append("ZeroNS fine-tuned + DBN")
     scores = {s: BeatScores() for s in systems}
     for n, (ident, path, ref) in enumerate(test):
         fp, fa = feats[ident]
         act = est.combine_outputs(*est.network_outputs(fp, fa))
-        scores["ZeroNS + DBN"].add(ident, ref, est.decode(act, "dbn")[0])
-        scores["ZeroNS + librosa DP"].add(ident, ref, est.decode(act, "librosa")[0])
-        scores["librosa beat_track"].add(ident, ref, librosa_on_audio(path))
+        env = onset_envelope(load_audio(path, sr=16000))
+        estimates = {
+            "onset + DBN (default)": onset.decode(env)[0],
+            "onset + DBN, SPEC params": decode_beats(env, FPS).beats,
+            "librosa beat_track": librosa_on_audio(path),
+            "ZeroNS + DBN": est.decode(act, "dbn")[0],
+            "ZeroNS + librosa DP": est.decode(act, "librosa")[0],
+            "oracle + DBN": decode_beats(oracle_activation(ref, len(act), FPS, n), FPS).beats,
+        }
         if tuned is not None:
             act_t = tuned.combine_outputs(*tuned.network_outputs(fp, fa))
-            scores["ZeroNS fine-tuned + DBN"].add(ident, ref, tuned.decode(act_t, "dbn")[0])
+            estimates["ZeroNS fine-tuned + DBN"] = tuned.decode(act_t, "dbn")[0]
+        for system, beats in estimates.items():
+            scores[system].add(ident, ref, beats)
+            tempo_hits[system].append(tempo_hit(ref, beats))
         if (n + 1) % 20 == 0:
             print(f"  scored {n + 1}/{len(test)}", flush=True)
-    rows = {s: sc.mean for s, sc in scores.items()}
+    rows = {s: dict(sc.mean, **{"tempo±4%": float(np.mean(tempo_hits[s])) if tempo_hits[s] else 0.0})
+            for s, sc in scores.items()}
     print()
     print(f"{args.dataset}: {len(test)} clips scored"
           + (f" (fine-tuning used {len(tune)} other clips)" if tune else ""))
-    print(format_table(rows, CORE_METRICS, label="system"))
+    print(format_table(rows, list(CORE_METRICS) + ["tempo±4%"], label="system"))
     result = {"dataset": args.dataset, "n_scored": len(test), "finetune_clips": [t[0] for t in tune],
               "checkpoint": str(args.checkpoint or "default"), "mean": rows,
               "per_file": {s: sc.per_file for s, sc in scores.items()},

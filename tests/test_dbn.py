@@ -223,19 +223,19 @@ def test_parameter_validation(kwargs):
 def test_default_state_space():
     tr = DBNBeatTracker()
     intervals = tr.state_space.intervals
-    assert intervals[0] == round(60 * 62.5 / 215) and intervals[-1] == round(60 * 62.5 / 55)
+    assert intervals[0] == 18 and intervals[-1] == 68  # ceil(17.4), floor(68.2): inside the range
     assert np.all(np.diff(intervals) == 1)
     assert tr.state_space.n_states == intervals.sum()
-    assert tr.bpm_grid.max() <= 60 * 62.5 / 17 and tr.bpm_grid.min() >= 55 * 0.98
+    assert tr.bpm_grid.max() <= 215 and tr.bpm_grid.min() >= 55
 
 
 def test_num_tempi_subsamples_log_spaced():
     intervals = tempo_intervals(55, 215, 62.5, num_tempi=20)
     assert len(intervals) == 20
-    assert intervals[0] == 17 and intervals[-1] == 68
+    assert intervals[0] == 18 and intervals[-1] == 68
     ratios = intervals[1:] / intervals[:-1]
     assert ratios.max() / ratios.min() < 2.5  # roughly geometric, not linear
-    assert len(tempo_intervals(55, 215, 62.5, num_tempi=500)) == 52
+    assert len(tempo_intervals(55, 215, 62.5, num_tempi=500)) == 51
 
 
 def test_state_space_layout():
@@ -300,7 +300,7 @@ def test_parameters_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         tr.min_bpm = 80.0
     slower = dataclasses.replace(tr, min_bpm=80.0)
-    assert slower.state_space.intervals[-1] == round(60 * 62.5 / 80)
+    assert slower.state_space.intervals[-1] == 46  # floor(46.9): 81.5 BPM, inside the range
 
 
 def test_tempo_is_not_quantised_to_whole_frames():
@@ -311,3 +311,41 @@ def test_tempo_is_not_quantised_to_whole_frames():
     assert DBNBeatTracker().decode(act).tempo == pytest.approx(120.0, abs=0.3)
     assert dbn.beats_tempo(np.array([1.0])) is None
     assert dbn.beats_tempo(np.array([0.0, 0.5, 1.0, 2.0, 2.5])) == pytest.approx(120.0)  # gap ignored
+
+
+@pytest.mark.parametrize("min_bpm,max_bpm", [(55.0, 215.0), (60.0, 180.0), (90.0, 100.0), (70.0, 71.0)])
+@pytest.mark.parametrize("kind", ["flat", "noise", "fast_grid", "slow_grid"])
+def test_decoded_tempo_never_leaves_the_configured_range(min_bpm, max_bpm, kind):
+    rng = np.random.default_rng(3)
+    n = int(30 * FPS)
+    act = {"flat": np.full(n, 0.5), "noise": rng.random(n),
+           "fast_grid": activation_at(beat_grid(300), n), "slow_grid": activation_at(beat_grid(40), n)}[kind]
+    tracker = DBNBeatTracker(min_bpm=min_bpm, max_bpm=max_bpm)
+    result = tracker.decode(act)
+    assert np.all(tracker.bpm_grid <= max_bpm) and np.all(tracker.bpm_grid >= min_bpm)
+    assert result.tempo is not None and min_bpm <= result.tempo <= max_bpm
+    states = result.path_intervals[result.path_intervals > 0]
+    assert np.all(60 * FPS / states <= max_bpm) and np.all(60 * FPS / states >= min_bpm)
+
+
+def test_tempo_prior_pulls_an_uninformative_activation_towards_its_centre():
+    plain, with_prior = [], []
+    for seed in range(8):
+        weak_noise = 0.2 * np.random.default_rng(seed).random(int(30 * FPS))
+        plain.append(DBNBeatTracker().decode(weak_noise).tempo)
+        with_prior.append(DBNBeatTracker(prior_bpm=120.0).decode(weak_noise).tempo)
+    assert np.median(plain) > 175  # beat states are densest at the fastest tempi
+    assert 95 <= np.median(with_prior) <= 145
+
+
+def test_tempo_prior_keeps_a_clear_beat():
+    ref = beat_grid(170)
+    result = DBNBeatTracker(prior_bpm=120.0).decode(activation_at(ref, int(30 * FPS)))
+    assert f_measure(ref, result.beats) >= 0.95
+
+
+def test_tempo_log_prior_shape():
+    values = dbn.tempo_log_prior(np.array([60.0, 120.0, 240.0]), 120.0, 1.0)
+    np.testing.assert_allclose(values, [-0.5, 0.0, -0.5])
+    with pytest.raises(ConfigError):
+        DBNBeatTracker(prior_bpm=-1.0)

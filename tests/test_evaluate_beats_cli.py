@@ -115,3 +115,12 @@ def test_missing_checkpoint_is_a_usage_error(folder, capsys):
                "--annotations", str(folder / "ann"), "--tracker", str(folder / "nope.safetensors")])
     assert rc == 2
     assert "unknown tracker" in capsys.readouterr().err
+
+
+def test_default_tracker_is_the_onset_tracker(folder, capsys):
+    rc = main(["evaluate-beats", "--dataset", "folder", str(folder / "audio"),
+               "--annotations", str(folder / "ann"), "--metrics", "core"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    table = [line for line in captured.out.splitlines() if line.startswith("onset ")]
+    assert len(table) == 1 and float(table[0].split()[1]) >= 0.9

@@ -40,6 +40,7 @@ __all__ = [
     "DBNResult",
     "beats_tempo",
     "decode_beats",
+    "tempo_log_prior",
 ]
 
 _LOG_EPS = 1e-12
@@ -54,11 +55,15 @@ def tempo_intervals(min_bpm: float, max_bpm: float, fps: float,
                     num_tempi: int | None = None) -> np.ndarray:
     """Beat intervals in frames (int, ascending) covering ``[min_bpm, max_bpm]``.
 
-    All integer intervals from ``round(60*fps/max_bpm)`` to ``round(60*fps/min_bpm)``;
-    with ``num_tempi`` smaller than that count, ``num_tempi`` log-spaced ones.
+    All integer intervals from ``ceil(60*fps/max_bpm)`` to ``floor(60*fps/min_bpm)``
+    (so every tempo state lies inside the range; a range narrower than one
+    frame keeps the interval nearest its middle); with ``num_tempi`` smaller
+    than that count, ``num_tempi`` log-spaced ones.
     """
-    lo = max(1, int(round(60.0 * fps / max_bpm)))
-    hi = max(lo, int(round(60.0 * fps / min_bpm)))
+    lo = max(1, math.ceil(60.0 * fps / max_bpm - 1e-9))
+    hi = math.floor(60.0 * fps / min_bpm + 1e-9)
+    if hi < lo:  # no integer interval inside the range
+        lo = hi = max(1, int(round(60.0 * fps / math.sqrt(min_bpm * max_bpm))))
     intervals = np.arange(lo, hi + 1)
     if num_tempi is None or num_tempi >= len(intervals):
         return intervals
@@ -121,6 +126,12 @@ def tempo_log_transitions(intervals: np.ndarray, transition_lambda: float) -> np
     logits = -float(transition_lambda) * np.abs(ratio - 1.0)
     logits -= logits.max(axis=1, keepdims=True)
     return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def tempo_log_prior(bpm: np.ndarray, centre_bpm: float, octaves: float) -> np.ndarray:
+    """Log-normal tempo weight of tempi ``bpm`` (n,): ``-0.5 (log2(bpm/centre) / octaves)^2``
+    (0 at the centre; unnormalised, so it costs each beat away from the centre)."""
+    return -0.5 * (np.log2(np.asarray(bpm, dtype=np.float64) / centre_bpm) / octaves) ** 2
 
 
 # --------------------------------------------------------------------------
@@ -242,6 +253,13 @@ class DBNBeatTracker:
       correct: move each beat to the activation peak inside its beat-state span.
       threshold: leading/trailing frames with activation <= threshold are not
         decoded; nothing above it -> no beats (silence).
+      prior_bpm: centre (BPM) of a log-normal tempo prior, or None (no prior):
+        each beat that starts at tempo ``b`` adds
+        ``-0.5 * (log2(b / prior_bpm) / prior_octaves) ** 2`` to the path's log
+        score (librosa's tempo prior: 120 BPM, one octave). It pulls ambiguous
+        activations (an onset envelope, a flat output) towards common tempi
+        instead of the top of the range, where beat states are densest.
+      prior_octaves: standard deviation of that prior, in octaves.
       use_numba: True/False: the compiled (numba) / numpy kernel (same results);
         None: numba for inputs of ``NUMBA_MIN_FRAMES`` frames or more, or once
         it is compiled in this process (its ~1 s start-up costs more than
@@ -256,6 +274,8 @@ class DBNBeatTracker:
     observation_lambda: float = 16.0
     correct: bool = True
     threshold: float = 0.0
+    prior_bpm: float | None = None
+    prior_octaves: float = 1.0
     use_numba: bool | None = None
 
     def __post_init__(self) -> None:
@@ -264,8 +284,10 @@ class DBNBeatTracker:
             if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
-        for name in ("fps", "min_bpm", "max_bpm", "transition_lambda"):
+        for name in ("fps", "min_bpm", "max_bpm", "transition_lambda", "prior_octaves"):
             positive(name)
+        if self.prior_bpm is not None:
+            positive("prior_bpm")
         if self.min_bpm >= self.max_bpm:
             raise ConfigError(f"min_bpm ({self.min_bpm}) must be below max_bpm ({self.max_bpm})")
         if not isinstance(self.observation_lambda, numbers.Real) or not (self.observation_lambda > 1):
@@ -284,8 +306,11 @@ class DBNBeatTracker:
         is_beat = ss.state_position < ss.state_interval / float(self.observation_lambda)
         is_beat[ss.first] = True  # position 0 is always a beat state
         object.__setattr__(self, "state_space", ss)
-        object.__setattr__(self, "log_transitions",
-                           tempo_log_transitions(ss.intervals, self.transition_lambda))
+        log_trans = tempo_log_transitions(ss.intervals, self.transition_lambda)
+        if self.prior_bpm is not None:
+            log_trans = log_trans + tempo_log_prior(60.0 * self.fps / ss.intervals, self.prior_bpm,
+                                                    self.prior_octaves)[None, :]
+        object.__setattr__(self, "log_transitions", log_trans)
         object.__setattr__(self, "_is_beat", is_beat)
         object.__setattr__(self, "_beat_states", np.flatnonzero(is_beat))
 
@@ -367,6 +392,9 @@ class DBNBeatTracker:
         full_int[start:stop] = intervals
         beats = frames / float(self.fps)
         tempo = beats_tempo(beats)
+        if tempo is not None:  # peak correction can move beats by a frame: stay in the state range
+            grid = self.bpm_grid
+            tempo = float(min(max(tempo, grid.min()), grid.max()))
         return DBNResult(beats, frames, tempo, log_prob, self.fps, full_int, full_pos)
 
     __call__ = decode
@@ -421,7 +449,7 @@ def beats_tempo(beats: np.ndarray, tolerance: float = 0.1) -> float | None:
     if median <= 0:
         return None
     near = ibi[np.abs(ibi - median) <= tolerance * median]
-    return float(60.0 / near.mean())
+    return float(60.0 / (near.mean() if near.size else median))
 
 
 def decode_beats(activation, fps: float = 62.5, **params) -> DBNResult:

@@ -1,10 +1,17 @@
-"""BeatEstimator: audio -> percussive/non-percussive VQT -> ZeroNS activation -> beats.
+"""Beat estimators: audio -> beat activation -> beats.
 
-``activation`` runs both ZeroNS networks and combines their outputs frame
-by frame (maximum, or mean); ``estimate`` decodes beats with the project's
-DBN (:mod:`musicssl.beat.dbn`, default) or librosa's dynamic-programming
-tracker run on the activation.  All times are seconds; the activation has
-62.5 frames/s (frame ``t`` at ``t / 62.5`` s).
+* :class:`OnsetBeatEstimator` (the default of ``musicssl beats``): onset
+  strength (:mod:`musicssl.beat.onset`), no model, decoded with the DBN and
+  a tempo prior. It is the best tracker the project has while the ZeroNS
+  model trained here is weaker (``benchmarks/beat_eval.py``).
+* :class:`BeatEstimator` (Zero-Note Samba): percussive / non-percussive VQT
+  -> both ZeroNS networks -> their outputs combined frame by frame (maximum,
+  or mean).
+
+Both decode with the project's DBN (:mod:`musicssl.beat.dbn`, default) or
+librosa's dynamic-programming tracker run on the activation, and share the
+audio -> file API. All times are seconds; activations have 62.5 frames/s
+(frame ``t`` at ``t / 62.5`` s).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 
 from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations, standardize
+from musicssl.beat.onset import ONSET_DBN_PARAMS, onset_envelope
 from musicssl.beat.separation import Separator, get_separator, separator_from_description
 from musicssl.checkpoint import load_zerons_model
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
@@ -144,7 +152,8 @@ def rescale_unit(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 @dataclass
 class BeatResult:
     """Beats of one input: ``beats`` ``(n,)`` seconds, ``tempo_bpm`` (None if < 2 beats),
-    ``activation`` ``(T,)`` at ``fps`` frames/s (None unless asked for), ``duration_s``."""
+    ``activation`` ``(T,)`` at ``fps`` frames/s (None unless asked for), ``duration_s``,
+    ``tracker`` ``"<activation>+<decoder>"`` (e.g. ``"onset+dbn"``, ``"zerons+dbn"``)."""
 
     beats: np.ndarray
     tempo_bpm: float | None
@@ -163,8 +172,103 @@ class BeatResult:
         return out
 
 
-class BeatEstimator:
+class _Estimator:
+    """The audio -> file layers shared by the beat estimators.
+
+    Subclasses set ``activation_name`` and ``tracker`` and define
+    :meth:`activation_16k` and :meth:`decode`.
+    """
+
+    activation_name = ""
+    tracker = "dbn"
+
+    @property
+    def fps(self) -> float:
+        return FPS
+
+    @property
+    def label(self) -> str:
+        """``"<activation>+<decoder>"``, as written in records."""
+        return f"{self.activation_name}+{self.tracker}"
+
+    def activation_16k(self, samples16k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, activation: np.ndarray, tracker: str | None = None,
+               **params) -> tuple[np.ndarray, float | None]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _prepare(self, samples: np.ndarray, sr: float) -> np.ndarray:
+        from musicssl.frontend.audio import prepare_audio
+
+        return prepare_audio(samples, sr, SAMPLE_RATE, min_duration=MIN_SECONDS)
+
+    def activation(self, samples: np.ndarray, sr: float) -> tuple[np.ndarray, float]:
+        """Audio ``(N,)`` (or ``(N, channels)``) at ``sr`` Hz -> (activation ``(T,)``, fps)."""
+        return self.activation_16k(self._prepare(samples, sr)), FPS
+
+    def estimate(self, samples: np.ndarray, sr: float, keep_activation: bool = True) -> BeatResult:
+        """Audio at ``sr`` Hz -> :class:`BeatResult`."""
+        return self._estimate16k(self._prepare(samples, sr), keep_activation)
+
+    def result(self, activation: np.ndarray, duration_s: float, keep_activation: bool = True) -> BeatResult:
+        """Decode an activation ``(T,)`` of a ``duration_s`` s input into a :class:`BeatResult`."""
+        beats, tempo = self.decode(activation)
+        return BeatResult(beats=beats, tempo_bpm=tempo, fps=FPS, duration_s=duration_s,
+                          tracker=self.label, activation=activation if keep_activation else None)
+
+    def _estimate16k(self, x: np.ndarray, keep_activation: bool) -> BeatResult:
+        return self.result(self.activation_16k(x), len(x) / SAMPLE_RATE, keep_activation)
+
+    def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
+        """Decode ``path`` (any format musicssl reads) and track its beats."""
+        from musicssl.frontend.audio import load_audio
+
+        x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
+        return self._estimate16k(x, keep_activation)
+
+
+def _check_length(samples16k: np.ndarray) -> None:
+    if len(samples16k) < MIN_SECONDS * SAMPLE_RATE:
+        raise AudioTooShortError(f"beat tracking needs at least {MIN_SECONDS} s of audio",
+                                 duration=len(samples16k) / SAMPLE_RATE, minimum=MIN_SECONDS)
+
+
+class OnsetBeatEstimator(_Estimator):
+    """Training-free beat tracker: onset strength -> DBN with a tempo prior (or librosa's DP).
+
+    ``tracker_params`` override :data:`musicssl.beat.onset.ONSET_DBN_PARAMS`
+    and the DBN defaults (``min_bpm``, ``max_bpm``, ``transition_lambda``, ...)
+    for ``tracker="dbn"``; for ``"librosa"`` they go to ``beat_track``.
+    """
+
+    activation_name = "onset"
+
+    def __init__(self, tracker: str = "dbn", tracker_params: Mapping | None = None):
+        if tracker not in TRACKERS:
+            raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+        self.tracker = tracker
+        self.tracker_params = dict(tracker_params or {})
+
+    def activation_16k(self, samples16k: np.ndarray) -> np.ndarray:
+        """Onset activation ``(T,)`` in [0, 1] of prepared 16 kHz mono audio, ``T = N // 256 + 1``."""
+        _check_length(samples16k)
+        return onset_envelope(samples16k)
+
+    def decode(self, activation: np.ndarray, tracker: str | None = None,
+               **params) -> tuple[np.ndarray, float | None]:
+        """Beats (s) and tempo from an onset activation with this estimator's settings."""
+        tracker = tracker or self.tracker
+        base = dict(ONSET_DBN_PARAMS) if tracker == "dbn" else {}
+        base.update(self.tracker_params if tracker == self.tracker else {})
+        base.update(params)
+        return track_beats(activation, FPS, tracker, **base)
+
+
+class BeatEstimator(_Estimator):
     """Zero-Note Samba beat tracker: separation -> VQT -> two nets -> activation -> decoder."""
+
+    activation_name = "zerons"
 
     def __init__(self, model: ZeroNS, separator: Separator | str | None = None, device: str = "cpu",
                  combine: str = "max", tracker: str = "dbn", tracker_params: Mapping | None = None,
@@ -202,10 +306,6 @@ class BeatEstimator:
             path = DEFAULT_CHECKPOINT
         model, meta = load_zerons_model(path)
         return cls(model, device=device, metadata=meta, **kwargs)
-
-    @property
-    def fps(self) -> float:
-        return FPS
 
     # ---------------------------------------------------------------- stages
     def separate(self, samples16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,44 +359,15 @@ class BeatEstimator:
         return shift_activation(act, self.lag_frames)
 
     # ---------------------------------------------------------------- API
-    def _prepare(self, samples: np.ndarray, sr: float) -> np.ndarray:
-        from musicssl.frontend.audio import prepare_audio
-
-        return prepare_audio(samples, sr, SAMPLE_RATE, min_duration=MIN_SECONDS)
-
     def activation_16k(self, samples16k: np.ndarray) -> np.ndarray:
         """Activation ``(T,)`` in (0, 1) of prepared 16 kHz mono audio, ``T = N // 256 + 1``."""
-        if len(samples16k) < MIN_SECONDS * SAMPLE_RATE:
-            raise AudioTooShortError(f"beat tracking needs at least {MIN_SECONDS} s of audio",
-                                     duration=len(samples16k) / SAMPLE_RATE, minimum=MIN_SECONDS)
+        _check_length(samples16k)
         perc, rest = self.separate(samples16k)
         p, a = self.network_outputs(*self.features(perc, rest))
         return self.combine_outputs(p, a)
-
-    def activation(self, samples: np.ndarray, sr: float) -> tuple[np.ndarray, float]:
-        """Audio ``(N,)`` (or ``(N, channels)``) at ``sr`` Hz -> (activation ``(T,)``, fps)."""
-        return self.activation_16k(self._prepare(samples, sr)), FPS
 
     def decode(self, activation: np.ndarray, tracker: str | None = None, **params) -> tuple[np.ndarray, float | None]:
         """Beats (s) and tempo from an activation with this estimator's tracker settings."""
         tracker = tracker or self.tracker
         merged = dict(self.tracker_params if tracker == self.tracker else {}, **params)
         return track_beats(activation, FPS, tracker, **merged)
-
-    def estimate(self, samples: np.ndarray, sr: float, keep_activation: bool = True) -> BeatResult:
-        """Audio at ``sr`` Hz -> :class:`BeatResult`."""
-        x = self._prepare(samples, sr)
-        return self._estimate16k(x, keep_activation)
-
-    def _estimate16k(self, x: np.ndarray, keep_activation: bool) -> BeatResult:
-        act = self.activation_16k(x)
-        beats, tempo = self.decode(act)
-        return BeatResult(beats=beats, tempo_bpm=tempo, fps=FPS, duration_s=len(x) / SAMPLE_RATE,
-                          tracker=self.tracker, activation=act if keep_activation else None)
-
-    def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
-        """Decode ``path`` (any format musicssl reads) and track its beats."""
-        from musicssl.frontend.audio import load_audio
-
-        x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
-        return self._estimate16k(x, keep_activation)

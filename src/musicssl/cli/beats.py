@@ -2,17 +2,20 @@
 
 Examples::
 
-    musicssl beats song.mp3
+    musicssl beats song.mp3                                      # onset strength + DBN (default)
     musicssl beats music/ --format jsonl -o beats.jsonl --beats-dir beats/ --jobs 2
     musicssl beats music/ -o beats.jsonl --skip-existing        # resume
-    musicssl beats song.flac --activations act/ --plot plots/
-    musicssl beats song.flac --tracker librosa
+    musicssl beats song.flac --activations act/ --plot plots/ --plot-window 60:90
+    musicssl beats song.flac --activation zerons                 # the Zero-Note Samba model
+    musicssl beats song.flac --tracker librosa                   # librosa's DP decoder
 
 Output per file: text ``path<TAB>tempo BPM<TAB>n beats`` and an indented
 line of beat times (s), or CSV / JSON / JSONL records (``beats`` as a list).
 ``--beats-dir`` also writes ``<name>.beats`` files (one time per line),
 ``--activations`` the frame activation (62.5 frames/s) as ``<name>.npy``,
-``--plot`` a PNG of waveform, activation and beats. A file that cannot be
+``--plot`` a PNG of waveform, activation and beats (first 30 s unless
+``--plot-window``). Each record names its ``tracker`` (``onset+dbn``,
+``zerons+dbn``, ...). A file that cannot be
 analysed gives an error record and the run goes on.
 
 Exit status: 0 all files analysed, 1 some failed, 2 usage error, 130 interrupted.
@@ -44,8 +47,16 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
     out.add_argument("--beats-dir", metavar="DIR", help="also write DIR/<name>.beats (one time per line)")
     out.add_argument("--activations", metavar="DIR", help="save the beat activation as DIR/<name>.npy")
     out.add_argument("--plot", metavar="DIR", help="save waveform + activation + beats as DIR/<name>.png")
+    out.add_argument("--plot-window", metavar="START:END", type=parse_plot_window, default=None,
+                     help="seconds shown by --plot, e.g. 60:90 or 120: (default: 0:30)")
     model = p.add_argument_group("model and decoder")
-    model.add_argument("--checkpoint", metavar="PATH", help="a ZeroNS .safetensors model (default: shipped)")
+    model.add_argument("--activation", choices=("onset", "zerons"), default=None,
+                       help="beat activation: onset strength (no model; the default, the best tracker "
+                            "the project has for now) or the Zero-Note Samba networks (the default with "
+                            "--checkpoint)")
+    model.add_argument("--checkpoint", metavar="PATH",
+                       help="a ZeroNS .safetensors model; implies --activation zerons "
+                            "(default: the shipped ZeroNS model when --activation zerons)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     model.add_argument("--tracker", choices=("dbn", "librosa"), default="dbn",
                        help="beat decoder: the project's DBN, or librosa's dynamic programming")
@@ -89,17 +100,22 @@ CSV_COLUMNS = ["path", "tempo_bpm", "n_beats", "duration_s", "tracker", "beats",
 
 # --- work -------------------------------------------------------------------------------
 
-def prepare_file(path: str, separator, keep_waveform: bool = False) -> dict:
-    """Model-free part (picklable): decode at 16 kHz, separate, VQT both parts."""
+def prepare_file(path: str, separator=None, keep_waveform: bool = False) -> dict:
+    """Model-free part (picklable): decode at 16 kHz, then the onset activation
+    (``separator`` None) or separation + VQT of both parts (ZeroNS)."""
     from musicssl.beat.estimator import MIN_SECONDS
     from musicssl.beat.frontend import SAMPLE_RATE, vqt_features
+    from musicssl.beat.onset import onset_envelope
     from musicssl.frontend.audio import load_audio
 
     x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
-    perc, rest = separator(x, SAMPLE_RATE)
-    frontend = _frontend()
-    payload = {"perc": vqt_features(frontend, perc), "rest": vqt_features(frontend, rest),
-               "duration_s": len(x) / SAMPLE_RATE}
+    payload = {"duration_s": len(x) / SAMPLE_RATE}
+    if separator is None:
+        payload["onset"] = onset_envelope(x)
+    else:
+        perc, rest = separator(x, SAMPLE_RATE)
+        frontend = _frontend()
+        payload.update(perc=vqt_features(frontend, perc), rest=vqt_features(frontend, rest))
     if keep_waveform:
         step = SAMPLE_RATE // PLOT_RATE
         payload["waveform"] = x[: len(x) // step * step].reshape(-1, step).max(axis=1)
@@ -133,12 +149,13 @@ def make_finish(estimator, args):
 
         records = []
         for path, payload in items:
-            p, a = estimator.network_outputs(payload["perc"], payload["rest"])
-            act = estimator.combine_outputs(p, a)
-            beats, tempo = estimator.decode(act)
-            record = {"path": path, "tempo_bpm": None if tempo is None else round(float(tempo), 2),
-                      "n_beats": int(len(beats)), "duration_s": round(payload["duration_s"], 3),
-                      "tracker": estimator.tracker, "beats": [round(float(b), 4) for b in beats]}
+            if "onset" in payload:
+                act = payload["onset"]
+            else:
+                act = estimator.combine_outputs(*estimator.network_outputs(payload["perc"], payload["rest"]))
+            result = estimator.result(act, payload["duration_s"])
+            beats, tempo = result.beats, result.tempo_bpm
+            record = {"path": path, **result.to_dict()}
             name = _unique_name(path, used) if (args.beats_dir or args.activations or args.plot) else None
             if args.beats_dir:
                 target = Path(args.beats_dir) / f"{name}.beats"
@@ -150,42 +167,81 @@ def make_finish(estimator, args):
                 record["activation_file"] = str(target)
             if args.plot:
                 target = Path(args.plot) / f"{name}.png"
-                plot_beats(target, payload.get("waveform"), act, beats, estimator.fps, title=Path(path).name)
+                plot_beats(target, payload.get("waveform"), act, beats, estimator.fps, title=Path(path).name,
+                           tempo=tempo, tracker=estimator.label, window=args.plot_window)
                 record["plot_file"] = str(target)
             records.append(record)
         return records
     return finish
 
 
+def parse_plot_window(text: str) -> tuple[float, float | None]:
+    """``"START:END"`` seconds (either side may be empty) -> ``(start, end or None)``."""
+    try:
+        lo, hi = text.split(":")
+        start = float(lo) if lo.strip() else 0.0
+        end = float(hi) if hi.strip() else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:END in seconds (e.g. 10:30 or 60:), got {text!r}")
+    if start < 0 or (end is not None and end <= start):
+        raise argparse.ArgumentTypeError(f"the window must satisfy 0 <= START < END, got {text!r}")
+    return start, end
+
+
 def plot_beats(path: str | Path, waveform: np.ndarray | None, activation: np.ndarray,
-               beats: np.ndarray, fps: float, title: str = "") -> None:
-    """PNG: waveform (top) and activation (bottom) with beats as vertical lines."""
+               beats: np.ndarray, fps: float, title: str = "", tempo: float | None = None,
+               tracker: str = "", window: tuple[float, float | None] | None = None) -> None:
+    """PNG: waveform (top) and activation (bottom) on one time axis, beats as ticks.
+
+    ``window`` ``(start, end)`` s limits the plot (default: the first 30 s,
+    past which beat lines fill the figure); the title names the file, the
+    tempo (BPM), the tracker and the window shown.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(12, 4.5), sharex=True)
+    duration = len(activation) / fps
+    start, end = window if window is not None else (0.0, 30.0)
+    end = duration if end is None else min(end, duration)
+    start = min(start, max(0.0, end - 1.0 / fps))
+    beats = np.asarray(beats, dtype=np.float64)
+    shown = beats[(beats >= start) & (beats <= end)]
+
+    fig, axes = plt.subplots(2, 1, figsize=(12, 4.5), sharex=True,
+                             gridspec_kw={"height_ratios": [1, 1.3]})
     if waveform is not None:
         t = np.arange(len(waveform)) / PLOT_RATE
-        axes[0].fill_between(t, -waveform, waveform, color="0.4", linewidth=0)
+        sel = (t >= start) & (t <= end)
+        axes[0].fill_between(t[sel], -waveform[sel], waveform[sel], color="0.45", linewidth=0)
     axes[0].set_ylabel("waveform")
-    axes[1].plot(np.arange(len(activation)) / fps, activation, color="tab:blue", linewidth=0.8)
-    axes[1].set_ylim(0, 1.05)
+    axes[0].set_yticks([])
+    frames = np.arange(len(activation)) / fps
+    sel = (frames >= start) & (frames <= end)
+    axes[1].plot(frames[sel], activation[sel], color="tab:blue", linewidth=0.9, label="activation")
+    axes[1].set_ylim(0, 1.1)
     axes[1].set_ylabel("activation")
     axes[1].set_xlabel("time (s)")
-    for ax in axes:
-        for b in beats:
-            ax.axvline(b, color="tab:red", linewidth=0.6, alpha=0.7)
-    axes[0].set_title(title)
+    axes[1].set_xlim(start, end)
+    axes[0].vlines(shown, -1, 1, color="tab:red", linewidth=0.8, alpha=0.6)
+    axes[1].vlines(shown, 0, 1.1, color="tab:red", linewidth=0.8, alpha=0.6, label="beats")
+    axes[1].legend(loc="upper right", fontsize=8, framealpha=0.8)
+    parts = [title] if title else []
+    parts.append("tempo -" if tempo is None else f"{tempo:.1f} BPM")
+    if tracker:
+        parts.append(f"tracker {tracker}")
+    parts.append(f"{start:.1f}-{end:.1f} s of {duration:.1f} s, {len(shown)} of {len(beats)} beats")
+    axes[0].set_title("  |  ".join(parts), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def run(args) -> int:
-    from musicssl.beat.estimator import BeatEstimator
+    from musicssl.beat.estimator import BeatEstimator, OnsetBeatEstimator
     from musicssl.beat.separation import get_separator
+    from musicssl.errors import ConfigError
 
     fmt_name = args.format or format_from_path(args.output)
     files = batch_inputs(args, "beats")
@@ -198,12 +254,20 @@ def run(args) -> int:
     if args.tracker == "dbn":
         params = {"min_bpm": args.min_bpm, "max_bpm": args.max_bpm,
                   "transition_lambda": args.transition_lambda}
-    separator = None if args.separator == "hpss" else get_separator(args.separator)
-    estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, combine=args.combine,
-                                              tracker=args.tracker, tracker_params=params,
-                                              separator=separator)
+    activation = args.activation or ("zerons" if args.checkpoint else "onset")
+    if activation == "onset":
+        if args.checkpoint:
+            raise ConfigError("--checkpoint is a ZeroNS model: it needs --activation zerons")
+        estimator = OnsetBeatEstimator(tracker=args.tracker, tracker_params=params)
+        separator = None
+    else:
+        separator = None if args.separator == "hpss" else get_separator(args.separator)
+        estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, combine=args.combine,
+                                                  tracker=args.tracker, tracker_params=params,
+                                                  separator=separator)
+        separator = estimator.separator
     todo = files_to_do(files, output, args, "beats")
-    prepare = functools.partial(prepare_file, separator=estimator.separator, keep_waveform=bool(args.plot))
+    prepare = functools.partial(prepare_file, separator=separator, keep_waveform=bool(args.plot))
     failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "beats",
                          jobs=max(1, args.jobs), batch_size=1)
     return 1 if failed else 0

@@ -11,10 +11,13 @@ Examples::
 
 Trackers (``--tracker``, repeatable; each becomes a row of the table):
 
+* ``onset`` — ``musicssl beats``' default: onset strength + the project's DBN with its onset
+  settings (tempo prior, wider beat window; ``musicssl.beat.onset``);
 * ``zerons`` — the Zero-Note Samba model (shipped, or ``--checkpoint``) + the project's DBN;
 * ``zerons-librosa`` — the same ZeroNS activation + librosa's dynamic-programming tracker;
 * ``librosa`` — ``librosa.beat.beat_track`` on the audio (onset envelope + DP);
-* ``librosa-dbn`` — librosa's onset envelope (62.5 frames/s) + the project's DBN;
+* ``librosa-dbn`` — the same onset envelope + the project's DBN with its SPEC defaults
+  (no tempo prior);
 * a path to a ZeroNS checkpoint — that model + the DBN.
 
 Scores (``mir_eval.beat``, first 5 s trimmed): F-measure (±70 ms), CMLc,
@@ -43,7 +46,7 @@ from musicssl.errors import ConfigError, MusicsslError
 from musicssl.evaluation.beat_annotations import BEAT_DATASETS, DEFAULT_EXTENSIONS, load_beat_dataset
 from musicssl.evaluation.beat_metrics import ALL_METRICS, CORE_METRICS, BeatScores, format_table
 
-BUILTIN_TRACKERS = ("zerons", "zerons-librosa", "librosa", "librosa-dbn")
+BUILTIN_TRACKERS = ("onset", "zerons", "zerons-librosa", "librosa", "librosa-dbn")
 
 #: librosa tracker settings: analysis rate and hop (librosa's defaults).
 LIBROSA_SR, LIBROSA_HOP = 22050, 512
@@ -67,7 +70,7 @@ def add_parser(subparsers, name: str = "evaluate-beats",
                         "(audio + annotation files paired by stem), csv (audio and beats columns)")
     p.add_argument("--tracker", action="append", default=argparse.SUPPRESS, metavar="NAME|CHECKPOINT",
                    help=f"tracker to score, repeatable: {', '.join(BUILTIN_TRACKERS)} or a "
-                        "ZeroNS checkpoint path (default: zerons)")
+                        "ZeroNS checkpoint path (default: onset, as musicssl beats)")
     p.add_argument("--annotations", metavar="DIR", default=argparse.SUPPRESS,
                    help="--dataset folder: where the annotation files are (default: beside the audio)")
     p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS), metavar="EXT",
@@ -158,6 +161,11 @@ def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None 
     ``checkpoint``: the model of ``zerons``/``zerons-librosa`` (None: the shipped one)."""
     if name == "librosa":
         return _librosa_beats
+    if name == "onset":
+        from musicssl.beat.estimator import OnsetBeatEstimator
+
+        onset = OnsetBeatEstimator()
+        return lambda path: np.asarray(onset.estimate_file(path, keep_activation=False).beats)
     if name == "librosa-dbn":
         from musicssl.beat.dbn import DBNBeatTracker
 
@@ -187,7 +195,7 @@ def _safe_name(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from musicssl.outputs import atomic_write_text
 
-    trackers = getattr(args, "tracker", None) or ["zerons"]
+    trackers = getattr(args, "tracker", None) or ["onset"]
     annotations = getattr(args, "annotations", None)
     if len(set(trackers)) != len(trackers):
         raise ConfigError(f"--tracker given twice: {trackers}")
