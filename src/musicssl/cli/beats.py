@@ -129,16 +129,16 @@ def make_finish(estimator, args):
             Path(folder).mkdir(parents=True, exist_ok=True)
 
     def finish(items):
-        from musicssl.outputs import atomic_write_text
+        from musicssl.beat.estimator import BeatResult
+        from musicssl.outputs import atomic_write_text, beats_record
 
         records = []
         for path, payload in items:
             p, a = estimator.network_outputs(payload["perc"], payload["rest"])
             act = estimator.combine_outputs(p, a)
             beats, tempo = estimator.decode(act)
-            record = {"path": path, "tempo_bpm": None if tempo is None else round(float(tempo), 2),
-                      "n_beats": int(len(beats)), "duration_s": round(payload["duration_s"], 3),
-                      "tracker": estimator.tracker, "beats": [round(float(b), 4) for b in beats]}
+            record = beats_record(path, BeatResult(beats, tempo, estimator.fps, payload["duration_s"],
+                                                   estimator.tracker))
             name = _unique_name(path, used) if (args.beats_dir or args.activations or args.plot) else None
             if args.beats_dir:
                 target = Path(args.beats_dir) / f"{name}.beats"
