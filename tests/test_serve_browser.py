@@ -139,3 +139,32 @@ def test_dropping_the_example_shows_its_key_tempo_and_charts(browser, server_url
         time.sleep(0.5)
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(target)
+
+
+NO_KEY_FETCH = """
+// the lead's no-key outcome: a key record with "key": null; the page must say "no key"
+const realFetch = window.fetch;
+window.fetch = async (url, options) => {
+  if (String(url).startsWith("/v1/key?")) {
+    const record = {path: "quiet.ogg", key: null, no_key: true, confidence: 0.01, duration: 29.6,
+                    probabilities: {}, local: [{start: 0, end: 20, key: null, confidence: 0.0}], segments: []};
+    return new Response(JSON.stringify(record), {status: 200, headers: {"content-type": "application/json"}});
+  }
+  return realFetch(url, options);
+};
+"""
+
+
+def test_a_record_without_a_key_shows_no_key(browser, server_url):
+    browser.get(server_url + "/")
+    WebDriverWait(browser, 30).until(lambda d: "key model" in d.find_element(By.ID, "server").text)
+    browser.execute_script(NO_KEY_FETCH)
+    browser.execute_script(DROP_SCRIPT, base64.b64encode(EXAMPLE.read_bytes()).decode(), "quiet.ogg", "#drop")
+    card = WebDriverWait(browser, 120).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, '.card[data-file="quiet.ogg"][data-state="done"]'))
+    key = card.find_element(By.CSS_SELECTOR, ".key")
+    assert key.text == "no key" and key.get_attribute("data-key") == "none"
+    assert "nokey" in key.get_attribute("class")
+    assert card.find_element(By.CSS_SELECTOR, ".tempo").text.endswith("BPM")  # beats still shown
+    severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, severe
