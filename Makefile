@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: demo test venv clean
+.PHONY: demo serve test browser venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +24,30 @@ $(TEST_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
+$(SERVE_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[serve]"
+	touch $@
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/musicssl key --probabilities src/musicssl/data/examples/
 
-test: $(TEST_STAMP)
+# the local web page and API (http://127.0.0.1:8000/); the demo's environment plus the serve extra
+serve: $(SERVE_STAMP)
+	$(VENV)/bin/musicssl serve
+
+# tests/test_serve_browser.py drives Debian's chromium + chromedriver: installed here when
+# running as root with apt-get; otherwise that one test is skipped and says why
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } >/dev/null \
+	    || echo "note: could not install chromium; the browser test will be skipped"; \
+	else echo "note: chromium/chromedriver missing and no root apt-get; the browser test will be skipped"; fi
+
+test: $(TEST_STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 clean:

@@ -83,3 +83,12 @@ class AnnotationError(MusicsslError, ValueError):
 
 class ConfigError(MusicsslError, ValueError):
     """A configuration value is invalid."""
+
+
+# --- the local server (musicssl serve) ----------------------------------------
+class UploadTooLargeError(MusicsslError):
+    """An upload is larger than the server's limit (HTTP 413)."""
+
+
+class ServerBusyError(MusicsslError):
+    """The server's analysis queue is full (HTTP 503); try again later."""

@@ -93,6 +93,26 @@ def error_record(path: str, exc: BaseException) -> dict:
     return {"path": str(path), "error": type(exc).__name__, "message": message}
 
 
+def key_record(path: str, result, notation: str = "standard", local: bool = False) -> dict:
+    """The record of one key result (a ``KeyResult`` or anything with its
+    ``to_dict``): ``path`` first, all 24 probabilities, local windows and
+    segments with ``local``, ``"mode_estimated": False`` for key-signature-only
+    models. What ``musicssl key --format json`` prints and ``POST /v1/key`` returns."""
+    record = {"path": str(path)}
+    record.update(result.to_dict(notation, probabilities=True, local=local))
+    record["path"] = str(path)
+    if not getattr(result, "mode_estimated", True):
+        record["mode_estimated"] = False
+    return record
+
+
+def beats_record(path: str, result) -> dict:
+    """The record of one ``BeatResult``: path, then ``result.to_dict()`` (tempo,
+    beat count, duration, tracker, beat times). What ``musicssl beats
+    --format json`` prints and ``POST /v1/beats`` returns."""
+    return {"path": str(path), **result.to_dict()}
+
+
 def is_ok(record: dict) -> bool:
     """True when a record is a success (no ``"error"``, no failed side task)."""
     if record.get("error"):

@@ -163,10 +163,9 @@ class BeatResult:
     activation: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self, include_activation: bool = False) -> dict:
-        out = {"beats": [round(float(b), 4) for b in self.beats],
-               "tempo_bpm": None if self.tempo_bpm is None else round(float(self.tempo_bpm), 2),
+        out = {"tempo_bpm": None if self.tempo_bpm is None else round(float(self.tempo_bpm), 2),
                "n_beats": int(len(self.beats)), "duration_s": round(float(self.duration_s), 3),
-               "tracker": self.tracker}
+               "tracker": self.tracker, "beats": [round(float(b), 4) for b in self.beats]}
         if include_activation and self.activation is not None:
             out["activation"] = [round(float(a), 4) for a in self.activation]
         return out

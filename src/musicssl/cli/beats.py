@@ -145,7 +145,7 @@ def make_finish(estimator, args):
             Path(folder).mkdir(parents=True, exist_ok=True)
 
     def finish(items):
-        from musicssl.outputs import atomic_write_text
+        from musicssl.outputs import atomic_write_text, beats_record
 
         records = []
         for path, payload in items:
@@ -155,7 +155,7 @@ def make_finish(estimator, args):
                 act = estimator.combine_outputs(*estimator.network_outputs(payload["perc"], payload["rest"]))
             result = estimator.result(act, payload["duration_s"])
             beats, tempo = result.beats, result.tempo_bpm
-            record = {"path": path, **result.to_dict()}
+            record = beats_record(path, result)
             name = _unique_name(path, used) if (args.beats_dir or args.activations or args.plot) else None
             if args.beats_dir:
                 target = Path(args.beats_dir) / f"{name}.beats"

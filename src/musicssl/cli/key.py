@@ -31,7 +31,7 @@ from musicssl.cli.common import (add_batch_arguments, add_prior_argument, add_tr
                                  check_device, files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
-from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
+from musicssl.outputs import RecordFormat, RecordOutput, format_from_path, key_record
 
 
 EPILOG = """examples:
@@ -188,11 +188,7 @@ def make_finish(estimator, args):
                                               window_s=args.window, hop_s=args.hop)
         records = []
         for (path, _), result in zip(items, results):
-            record = {"path": path}
-            record.update(result.to_dict(args.notation, probabilities=True, local=args.local))
-            record["path"] = path
-            if not getattr(result, "mode_estimated", True):
-                record["mode_estimated"] = False
+            record = key_record(path, result, args.notation, local=args.local)
             if args.write_tags:
                 record["tag"] = _tag(path, result.key, args)
             records.append(record)
