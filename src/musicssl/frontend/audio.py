@@ -29,6 +29,7 @@ Bad input raises a subclass of :class:`musicssl.errors.AudioError` whose
 
 from __future__ import annotations
 
+import errno
 import glob
 import math
 import os
@@ -136,13 +137,33 @@ def _seconds(value, name: str, *, optional: bool = False) -> float | None:
 def _check_path(path) -> Path:
     p = Path(path)
     if not p.exists():
-        raise AudioFileNotFoundError("no such file", p)
+        raise AudioFileNotFoundError(_missing_reason(p), p)
     if not p.is_file():
         kind = "a directory" if p.is_dir() else "not a regular file"
         raise AudioFileNotFoundError(f"is {kind}, not an audio file", p)
     if not os.access(p, os.R_OK):
         raise AudioDecodeError("permission denied: the file is not readable", p)
     return p
+
+
+def _missing_reason(p: Path) -> str:
+    """Why ``p``, which does not exist as far as ``stat`` can tell, cannot be opened."""
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop: the link never reaches a file"
+    if p.is_symlink():
+        return f"broken symbolic link (it points to {os.readlink(p)!r}, which does not exist)"
+    return "no such file"
+
+
+def _identity(p: Path) -> Path:
+    """``p`` with symbolic links resolved; a link loop resolves to its absolute path."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: symlink loop (Python < 3.13)
+        return Path(os.path.abspath(p))
 
 
 # ----------------------------------------------------------------------------
@@ -650,7 +671,7 @@ def _is_audio_name(p: Path) -> bool:
 
 def _search_folder(folder: Path, recursive: bool) -> Iterator[Path]:
     if not recursive:
-        yield from (p for p in folder.iterdir() if p.is_file() and _is_audio_name(p))
+        yield from (p for p in folder.iterdir() if not p.is_dir() and _is_audio_name(p))
         return
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -677,7 +698,7 @@ def find_audio_files(paths, recursive: bool = True) -> list[Path]:
     found: dict[Path, Path] = {}
 
     def add(p: Path) -> None:
-        found.setdefault(p.resolve(), p)
+        found.setdefault(_identity(p), p)
 
     for item in paths:
         p = Path(item)
@@ -694,8 +715,10 @@ def find_audio_files(paths, recursive: bool = True) -> list[Path]:
                 if m.is_dir():
                     for f in _search_folder(m, recursive):
                         add(f)
-                elif m.is_file() and _is_audio_name(m):
+                elif _is_audio_name(m):
                     add(m)
         else:
-            raise AudioFileNotFoundError("no such file or folder", p)
+            reason = _missing_reason(p)
+            raise AudioFileNotFoundError("no such file or folder" if reason == "no such file"
+                                         else reason, p)
     return sorted(found.values(), key=lambda q: str(q))
