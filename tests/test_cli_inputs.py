@@ -95,3 +95,19 @@ def test_text_output_with_escaped_names_resumes(fake, tmp_path, capsys):
     code, _, err = run_cli(capsys, path, other, "-o", out_file, "--skip-existing")
     assert code == 0 and "1 of 2 files already in" in err
     assert len(out_file.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("ext", [".ogg", ".mp3", ".flac"])
+def test_truncated_file_is_an_error_record_and_the_batch_goes_on(fake, music, capfd, ext):
+    from audio_factory import write_audio
+
+    whole = write_audio(music, "whole" + ext, sr=44100, duration_s=10.0)
+    data = whole.read_bytes()
+    cut = music / ("cut" + ext)
+    cut.write_bytes(data[: len(data) // 2])
+    code = main(["key", str(cut), str(music / "c.wav"), "--format", "jsonl"])
+    out, err = capfd.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and records[1]["key"] == "C major"
+    assert records[0]["error"] == "TruncatedAudioError" and records[0]["message"].startswith("truncated")
+    assert "Xing" not in err and "1 of 2 files failed" in err

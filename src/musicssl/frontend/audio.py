@@ -25,6 +25,15 @@ Public functions
 
 Bad input raises a subclass of :class:`musicssl.errors.AudioError` whose
 ``path`` attribute names the file.
+
+Truncated files, one rule for every format: decoding that stops more than
+:data:`TRUNCATION_TOLERANCE_S` and :data:`TRUNCATION_FRACTION` short of the
+length the header announces (FLAC, WAV's data chunk, MP3's Xing/Info header,
+FFmpeg containers), or an Ogg file whose last page lacks the end-of-stream
+mark, raises :class:`~musicssl.errors.TruncatedAudioError` ("truncated:
+decoded 20.9 of 44.4 s") once the decoded part has been read; nothing is
+analysed in part. A span (``offset``/``duration``) that lies wholly inside
+what decodes is returned normally.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ import errno
 import glob
 import math
 import os
+import struct
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +63,7 @@ from musicssl.errors import (
     EmptyAudioError,
     NonFiniteAudioError,
     SilentAudioError,
+    TruncatedAudioError,
 )
 
 __all__ = [
@@ -167,18 +180,134 @@ def _identity(p: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------
+# truncated files
+# ----------------------------------------------------------------------------
+#: A file is truncated when decoding stops more than this many seconds, and
+#: more than TRUNCATION_FRACTION of the length, before the end its header
+#: announces (headers of lossy containers can be a little off).
+TRUNCATION_TOLERANCE_S = 0.5
+TRUNCATION_FRACTION = 0.02
+
+#: Lines native decoders print on stderr that the errors above already report
+#: in words (libmpg123 on an MP3 whose Xing header disagrees with its size).
+_DECODER_NOISE = ("Xing stream size off",)
+
+# bytes per sample of the PCM subtypes a WAV data chunk size can be checked with
+_PCM_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
+              "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+
+
+def _is_short(decoded: int, header: int, rate: float) -> bool:
+    """True when ``decoded`` frames fall short of the ``header``'s count beyond the tolerance."""
+    missing = header - decoded
+    return missing > TRUNCATION_FRACTION * header and missing / rate > TRUNCATION_TOLERANCE_S
+
+
+def _wav_data_frames(path: Path, subtype: str, channels: int) -> int | None:
+    """Frames a RIFF/WAVE file's ``data`` chunk declares (None: unknown or not checkable).
+
+    libsndfile clamps a WAV's length to what the file holds, so a cut WAV
+    looks whole; the chunk size still says how long it was."""
+    width = _PCM_BYTES.get(subtype)
+    if width is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order = "<" if head[:4] == b"RIFF" else ">"
+            for _ in range(64):  # chunks before "data": fmt, fact, LIST, bext, ...
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                size = struct.unpack(order + "I", chunk[4:])[0]
+                if chunk[:4] == b"data":
+                    # 0 and 0xFFFFFFFF: written by a stream that never knew its length
+                    return None if size in (0, 0xFFFFFFFF) else size // (width * channels)
+                f.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
+def _ogg_has_end(path: Path) -> bool:
+    """True when the last Ogg page of ``path`` is complete and marks the end of its stream.
+
+    An Ogg file carries no total length, but its last page has the
+    end-of-stream flag; a cut file ends inside a page or on a page without it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 65536 - 282))  # an Ogg page is at most 65 307 bytes
+        tail = f.read()
+    at = tail.rfind(b"OggS")
+    while at >= 0:
+        page = tail[at:]
+        if len(page) >= 27 and page[4] == 0:  # stream structure version 0
+            n_segments = page[26]
+            body = sum(page[27:27 + n_segments])
+            complete = len(page) >= 27 + n_segments and len(page) >= 27 + n_segments + body
+            return complete and bool(page[5] & 0x04)
+        at = tail.rfind(b"OggS", 0, at)
+    return False
+
+
+class _QuietStderr:
+    """Captures what native code writes on file descriptor 2 while active, then
+    writes back every line except known decoder noise (:data:`_DECODER_NOISE`)."""
+
+    def __enter__(self):
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            self._saved = None
+            return self
+        self._capture = tempfile.TemporaryFile()
+        os.dup2(self._capture.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._capture.seek(0)
+        text = self._capture.read().decode("utf-8", "replace")
+        self._capture.close()
+        kept = [line for line in text.splitlines(keepends=True)
+                if not any(noise in line for noise in _DECODER_NOISE)]
+        if kept:
+            os.write(2, "".join(kept).encode("utf-8", "replace"))
+        return False
+
+
+# ----------------------------------------------------------------------------
 # decoders: each yields float32 blocks (frames, channels) at the native rate
 # ----------------------------------------------------------------------------
 class _SoundfileSource:
-    """A file libsndfile can read."""
+    """A file libsndfile can read.
+
+    ``header_frames``: the length the file announces, when it can say more
+    than libsndfile's ``frames`` (a WAV's data chunk size); ``open_end``: an
+    Ogg file whose last page lacks the end-of-stream mark."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = soundfile.SoundFile(str(path))  # raises on failure
+        with _QuietStderr():
+            self._file = soundfile.SoundFile(str(path))  # raises on failure
         self.samplerate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames: int | None = int(self._file.frames)
         self.format = f"{self._file.format}/{self._file.subtype}"
+        self.header_frames = self.frames
+        self.open_end = False
+        if self._file.format == "WAV":
+            declared = _wav_data_frames(path, self._file.subtype, self.channels)
+            if declared is not None and declared > self.frames:
+                self.header_frames = declared
+        elif self._file.format == "OGG":
+            self.open_end = not _ogg_has_end(path)
 
     def info(self) -> AudioInfo:
         return AudioInfo(self.frames / self.samplerate, self.samplerate, self.channels,
@@ -199,14 +328,31 @@ class _SoundfileSource:
             try:
                 block = f.read(want, dtype="float32", always_2d=True)
             except (RuntimeError, soundfile.LibsndfileError) as e:
+                if self.frames:
+                    decoded = position + self._decodable_frames(position)
+                    raise TruncatedAudioError(
+                        f"truncated or corrupt: decoded {decoded / self.samplerate:.1f} of "
+                        f"{self.frames / self.samplerate:.1f} s, then the decoder failed: "
+                        f"{_short(e, self.path)}", self.path) from e
                 raise AudioDecodeError(
-                    f"decoding failed between {position / self.samplerate:.2f} s and "
-                    f"{min(position + want, self.frames) / self.samplerate:.2f} s (truncated or corrupt?): "
+                    f"decoding failed at {position / self.samplerate:.2f} s (truncated or corrupt?): "
                     f"{_short(e, self.path)}", self.path) from e
             if len(block) == 0:
                 return
             position += len(block)
             yield block
+
+    def _decodable_frames(self, start: int, step: int = 4096) -> int:
+        """How many frames from ``start`` decode before an error (in a fresh handle)."""
+        n = 0
+        try:
+            with _QuietStderr(), soundfile.SoundFile(str(self.path)) as f:
+                f.seek(start)
+                while len(block := f.read(step, dtype="float32")):
+                    n += len(block)
+        except (RuntimeError, soundfile.LibsndfileError):
+            pass
+        return n
 
     def close(self) -> None:
         self._file.close()
@@ -273,6 +419,7 @@ class _PyAVSource:
                 seconds = None
             self.frames = None if seconds is None else int(round(seconds * self.samplerate))
             self.format = f"{container.format.name}/{stream.codec_context.name}"
+        self.header_frames, self.open_end = self.frames, False
         # decoding uses a fresh container, opened when needed (seeking back to 0
         # does not reliably reset the decoders)
         self._container = None
@@ -502,6 +649,7 @@ class AudioBlocks:
             out = resample(block)
             if len(out):
                 yield self._account(out)
+        self._check_complete(source, start, stop, n_in)
         if n_in == 0:
             where = ""
             if self.offset or self.duration is not None:
@@ -513,6 +661,22 @@ class AudioBlocks:
             yield self._account(out)
         if self.peak == 0.0:
             raise SilentAudioError("every sample is zero (silent audio)", self.path)
+
+    def _check_complete(self, source, start: int, stop: int | None, n_in: int) -> None:
+        """Raises :class:`TruncatedAudioError` when decoding of [start, stop) ended
+        early because the file stops before the end its header announces."""
+        end = start + n_in
+        if stop is not None and end >= stop:
+            return  # the requested span was decoded in full
+        rate = source.samplerate
+        header = source.header_frames
+        if header and _is_short(end, header, rate):
+            raise TruncatedAudioError(
+                f"truncated: decoded {end / rate:.1f} of {header / rate:.1f} s", self.path)
+        if source.open_end:
+            raise TruncatedAudioError(
+                f"truncated: decoded {end / rate:.1f} s, and the Ogg stream stops without its "
+                f"end-of-stream page", self.path)
 
     def _account(self, out: np.ndarray) -> np.ndarray:
         self.peak = max(self.peak, float(np.max(np.abs(out))))
