@@ -133,5 +133,7 @@ def run(args: argparse.Namespace) -> int:
         written += write_figures(evaluation, out_dir)
     for failure in evaluation.failures[:10]:
         print(f"failed: {failure.item.path}: {failure.error}", file=sys.stderr)
-    print(f"wrote {len(written)} files to {out_dir}", file=sys.stderr)
+    default = "" if args.out is not None else ", the default folder (--out DIR chooses another)"
+    print(f"wrote {len(written)} files (results.json, results.md{', figures' if args.figures else ''}) "
+          f"to {out_dir.resolve()}{default}", file=sys.stderr)
     return 1 if evaluation.failures else 0
