@@ -32,6 +32,7 @@ from musicssl.cli.common import (add_batch_arguments, add_prior_argument, add_tr
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
+from musicssl.tags import ID3_VERSIONS
 
 
 EPILOG = """examples:
@@ -91,6 +92,10 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     tags.add_argument("--tag-notation", choices=NOTATIONS, default="tkey",
                       help="notation of Vorbis/MP4/WMA key tags (default tkey, e.g. 'Ebm'); "
                            "ID3 TKEY is always the tkey form (at most 3 characters)")
+    tags.add_argument("--id3-version", type=int, choices=ID3_VERSIONS, default=None, metavar="3|4",
+                      help="ID3 version of MP3/WAV/AIFF tags: 3 (ID3v2.3, which car stereos, older "
+                           "players and some DJ software need) or 4 (ID3v2.4) (default: the version "
+                           "of the file's existing ID3 tag, 4 for a file without one)")
     tags.add_argument("--dry-run", action="store_true", help="with --write-tags: report, change nothing")
     p.set_defaults(func=run, _parser=p)
     return p
@@ -204,7 +209,8 @@ def _tag(path: str, key, args) -> dict:
     from musicssl.tags import TagError, write_key_tag
 
     try:
-        return write_key_tag(path, key, args.tag_notation, dry_run=args.dry_run).to_dict()
+        return write_key_tag(path, key, args.tag_notation, dry_run=args.dry_run,
+                             id3_version=args.id3_version).to_dict()
     except TagError as exc:
         message = str(exc)
         return {"error": message[len(path) + 2:] if message.startswith(f"{path}: ") else message}
@@ -216,6 +222,8 @@ def run(args) -> int:
     fmt_name = args.format or format_from_path(args.output)
     if args.dry_run and not args.write_tags:
         return usage_error(args, "key", "--dry-run only makes sense with --write-tags")
+    if args.id3_version is not None and not args.write_tags:
+        return usage_error(args, "key", "--id3-version only makes sense with --write-tags")
     files = batch_inputs(args, "key")
     if files is None:
         return 2
