@@ -310,3 +310,18 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, corpus):
     assert r0["weights"].keys() == r1["weights"].keys()
     for k in r0["weights"]:
         assert np.allclose(r0["weights"][k], r1["weights"][k], rtol=0, atol=0), k
+
+
+def test_train_cli_keeps_stdout_for_results_and_shows_no_advert(tmp_path, corpus, capfd):
+    """Lightning's progress bar goes to stderr, its litlogger tip nowhere; stdout holds the model path."""
+    from musicssl.cli.main import main
+
+    code = main(["train", "--data", str(corpus / "labels.csv"), "--cache-dir", str(tmp_path.parent / "shared-cache"),
+                 "--out", str(tmp_path / "run"), "--channels", "2", "3", "4", "--kernels", "3", "3", "3",
+                 "--segment-seconds", "2", "--hop-length", "1024", "--batch-size", "2", "--max-steps", "2",
+                 "--num-workers", "0", "--val-fraction", "0", "--val-manifest", "", "--progress", "true",
+                 "--checkpoint-every", "2"])
+    out, err = capfd.readouterr()
+    assert code == 0
+    assert out.strip() == str(tmp_path / "run" / "model.safetensors")
+    assert "Epoch 0" in err and "litlogger" not in err and "litlogger" not in out

@@ -609,6 +609,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from musicssl.trainer_output import trainer_callbacks
+
     out = Path(config.out)
     if loggers is None:
         loggers = [CSVLogger(out, name="logs", version="")]
@@ -631,7 +633,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
         precision=_precision(config, config.accelerator), max_epochs=config.epochs if config.epochs > 0 else -1,
         max_steps=config.max_steps, gradient_clip_val=config.grad_clip or None,
         check_val_every_n_epoch=config.val_every, log_every_n_steps=config.log_every,
-        callbacks=[checkpoint, _FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *callbacks], logger=loggers, use_distributed_sampler=False,
+        callbacks=[checkpoint, _FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *callbacks,
+                   *trainer_callbacks(config.progress)], logger=loggers, use_distributed_sampler=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=config.progress, default_root_dir=str(out),
         max_time={"minutes": float(config.max_minutes)} if config.max_minutes else None,
