@@ -481,8 +481,10 @@ class KeyDataModule(pl.LightningDataModule):
         loader = make_loader(self.train_set, self.config.batch_size, seed=self.config.seed, rank=rank,
                              world_size=world, num_workers=self.config.num_workers)
         if len(loader) == 0:
+            fits = len(self.train_set) // world
             raise ConfigError(f"{len(self.train_set)} training tracks give no full batch of "
-                              f"{self.config.batch_size} per process; lower --batch-size")
+                              f"{self.config.batch_size} per process; give more audio or lower --batch-size"
+                              + (f" to {fits} or less" if fits else ""))
         trainer = self.trainer
         loader.step_source = (lambda: trainer.global_step) if trainer is not None else None
         if self._resume is not None:
