@@ -425,3 +425,19 @@ def test_odd_rates_keep_length_and_pitch(sr_in, sr_out):
     y = prepare_audio(x, sr_in, sr_out)
     assert len(y) == pytest.approx(0.5 * sr_out, abs=1)
     assert dominant_frequency(y, sr_out) == pytest.approx(TONE_HZ, abs=3.0)
+
+
+def test_mp3_without_a_length_header_is_not_called_truncated(tmp_path):
+    """Without a Xing/Info frame the length is a guess from the file size: no verdict either way."""
+    whole = write_audio(tmp_path, "whole.mp3", sr=44100, duration_s=12.0)
+    data = bytearray(whole.read_bytes())
+    for tag in (b"Xing", b"Info"):
+        at = data.find(tag)
+        if at >= 0:
+            data[at:at + 4] = b"Junk"
+    plain = tmp_path / "plain.mp3"
+    plain.write_bytes(bytes(data[: len(data) // 2]))
+    from musicssl.frontend.audio import _mp3_has_length_header
+
+    assert _mp3_has_length_header(whole) and not _mp3_has_length_header(plain)
+    assert len(load_audio(plain, SR)) > SR  # libsndfile decodes up to its own estimate; no error

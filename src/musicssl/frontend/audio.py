@@ -29,7 +29,7 @@ Bad input raises a subclass of :class:`musicssl.errors.AudioError` whose
 Truncated files, one rule for every format: decoding that stops more than
 :data:`TRUNCATION_TOLERANCE_S` and :data:`TRUNCATION_FRACTION` short of the
 length the header announces (FLAC, WAV's data chunk, MP3's Xing/Info header,
-FFmpeg containers), or an Ogg file whose last page lacks the end-of-stream
+the FFmpeg containers of :data:`_LENGTH_CONTAINERS`), or an Ogg file whose last page lacks the end-of-stream
 mark, raises :class:`~musicssl.errors.TruncatedAudioError` ("truncated:
 decoded 20.9 of 44.4 s") once the decoded part has been read; nothing is
 analysed in part. A span (``offset``/``duration``) that lies wholly inside
@@ -231,6 +231,29 @@ def _wav_data_frames(path: Path, subtype: str, channels: int) -> int | None:
     return None
 
 
+#: FFmpeg containers whose header stores the length (checked for truncation).
+_LENGTH_CONTAINERS = ("mov", "mp4", "matroska", "webm", "asf", "wv", "ogg", "flac", "wav", "aiff")
+
+
+def _mp3_has_length_header(path: Path) -> bool:
+    """True when the first MPEG frame of ``path`` carries a Xing, Info or VBRI header
+    (the frame count); without one the length is only estimated from the file size."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag (syncsafe size)
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+            start += 10 if head[5] & 0x10 else 0
+        f.seek(start)
+        first = f.read(8192)
+    sync = next((i for i in range(len(first) - 1)
+                 if first[i] == 0xFF and first[i + 1] & 0xE0 == 0xE0), None)
+    if sync is None:
+        return False
+    frame = first[sync:sync + 200]
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
 def _ogg_has_end(path: Path) -> bool:
     """True when the last Ogg page of ``path`` is complete and marks the end of its stream.
 
@@ -308,6 +331,8 @@ class _SoundfileSource:
                 self.header_frames = declared
         elif self._file.format == "OGG":
             self.open_end = not _ogg_has_end(path)
+        elif self._file.format == "MP3" and not _mp3_has_length_header(path):
+            self.header_frames = None  # libmpg123 guessed the length from the file size
 
     def info(self) -> AudioInfo:
         return AudioInfo(self.frames / self.samplerate, self.samplerate, self.channels,
@@ -419,7 +444,11 @@ class _PyAVSource:
                 seconds = None
             self.frames = None if seconds is None else int(round(seconds * self.samplerate))
             self.format = f"{container.format.name}/{stream.codec_context.name}"
-        self.header_frames, self.open_end = self.frames, False
+        # raw elementary streams (ADTS AAC, AC-3, ...) have no length: FFmpeg estimates it
+        # from the bitrate, which proves nothing about truncation
+        stored = any(name in container.format.name for name in _LENGTH_CONTAINERS)
+        self.header_frames = self.frames if stored else None
+        self.open_end = False
         # decoding uses a fresh container, opened when needed (seeking back to 0
         # does not reliably reset the decoders)
         self._container = None
