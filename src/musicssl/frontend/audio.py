@@ -42,7 +42,6 @@ import errno
 import glob
 import math
 import os
-import struct
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -192,9 +191,8 @@ TRUNCATION_FRACTION = 0.02
 #: in words (libmpg123 on an MP3 whose Xing header disagrees with its size).
 _DECODER_NOISE = ("Xing stream size off",)
 
-# bytes per sample of the PCM subtypes a WAV data chunk size can be checked with
-_PCM_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
-              "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+# the PCM subtypes whose WAV data chunk size gives the sample count
+_PCM_SUBTYPES = frozenset({"PCM_U8", "PCM_S8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
 
 
 def _is_short(decoded: int, header: int, rate: float) -> bool:
@@ -203,32 +201,20 @@ def _is_short(decoded: int, header: int, rate: float) -> bool:
     return missing > TRUNCATION_FRACTION * header and missing / rate > TRUNCATION_TOLERANCE_S
 
 
-def _wav_data_frames(path: Path, subtype: str, channels: int) -> int | None:
-    """Frames a RIFF/WAVE file's ``data`` chunk declares (None: unknown or not checkable).
+def _wav_data_frames(path: Path, subtype: str, samplerate: int) -> int | None:
+    """Frames a WAV file's ``data`` chunk declares (None: unknown or not checkable).
 
     libsndfile clamps a WAV's length to what the file holds, so a cut WAV
-    looks whole; the chunk size still says how long it was."""
-    width = _PCM_BYTES.get(subtype)
-    if width is None:
-        return None
+    looks whole; the chunk size (read by mutagen) still says how long it was."""
+    if subtype not in _PCM_SUBTYPES:
+        return None  # compressed subtypes: the chunk size is no sample count
     try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-                return None
-            order = "<" if head[:4] == b"RIFF" else ">"
-            for _ in range(64):  # chunks before "data": fmt, fact, LIST, bext, ...
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return None
-                size = struct.unpack(order + "I", chunk[4:])[0]
-                if chunk[:4] == b"data":
-                    # 0 and 0xFFFFFFFF: written by a stream that never knew its length
-                    return None if size in (0, 0xFFFFFFFF) else size // (width * channels)
-                f.seek(size + (size & 1), os.SEEK_CUR)
-    except OSError:
+        from mutagen.wave import WAVE
+
+        length = WAVE(path).info.length
+    except Exception:  # noqa: BLE001 - mutagen raises several types; no verdict then
         return None
-    return None
+    return int(round(length * samplerate)) if length else None
 
 
 #: FFmpeg containers whose header stores the length (checked for truncation).
@@ -255,24 +241,18 @@ def _mp3_has_length_header(path: Path) -> bool:
 
 
 def _ogg_has_end(path: Path) -> bool:
-    """True when the last Ogg page of ``path`` is complete and marks the end of its stream.
+    """True when the last complete Ogg page of ``path``'s first stream marks its end.
 
     An Ogg file carries no total length, but its last page has the
-    end-of-stream flag; a cut file ends inside a page or on a page without it."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 65536 - 282))  # an Ogg page is at most 65 307 bytes
-        tail = f.read()
-    at = tail.rfind(b"OggS")
-    while at >= 0:
-        page = tail[at:]
-        if len(page) >= 27 and page[4] == 0:  # stream structure version 0
-            n_segments = page[26]
-            body = sum(page[27:27 + n_segments])
-            complete = len(page) >= 27 + n_segments and len(page) >= 27 + n_segments + body
-            return complete and bool(page[5] & 0x04)
-        at = tail.rfind(b"OggS", 0, at)
-    return False
+    end-of-stream flag; a cut file ends before that page (pages read by mutagen)."""
+    from mutagen.ogg import OggPage
+
+    try:
+        with open(path, "rb") as f:
+            first = OggPage(f)
+            return bool(OggPage.find_last(f, first.serial, finishing=False).last)
+    except Exception:  # noqa: BLE001 - unreadable pages: libsndfile's decoding decides
+        return True
 
 
 class _QuietStderr:
@@ -326,7 +306,7 @@ class _SoundfileSource:
         self.header_frames = self.frames
         self.open_end = False
         if self._file.format == "WAV":
-            declared = _wav_data_frames(path, self._file.subtype, self.channels)
+            declared = _wav_data_frames(path, self._file.subtype, self.samplerate)
             if declared is not None and declared > self.frames:
                 self.header_frames = declared
         elif self._file.format == "OGG":
