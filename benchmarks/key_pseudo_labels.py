@@ -103,12 +103,14 @@ def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray
     return {rule: float(np.mean(v)) if v else float("nan") for rule, v in scores.items()}
 
 
-def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: int = 32, seed: int = 0) -> dict[int, int]:
-    """How often each shift ``δ`` wins the ``thirds`` rule's batch vote over ``batches`` training batches."""
+def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: int = 32, seed: int = 0,
+                 data: str = "work-data/corpus/manifest.csv") -> dict[int, int]:
+    """How often each shift ``δ`` wins the ``thirds`` rule's batch vote over ``batches`` training
+    batches of ``data`` (the configs name no data)."""
     from musicssl.checkpoint import load_key_model
     from musicssl.key.training import KeyDataModule, TrainConfig, prepare_data
 
-    config = TrainConfig.from_yaml(config_path)
+    config = TrainConfig.from_yaml(config_path, {"data": [data]})
     data = prepare_data(config, log=lambda *a: None)
     dataset = KeyDataModule(config, data.train, data.val, data.cache).train_set
     model = load_key_model(checkpoint).model.eval()
@@ -136,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=80, help="labelled clips to diagnose (0: none)")
     p.add_argument("--training-config", help="also count the thirds rule's batch shift on this config's training batches")
     p.add_argument("--batches", type=int, default=12, help="training batches for --training-config")
+    p.add_argument("--training-data", default="work-data/corpus/manifest.csv",
+                   help="training data for --training-config (default: the project's corpus, "
+                        "built by scripts/build_corpus.py)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     items = load_dataset(args.dataset, args.manifest).items
@@ -144,7 +149,7 @@ def main(argv=None) -> int:
     for ck in args.checkpoints:
         if args.training_config:
             print(f"\n{ck}: batch shift δ of the thirds rule, wins over {args.batches} training batches:",
-                  batch_shifts(ck, args.training_config, args.batches))
+                  batch_shifts(ck, args.training_config, args.batches, data=args.training_data))
         if args.limit <= 0:
             continue
         r = diagnose(ck, items, args.limit)

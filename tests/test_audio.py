@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from audio_factory import (
@@ -26,6 +29,7 @@ from musicssl.errors import (
     EmptyAudioError,
     NonFiniteAudioError,
     SilentAudioError,
+    TruncatedAudioError,
 )
 from musicssl.frontend.audio import (
     AUDIO_EXTENSIONS,
@@ -325,22 +329,46 @@ def test_pyav_writer_roundtrip_stereo_content(tmp_path):
     assert write_audio(tmp_path, "t2.wav").exists()
 
 
-def test_truncated_files(tmp_path):
-    wav = write_audio(tmp_path, "t.wav", duration_s=2.0)
-    cut = tmp_path / "cut.wav"
-    cut.write_bytes(wav.read_bytes()[: wav.stat().st_size // 2])
-    # libsndfile reads what is there: about half the audio
-    assert len(load_audio(cut, SR)) == pytest.approx(SR, abs=SR // 50)
-    flac = write_audio(tmp_path, "t.flac", duration_s=2.0)
-    cut = tmp_path / "cut.flac"
-    cut.write_bytes(flac.read_bytes()[: flac.stat().st_size // 2])
-    with pytest.raises(AudioDecodeError, match="truncated or corrupt"):
+def _cut(path: Path, fraction: float = 0.45) -> Path:
+    cut = path.with_name("cut" + path.suffix)
+    data = path.read_bytes()
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+@pytest.mark.parametrize("ext", [".ogg", ".mp3", ".flac", ".wav"])
+def test_truncated_files_are_an_error_in_every_format(tmp_path, ext, capfd):
+    """One rule: decoding that stops before the header's end (Ogg: before the
+    end-of-stream page) raises TruncatedAudioError saying how much decoded;
+    the native decoders' own warnings do not reach stderr."""
+    whole = write_audio(tmp_path, "whole" + ext, sr=44100, channels=2, duration_s=12.0)
+    assert len(load_audio(whole, SR)) == pytest.approx(12 * SR, abs=SR // 10)
+    cut = _cut(whole)
+    with pytest.raises(TruncatedAudioError, match=r"truncated.*decoded \d+\.\d (s|of)") as caught:
         load_audio(cut, SR)
+    assert isinstance(caught.value, AudioDecodeError) and caught.value.path == str(cut)
+    if ext != ".ogg":  # Ogg carries no total length, only an end-of-stream mark
+        assert "of 12.0 s" in str(caught.value)
+    decoded = float(str(caught.value).split("decoded ")[1].split(" ")[0])
+    assert 3.0 < decoded < 6.5
+    # a span inside what decodes is fine: nothing is missing from it
+    assert len(load_audio(cut, SR, offset=1.0, duration=2.0)) == pytest.approx(2 * SR, abs=SR // 50)
+    assert audio_info(cut).samplerate == 44100  # the header is still readable
+    assert "Xing" not in capfd.readouterr().err
+
+
+def test_truncated_m4a_is_a_decode_error(tmp_path):
     m4a = write_audio(tmp_path, "t.m4a", duration_s=2.0)
-    cut = tmp_path / "cut.m4a"
-    cut.write_bytes(m4a.read_bytes()[: m4a.stat().st_size // 2])
     with pytest.raises(AudioDecodeError):
-        load_audio(cut, SR)
+        load_audio(_cut(m4a, 0.5), SR)
+
+
+def test_quiet_stderr_keeps_other_native_messages(capfd):
+    from musicssl.frontend.audio import _QuietStderr
+
+    with _QuietStderr():
+        os.write(2, b"Warning: Xing stream size off by more than 1%\nsomething else\n")
+    assert capfd.readouterr().err == "something else\n"
 
 
 def test_container_without_audio_stream(tmp_path):
@@ -397,3 +425,19 @@ def test_odd_rates_keep_length_and_pitch(sr_in, sr_out):
     y = prepare_audio(x, sr_in, sr_out)
     assert len(y) == pytest.approx(0.5 * sr_out, abs=1)
     assert dominant_frequency(y, sr_out) == pytest.approx(TONE_HZ, abs=3.0)
+
+
+def test_mp3_without_a_length_header_is_not_called_truncated(tmp_path):
+    """Without a Xing/Info frame the length is a guess from the file size: no verdict either way."""
+    whole = write_audio(tmp_path, "whole.mp3", sr=44100, duration_s=12.0)
+    data = bytearray(whole.read_bytes())
+    for tag in (b"Xing", b"Info"):
+        at = data.find(tag)
+        if at >= 0:
+            data[at:at + 4] = b"Junk"
+    plain = tmp_path / "plain.mp3"
+    plain.write_bytes(bytes(data[: len(data) // 2]))
+    from musicssl.frontend.audio import _mp3_has_length_header
+
+    assert _mp3_has_length_header(whole) and not _mp3_has_length_header(plain)
+    assert len(load_audio(plain, SR)) > SR  # libsndfile decodes up to its own estimate; no error

@@ -120,3 +120,17 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_zerons_model(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError):
         load_zerons_model(tmp_path / "missing.safetensors")
+
+
+def test_beat_trainer_draws_its_progress_bar_on_stderr(tmp_path, capsys):
+    from musicssl.beat.training import build_trainer
+
+    trainer = build_trainer(PretrainConfig(width=1 / 16, batch_size=2), tmp_path, progress=True)
+    bars = [c for c in trainer.callbacks if type(c).__name__ == "StderrProgressBar"]
+    assert len(bars) == 1 and trainer.progress_bar_callback is bars[0]
+    capsys.readouterr()
+    bar = bars[0].init_train_tqdm()
+    bar.update(1)
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Training" in captured.err

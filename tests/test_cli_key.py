@@ -222,6 +222,8 @@ def test_error_lines_in_text_output(fake, music, capsys):
     (["--transpositions", "0"], "at least 1"),
     (["--model", "krumhansl", "--checkpoint", "x.pt"], "not allowed with"),
     (["--dry-run"], "--write-tags"),
+    (["--id3-version", "3"], "--write-tags"),
+    (["--write-tags", "--id3-version", "2"], "invalid choice"),
     (["--skip-existing"], "-o"),
 ])
 def test_usage_errors_exit_2(fake, music, capsys, args, message):
@@ -335,6 +337,15 @@ def test_write_tags_and_dry_run(fake, tmp_path, capsys):
     assert read_key_tag(wav) == "Eb"
     assert read_key_tag(flac) == "11B"  # A major in Camelot (Vorbis comment follows --tag-notation)
     assert read_key_tag(mp3) == "F#"    # ID3 TKEY is always the short form
+
+
+def test_write_tags_id3_version_3(fake, tmp_path, capsys):
+    from mutagen.wave import WAVE
+
+    path = tone(tmp_path / "c.wav", 60)
+    code, out, _ = run_cli(capsys, path, "--write-tags", "--id3-version", "3")
+    assert code == 0 and "TKEY = 'C'" in out
+    assert WAVE(path).tags.version[:2] == (2, 3)
 
 
 def test_tag_failure_is_reported_and_exit_1(fake, tmp_path, capsys):

@@ -77,6 +77,16 @@ def test_evaluate_cli_writes_json_markdown_and_figures(small_dataset, capsys):
         assert (out / f"{stem}.svg").is_file()
 
 
+def test_evaluate_without_out_says_where_it_wrote(small_dataset, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code = main(["evaluate", "--dataset", "csv", str(small_dataset / "labels.csv"),
+                 "--model", "krumhansl", "--quiet"])
+    err = capsys.readouterr().err
+    where = tmp_path.resolve() / "musicssl-eval" / "csv"
+    assert code == 1 and (where / "results.json").is_file()
+    assert f"to {where}, the default folder (--out DIR chooses another)" in err
+
+
 def test_scores_reflect_wrong_labels(small_dataset):
     # relabel: C major clip annotated as F major -> estimate C is a fifth ABOVE F
     text = (small_dataset / "labels.csv").read_text().replace("c.wav,C major", "c.wav,F major")

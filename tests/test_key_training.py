@@ -95,10 +95,58 @@ def test_cli_flags_override_config(tmp_path, capsys):
     assert main(["train", "--objective", "bogus", "--data", "x", "--print-config"]) == 2
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("skey_*.yaml")))
-def test_shipped_configs_parse(name):
-    cfg = TrainConfig.from_yaml(REPO / "configs" / name)
-    assert cfg.data and cfg.objective in ("stone", "stone24", "skey", "supervised", "semi")
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_need_nothing_outside_the_clone(name):
+    """No config points at data a user of the repository lacks (../shared, ../work-data):
+    the user's --data is all they need; what they write goes under the clone's runs/."""
+    text = (REPO / "configs" / name).read_text()
+    settings = [line.split("#")[0] for line in text.splitlines()]
+    assert not any("shared" in line or "work-data" in line for line in settings), name
+    if name.startswith("skey_"):
+        cfg = TrainConfig.from_yaml(REPO / "configs" / name)
+        assert not cfg.data and cfg.val_manifest is None and cfg.derive_cache_from is None
+        assert cfg.objective in ("stone", "stone24", "skey", "supervised", "semi")
+        for path in (cfg.cache_dir, cfg.out):
+            assert Path(os.path.normpath(path)).is_relative_to(REPO / "runs"), path
+
+
+def _fresh_clone_with_music(tmp_path, n_tracks: int, seconds: float) -> tuple[Path, Path]:
+    """A folder standing for a fresh clone (configs/ only) and a folder of the user's music."""
+    clone = tmp_path / "clone"
+    (clone / "configs").mkdir(parents=True)
+    (clone / "configs" / "skey_tiny_cpu.yaml").write_text((REPO / "configs" / "skey_tiny_cpu.yaml").read_text())
+    music = tmp_path / "my music"
+    music.mkdir()
+    for i in range(n_tracks):
+        sf.write(music / f"song{i}.wav", _melody((i * 7) % 12, seconds, i), SR)
+    return clone, music
+
+
+def test_tiny_recipe_runs_from_a_fresh_clone_on_the_users_folder(tmp_path, monkeypatch, capsys):
+    from musicssl.cli.main import main
+
+    clone, music = _fresh_clone_with_music(tmp_path, 4, 9.0)
+    monkeypatch.chdir(clone)
+    code = main(["train", "--config", "configs/skey_tiny_cpu.yaml", "--data", str(music),
+                 "--batch-size", "2", "--max-steps", "1", "--export", "false", "--progress", "false",
+                 "--val-fraction", "0", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (clone / "runs" / "skey_tiny_cpu" / "checkpoints" / "last.ckpt").is_file()
+    assert (clone / "runs" / "cache" / "key-hop1024").is_dir()
+
+
+def test_too_small_folder_says_which_batch_size_would_fit(tmp_path, monkeypatch, capsys):
+    from musicssl.cli.main import main
+
+    clone, music = _fresh_clone_with_music(tmp_path, 3, 9.0)
+    monkeypatch.chdir(clone)
+    code = main(["train", "--config", "configs/skey_tiny_cpu.yaml", "--data", str(music),
+                 "--progress", "false", "--val-fraction", "0", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "3 training tracks give no full batch of 16 per process" in err
+    assert "lower --batch-size to 3 or less" in err and "Traceback" not in err
 
 
 def test_shipped_model_recipe_differs_from_the_default_only_where_documented():
@@ -310,3 +358,18 @@ def test_ddp_two_cpu_processes_gloo(tmp_path, corpus):
     assert r0["weights"].keys() == r1["weights"].keys()
     for k in r0["weights"]:
         assert np.allclose(r0["weights"][k], r1["weights"][k], rtol=0, atol=0), k
+
+
+def test_train_cli_keeps_stdout_for_results_and_shows_no_advert(tmp_path, corpus, capfd):
+    """Lightning's progress bar goes to stderr, its litlogger tip nowhere; stdout holds the model path."""
+    from musicssl.cli.main import main
+
+    code = main(["train", "--data", str(corpus / "labels.csv"), "--cache-dir", str(tmp_path.parent / "shared-cache"),
+                 "--out", str(tmp_path / "run"), "--channels", "2", "3", "4", "--kernels", "3", "3", "3",
+                 "--segment-seconds", "2", "--hop-length", "1024", "--batch-size", "2", "--max-steps", "2",
+                 "--num-workers", "0", "--val-fraction", "0", "--val-manifest", "", "--progress", "true",
+                 "--checkpoint-every", "2"])
+    out, err = capfd.readouterr()
+    assert code == 0
+    assert out.strip() == str(tmp_path / "run" / "model.safetensors")
+    assert "Epoch 0" in err and "litlogger" not in err and "litlogger" not in out

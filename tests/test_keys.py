@@ -49,6 +49,16 @@ def test_parse_rejects_garbage(bad):
         parse_key(bad)
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("bb", Key(10, "minor")), ("Bb", Key(10, "major")), ("f#", Key(6, "minor")), ("F#", Key(6, "major")),
+    ("c", Key(0, "minor")), ("C", Key(0, "major")), ("eb", Key(3, "minor")), ("b", Key(11, "minor")),
+    ("c major", Key(0, "major")), ("C minor", Key(0, "minor")), ("bbm", Key(10, "minor")),
+])
+def test_a_tonic_without_mode_is_minor_when_lowercase(text, expected):
+    """Decision (issue 18): lowercase-means-minor, as Humdrum and music21; a written mode wins."""
+    assert parse_key(text) == expected
+
+
 def test_camelot_openkey_tkey_examples():
     c, a = Key(0, "major"), Key(9, "minor")
     assert (c.format("camelot"), a.format("camelot")) == ("8B", "8A")

@@ -166,6 +166,28 @@ def test_existing_id3v23_tag_keeps_its_version(tmp_path):
     assert str(reread["TIT2"]) == "title" and str(reread["TKEY"]) == "Ebm"
 
 
+@pytest.mark.parametrize("ext", ["mp3", "wav", "aiff"])
+def test_id3_version_3_or_4_on_request(tmp_path, ext):
+    from mutagen import File
+
+    path = make_file(tmp_path, ext)
+    before_audio = decode(path)
+    write_key_tag(path, E_FLAT_MINOR, id3_version=3)
+    tags = File(path).tags
+    assert tags.version[:2] == (2, 3) and str(tags["TKEY"]) == "Ebm"
+    if ext == "mp3":
+        assert path.read_bytes()[:4] == b"ID3\x03"
+    write_key_tag(path, Key(6, "major"), id3_version=4)
+    tags = File(path).tags
+    assert tags.version[:2] == (2, 4) and str(tags["TKEY"]) == "F#"
+    np.testing.assert_array_equal(decode(path), before_audio)
+
+
+def test_id3_version_is_checked(tmp_path):
+    with pytest.raises(TagError, match="ID3 version"):
+        write_key_tag(make_file(tmp_path, "mp3"), E_FLAT_MINOR, id3_version=2)
+
+
 def test_dry_run_changes_nothing(tmp_path):
     path = make_file(tmp_path, "flac")
     before = path.read_bytes()

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 from collections import deque
+from pathlib import Path
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -49,11 +50,12 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -
     Folders and glob patterns are searched with
     :func:`musicssl.frontend.audio.find_audio_files` (audio extensions only,
     hidden files skipped); a pattern that matches nothing contributes nothing.
-    Any other argument is kept as given, even if it does not exist, so that it
-    gets an error record instead of vanishing.
+    Any other argument is kept as given, even if it does not exist (or is a
+    symbolic link loop), so that it gets an error record instead of vanishing;
+    so is a folder named like an audio file (``song.mp3/``) holding no audio.
     """
     from musicssl.errors import AudioFileNotFoundError
-    from musicssl.frontend.audio import find_audio_files
+    from musicssl.frontend.audio import AUDIO_EXTENSIONS, find_audio_files
 
     files: list[str] = []
     seen: set[str] = set()
@@ -64,6 +66,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -
         except AudioFileNotFoundError:
             is_pattern = not os.path.exists(text) and bool(_GLOB_CHARS & set(text))
             found = [] if is_pattern else [text]
+        if not found and os.path.isdir(text) and Path(text).suffix.lower() in AUDIO_EXTENSIONS:
+            found = [text]  # a folder named like an audio file: its error record says so
         for path in found:
             identity = path_identity(path)
             if identity not in seen:

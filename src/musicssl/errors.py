@@ -28,6 +28,10 @@ class AudioDecodeError(AudioError):
     """The file exists but no decoder could read it as audio."""
 
 
+class TruncatedAudioError(AudioDecodeError):
+    """The file stops before the end its header announces (an interrupted copy or download)."""
+
+
 class EmptyAudioError(AudioError):
     """The audio has no samples."""
 

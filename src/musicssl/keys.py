@@ -155,6 +155,11 @@ def parse_key(text: str) -> Key:
     abbreviated modes (``"C Major"``, ``"C:maj"``, ``"Cmin"``), ID3 short forms
     (``"Ebm"``, ``"F#"``), Camelot (``"8A"``) and Open Key (``"1d"``).
     Raises :class:`~musicssl.errors.KeyLabelError` otherwise.
+
+    A tonic with no mode follows the lowercase-means-minor convention
+    (Humdrum, music21, German usage): ``"Bb"`` and ``"F#"`` are major,
+    ``"bb"`` and ``"f#"`` minor. A written mode always wins over the letter's
+    case (``"c major"``, ``"C minor"``, ``"Cm"``).
     """
     if not isinstance(text, str):
         raise KeyLabelError(f"a key label must be a string, got {type(text).__name__}")
@@ -186,7 +191,9 @@ def parse_key(text: str) -> Key:
     elif acc in ("b", "♭", "flat"):
         pc -= 1
     mode_l = mode.lower()
-    if mode_l in ("", "major", "maj", "dur") or mode == "M":
+    if mode_l == "":  # no mode written: the letter's case says it
+        parsed_mode = "minor" if m.group(1).islower() else "major"
+    elif mode_l in ("major", "maj", "dur") or mode == "M":
         parsed_mode = "major"
     elif mode_l in ("minor", "min", "m", "moll"):
         parsed_mode = "minor"

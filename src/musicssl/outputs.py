@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -157,7 +158,7 @@ class RecordFormat:
         if self.name == "jsonl":
             return json.dumps(record, ensure_ascii=False) + "\n"
         if self.name == "text":
-            return self.text_line(record).rstrip("\n") + "\n"
+            return self.text_line(_escaped_for_text(record)).rstrip("\n") + "\n"
         if self.name == "csv":
             raise ConfigError("CSV rows need a header; use render_document")
         return json.dumps(record, ensure_ascii=False, indent=2) + "\n"
@@ -190,6 +191,33 @@ class RecordFormat:
             return "".join(e.text if e.text is not None else self.render_line(e.record) for e in entries)
         rows = [e.row if e.row is not None else self.csv_row(e.record) for e in entries]
         return self.render_csv(rows) if rows else ""
+
+
+_TEXT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text_field(text: str) -> str:
+    r"""``text`` safe for one field of a tab-separated line: backslash, newline,
+    carriage return and tab as ``\\``, ``\n``, ``\r``, ``\t``; other control
+    characters as ``\xNN``. :func:`unescape_text_field` reverses it."""
+    return "".join(_TEXT_ESCAPES.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch)
+                   for ch in text)
+
+
+def unescape_text_field(text: str) -> str:
+    """The inverse of :func:`escape_text_field`."""
+    if "\\" not in text:
+        return text
+    return re.sub(r"\\(x[0-9a-f]{2}|.)",
+                  lambda m: chr(int(m[1][1:], 16)) if len(m[1]) == 3
+                  else {"n": "\n", "r": "\r", "t": "\t"}.get(m[1], m[1]), text)
+
+
+def _escaped_for_text(record: dict) -> dict:
+    """``record`` with its path and message escaped for the text format (one record, one block)."""
+    fields = {name: escape_text_field(record[name]) for name in ("path", "message")
+              if isinstance(record.get(name), str)}
+    return {**record, **fields} if fields else record
 
 
 def default_text_line(record: dict) -> str:
@@ -283,7 +311,7 @@ def read_entries(path: str | Path, fmt: str) -> list[Entry]:
     for block in _text_blocks(text):
         fields = block.split("\n", 1)[0].split("\t")
         ok = (len(fields) < 2 or fields[1] != "ERROR") and "\n    tag not written:" not in block
-        entries.append(Entry(fields[0], ok, text=block if block.endswith("\n") else block + "\n"))
+        entries.append(Entry(unescape_text_field(fields[0]), ok, text=block if block.endswith("\n") else block + "\n"))
     return entries
 
 

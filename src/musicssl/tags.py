@@ -16,6 +16,12 @@ so it is always written in the ``tkey`` notation. The other fields are free
 text; they get ``notation`` (default ``tkey``, the form most players and DJ
 software read; ``camelot``/``openkey``/``standard`` on request).
 
+ID3 version (``id3_version``): ``None`` keeps the version of the file's
+existing ID3 tag (ID3v2.4 for a file without one); ``3`` or ``4`` rewrites
+the whole tag as ID3v2.3 or ID3v2.4. Many car stereos, older players and
+some DJ software read only ID3v2.3. ``TKEY`` is written in Latin-1 (its
+values are ASCII), which both versions define.
+
 Only metadata is rewritten: mutagen never re-encodes or edits audio frames.
 """
 
@@ -111,21 +117,28 @@ def key_tag_field(path: str | Path) -> str:
     return _FIELDS[kind]
 
 
+#: ID3v2 minor versions :func:`write_key_tag` can write (2.3 and 2.4).
+ID3_VERSIONS = (3, 4)
+
+
 def write_key_tag(path: str | Path, key: Key, notation: str = DEFAULT_TAG_NOTATION,
-                  dry_run: bool = False) -> TagWrite:
+                  dry_run: bool = False, id3_version: int | None = None) -> TagWrite:
     """Store ``key`` in ``path``'s tags (see the module doc); ``dry_run`` only reports.
 
+    ``id3_version`` (3, 4 or None: keep the file's) applies to MP3/WAV/AIFF.
     Raises :class:`TagError` for unsupported or unwritable files.
     """
     if notation not in NOTATIONS:
         raise TagError(f"unknown tag notation {notation!r}; choose one of {', '.join(NOTATIONS)}")
+    if id3_version not in (None, *ID3_VERSIONS):
+        raise TagError(f"ID3 version must be 3 (ID3v2.3) or 4 (ID3v2.4), got {id3_version!r}")
     audio, kind = _open(path)
     previous = _current(audio, kind)
     field = _FIELDS[kind]
     value = format_key(key, "tkey" if kind == "id3" else notation)
     if not dry_run:
         try:
-            _store(audio, kind, value)
+            _store(audio, kind, value, id3_version)
         except Exception as exc:  # mutagen raises several unrelated types
             if isinstance(exc, TagError):
                 raise
@@ -133,7 +146,7 @@ def write_key_tag(path: str | Path, key: Key, notation: str = DEFAULT_TAG_NOTATI
     return TagWrite(str(path), field, value, previous, written=not dry_run)
 
 
-def _store(audio, kind: str, value: str) -> None:
+def _store(audio, kind: str, value: str, id3_version: int | None = None) -> None:
     if audio.tags is None:
         audio.add_tags()
     if kind == "id3":
@@ -141,10 +154,11 @@ def _store(audio, kind: str, value: str) -> None:
 
         if len(value) > 3:  # pragma: no cover - the tkey notation guarantees it
             raise TagError(f"TKEY holds at most 3 characters, got {value!r}")
-        version = audio.tags.version[1] if audio.tags.version else 4
+        if id3_version is None:
+            id3_version = 3 if audio.tags.version and audio.tags.version[1] == 3 else 4
         audio.tags.delall(ID3_KEY_FIELD)
-        audio.tags.add(TKEY(encoding=Encoding.UTF8, text=[value]))
-        audio.save(v2_version=3 if version == 3 else 4)
+        audio.tags.add(TKEY(encoding=Encoding.LATIN1, text=[value]))
+        audio.save(v2_version=id3_version)
     elif kind == "vorbis":
         for name in list(audio.tags.keys()):
             if name.upper() == VORBIS_KEY_FIELD:

@@ -191,6 +191,8 @@ def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from musicssl.trainer_output import trainer_callbacks
+
     out_dir = Path(out_dir)
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=-1,
                            every_n_train_steps=max(1, config.checkpoint_every),
@@ -205,7 +207,8 @@ def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = 
         max_time = {"minutes": minutes}
     return L.Trainer(default_root_dir=str(out_dir), accelerator=config.accelerator, devices=devices,
                      strategy=strategy, precision=config.precision, max_steps=config.max_steps,
-                     max_epochs=-1, max_time=max_time, callbacks=[ckpt] + ([] if progress else [_print_callback()]),
+                     max_epochs=-1, max_time=max_time,
+                     callbacks=[ckpt, *trainer_callbacks(progress)] + ([] if progress else [_print_callback()]),
                      logger=CSVLogger(str(out_dir), name="logs"), log_every_n_steps=5,
                      enable_progress_bar=progress, enable_model_summary=False,
                      num_sanity_val_steps=0)

@@ -36,41 +36,65 @@ from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
 
+_EPILOG = """examples:
+  musicssl beats song.mp3
+  musicssl beats music/ --format jsonl -o beats.jsonl --beats-dir beats/ --jobs 2
+  musicssl beats music/ -o beats.jsonl --skip-existing        (resume)
+  musicssl beats song.flac --activations act/ --plot plots/
+  musicssl beats song.flac --tracker librosa
+
+Output per file: text "path<TAB>tempo BPM<TAB>n beats" and an indented line
+of beat times in seconds, or CSV / JSON / JSONL records (beats as a list).
+A file that cannot be analysed gives an error record and the run goes on.
+
+exit status: 0 all files analysed, 1 some files failed, 2 usage error, 130 interrupted"""
+
+
 def add_parser(subparsers, name: str = "beats", help_text: str = "track the beats of audio files or folders"):
     """Register ``musicssl beats`` on ``subparsers``."""
     p = subparsers.add_parser(
-        name, help=help_text, description=__doc__.split("\n\n")[0].strip(),
-        epilog="exit status: 0 all files analysed, 1 some files failed, 2 usage error",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        name, help=help_text, description="Beat times and tempo of audio files, folders and glob patterns.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     out = add_batch_arguments(p, "audio files, folders (searched recursively) or glob patterns",
-                              "output format (default: from the -o file extension, else text)")
-    out.add_argument("--beats-dir", metavar="DIR", help="also write DIR/<name>.beats (one time per line)")
-    out.add_argument("--activations", metavar="DIR", help="save the beat activation as DIR/<name>.npy")
-    out.add_argument("--plot", metavar="DIR", help="save waveform + activation + beats as DIR/<name>.png")
+                              "output format (default: from the -o extension .csv/.json/.jsonl, else text)")
+    out.add_argument("--beats-dir", metavar="DIR",
+                     help="also write DIR/<name>.beats, one beat time in seconds per line (default: none)")
+    out.add_argument("--activations", metavar="DIR",
+                     help="also save the beat activation (62.5 frames/s, values 0-1) as DIR/<name>.npy "
+                          "(default: none)")
+    out.add_argument("--plot", metavar="DIR",
+                     help="also save a PNG of waveform, activation and beats as DIR/<name>.png (default: none)")
     out.add_argument("--plot-window", metavar="START:END", type=parse_plot_window, default=None,
-                     help="seconds shown by --plot, e.g. 60:90 or 120: (default: 0:30)")
+                     help="the stretch of time, in seconds, that --plot shows, e.g. 60:90 or 120: "
+                          "(default: 0:30)")
     model = p.add_argument_group("model and decoder")
     model.add_argument("--activation", choices=("onset", "zerons"), default=None,
-                       help="beat activation: onset strength (no model; the default, the best tracker "
-                            "the project has for now) or the Zero-Note Samba networks (the default with "
+                       help="beat activation: onset strength (no model; the best tracker the project has "
+                            "for now) or the Zero-Note Samba networks (default: onset, or zerons with "
                             "--checkpoint)")
     model.add_argument("--checkpoint", metavar="PATH",
                        help="a ZeroNS .safetensors model; implies --activation zerons "
                             "(default: the shipped ZeroNS model when --activation zerons)")
-    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
+    model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where the networks run (default: cpu)")
     model.add_argument("--tracker", choices=("dbn", "librosa"), default="dbn",
-                       help="beat decoder: the project's DBN, or librosa's dynamic programming")
+                       help="beat decoder: the project's DBN, or librosa's dynamic programming (default: dbn)")
     model.add_argument("--combine", choices=("max", "mean"), default="max",
-                       help="how the two networks' outputs form the activation")
-    model.add_argument("--min-bpm", type=float, default=55.0, help="DBN tempo range (lower end)")
-    model.add_argument("--max-bpm", type=float, default=215.0, help="DBN tempo range (upper end)")
-    model.add_argument("--transition-lambda", type=float, default=100.0,
-                       help="DBN tempo-change penalty (higher = steadier tempo)")
-    model.add_argument("--separator", default="hpss",
-                       help="'hpss' or an import path 'package.module:name' of another separator")
+                       help="with --activation zerons: how the two networks' outputs form the activation, "
+                            "frame by frame (default: max)")
+    model.add_argument("--min-bpm", type=float, default=55.0, metavar="BPM",
+                       help="slowest tempo the DBN considers, in beats per minute (default: 55)")
+    model.add_argument("--max-bpm", type=float, default=215.0, metavar="BPM",
+                       help="fastest tempo the DBN considers, in beats per minute (default: 215)")
+    model.add_argument("--transition-lambda", type=float, default=100.0, metavar="X",
+                       help="DBN tempo-change penalty; higher keeps the tempo steadier (default: 100)")
+    model.add_argument("--separator", default="hpss", metavar="NAME",
+                       help="with --activation zerons: percussive/non-percussive separator, hpss or "
+                            "an import path package.module:name of another (default: hpss)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
-                       help="worker processes for decoding + separation + VQT")
+                       help="worker processes for decoding and the activation's front end (onset strength, "
+                            "or separation and the VQT) (default: 1)")
     p.set_defaults(func=run, _parser=p)
     return p
 

@@ -10,12 +10,17 @@ from pathlib import Path
 def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=(
         "Run the package's reference signals (cadences and scales in all 24 keys) through a model, "
-        "find which output row is major and which column is which tonic (SPEC §1.6), print the "
-        "mapping, and with -o save the model with it in the project's .safetensors format."))
-    p.add_argument("checkpoint", help="project .safetensors, released S-KEY/STONE .pt, "
-                                      "or a training .ckpt written by musicssl train")
-    p.add_argument("-o", "--output", help="write the calibrated model here (.safetensors)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        "find which output row is major and which column is which tonic (SPEC section 1.6), print the "
+        "mapping as JSON, and with -o save the model with it in the project's .safetensors format."),
+        epilog="example: musicssl calibrate skey.pt -o skey.safetensors")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="project .safetensors, released S-KEY/STONE .pt, or a training .ckpt written by "
+                        "musicssl train")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write the calibrated model to FILE (.safetensors); a training .ckpt needs it "
+                        "(default: none, print the mapping only)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the model runs on the reference signals (default: cpu)")
     p.set_defaults(func=run)
 
 

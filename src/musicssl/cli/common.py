@@ -24,8 +24,8 @@ def positive_int(text: str) -> int:
 def add_transpositions_argument(parser) -> None:
     """``--transpositions N``: transposed crops a key network averages (``KeyEstimator``)."""
     parser.add_argument("--transpositions", type=positive_int, default=None, metavar="N",
-                        help="average key networks over N transposed crops (default 12; "
-                             "1: the papers' single crop)")
+                        help="average key networks over N transposed crops, one semitone apart "
+                             "(default: 12; 1: the papers' single crop)")
 
 
 def add_prior_argument(parser) -> None:
@@ -48,11 +48,13 @@ def add_batch_arguments(parser, paths_help: str, format_help: str):
     out = parser.add_argument_group("output")
     out.add_argument("--format", choices=FORMATS, default=None, help=format_help)
     out.add_argument("-o", "--output", metavar="FILE", default=None,
-                     help="write to FILE (atomically) instead of standard output")
+                     help="write the records to FILE, atomically (default: standard output)")
     out.add_argument("--skip-existing", "--resume", dest="skip_existing", action="store_true",
-                     help="keep records already in -o FILE and analyse only the other files")
+                     help="keep records already in -o FILE and analyse only the other files "
+                          "(default: off, analyse all)")
     out.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="never show a progress bar (it is shown on a terminal for many files)")
+                     help="never show a progress bar (default: a bar on standard error when it is a "
+                          "terminal and there are several files)")
     return out
 
 

@@ -1,6 +1,6 @@
 """``musicssl evaluate``: score key estimators on a labelled dataset.
 
-Example::
+Example (the project's dev-synth set)::
 
     musicssl evaluate --dataset dev-synth ../shared/data/dev-synth \\
         --model krumhansl --model temperley --checkpoint ../shared/fixtures/skey.pt \\
@@ -35,33 +35,42 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                "  winterreise  Schubert Winterreise Dataset folder (first 30 s of each piece)\n"
                "models: default, skey-debian, krumhansl, temperley, kostka-payne or a checkpoint path;\n"
                "  a network spec may end in +PROFILE for a template prior (skey-debian+temperley,\n"
-               "  ../shared/fixtures/skey.pt+temperley); default = skey-debian+temperley")
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format")
-    p.add_argument("path", type=Path, help="dataset folder or manifest file")
+               "  ../shared/fixtures/skey.pt+temperley); default = skey-debian+temperley\n"
+               "example:\n"
+               "  musicssl evaluate --dataset csv my_labels.csv --model default --model krumhansl --compare")
+    p.add_argument("--dataset", required=True, choices=DATASETS,
+                   help="layout of PATH, see the datasets list below (required)")
+    p.add_argument("path", type=Path, metavar="PATH", help="dataset folder or manifest file")
     p.add_argument("--model", action="append", metavar="SPEC", default=None,
-                   help="estimator to score (repeatable): default | skey-debian | krumhansl | temperley | "
-                        "kostka-payne | CHECKPOINT, network specs optionally +PROFILE")
+                   help="estimator to score, repeatable: default, skey-debian, krumhansl, temperley, "
+                        "kostka-payne or a checkpoint path; network specs may end in +PROFILE "
+                        "(default: default)")
     p.add_argument("--checkpoint", action="append", metavar="PATH", type=Path, default=None,
-                   help="a key model checkpoint to score (repeatable; same as --model PATH)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for results.json, results.md and figures "
-                        "(default: ./musicssl-eval/<dataset>)")
+                   help="a key model checkpoint to score, repeatable; the same as --model PATH (default: none)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder for results.json, results.md and figures; the command says where it "
+                        "wrote (default: ./musicssl-eval/<dataset>)")
     p.add_argument("--compare", action="store_true",
-                   help="add differences of every estimator against the first one")
+                   help="add the differences of every estimator against the first one (default: off)")
     p.add_argument("--figures", action="store_true",
-                   help="save confusion matrices, embedding PCA and a key-gram (PNG and SVG)")
+                   help="save confusion matrices, embedding PCA and a key-gram as PNG and SVG (default: off)")
     p.add_argument("--keygram", metavar="ITEM", action="append", default=None,
-                   help="item id or audio path to draw a key-gram for (default with --figures: first item)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N items")
-    p.add_argument("--audio-dir", type=Path, default=None,
-                   help="where the audio is, when not beside the annotations (GiantSteps, GTZAN, FMAKv2, Winterreise)")
+                   help="item id or audio path to draw a key-gram (key over time) for, repeatable "
+                        "(default: with --figures, the first item)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="score only the first N items (default: all)")
+    p.add_argument("--audio-dir", type=Path, default=None, metavar="DIR",
+                   help="where the audio is, when not beside the annotations: GiantSteps, GTZAN, FMAKv2, "
+                        "Winterreise (default: beside the annotations)")
     p.add_argument("--lenient", action="store_true",
-                   help="skip and count malformed annotation lines instead of stopping")
-    p.add_argument("--device", default="cpu", help="torch device for the networks (default cpu)")
+                   help="skip and count malformed annotation lines instead of stopping (default: stop)")
+    p.add_argument("--device", default="cpu", help="torch device for the networks: cpu or cuda (default: cpu)")
     add_transpositions_argument(p)
     add_prior_argument(p)
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="decoding worker processes (default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes decoding audio and computing spectrograms (default: 1)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (default: a bar on standard error when it is a terminal)")
     p.set_defaults(func=run)
     return p
 
@@ -133,5 +142,7 @@ def run(args: argparse.Namespace) -> int:
         written += write_figures(evaluation, out_dir)
     for failure in evaluation.failures[:10]:
         print(f"failed: {failure.item.path}: {failure.error}", file=sys.stderr)
-    print(f"wrote {len(written)} files to {out_dir}", file=sys.stderr)
+    default = "" if args.out is not None else ", the default folder (--out DIR chooses another)"
+    print(f"wrote {len(written)} files (results.json, results.md{', figures' if args.figures else ''}) "
+          f"to {out_dir.resolve()}{default}", file=sys.stderr)
     return 1 if evaluation.failures else 0

@@ -56,38 +56,62 @@ ONSET_SR, ONSET_HOP = 16000, 256
 Tracker = Callable[[Path], np.ndarray]  # audio path -> beat times (n,) in seconds
 
 
+_EPILOG = """examples:
+  musicssl evaluate-beats --dataset folder music/ --annotations beats/ --tracker zerons --tracker librosa --out results/
+  musicssl evaluate-beats --dataset csv list.csv --tracker my_model.safetensors --limit 20
+  musicssl evaluate-beats --dataset dev-synth ../shared/data/dev-synth --tracker librosa
+
+trackers (--tracker, repeatable; each becomes a row of the table):
+  zerons          the Zero-Note Samba model (shipped, or --checkpoint) + the project's DBN
+  zerons-librosa  the same ZeroNS activation + librosa's dynamic-programming tracker
+  librosa         librosa.beat.beat_track on the audio (onset envelope + DP)
+  librosa-dbn     librosa's onset envelope (62.5 frames/s) + the project's DBN
+  PATH            a ZeroNS checkpoint + the DBN
+
+Scores (mir_eval.beat, beats before --trim ignored): F-measure (70 ms window), CMLc,
+CMLt, AMLc, AMLt, P-score, Cemgil, information gain. With --out DIR: scores.csv
+(per file and tracker), summary.json (means) and the estimated beats
+<tracker>/<id>.beats.
+
+exit status: 0 every file scored, 1 some files failed (listed), 2 usage error"""
+
+
 def add_parser(subparsers, name: str = "evaluate-beats",
                help_text: str = "score beat trackers on a dataset with beat annotations"):
     """Register ``musicssl evaluate-beats`` on ``subparsers``."""
     p = subparsers.add_parser(
-        name, help=help_text, description=__doc__.split("\n\n")[0].strip(),
-        epilog="exit status: 0 all files scored, 1 some files failed, 2 usage error",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        name, help=help_text, description="Score beat trackers on a dataset with beat annotations.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", metavar="PATH",
                    help="dataset: the dev-synth folder, an audio folder, or a CSV manifest")
     p.add_argument("--dataset", choices=BEAT_DATASETS, default="dev-synth",
                    help="layout of PATH: dev-synth (labels.csv with beats_path), folder "
-                        "(audio + annotation files paired by stem), csv (audio and beats columns)")
+                        "(audio + annotation files paired by name), csv (audio and beats columns) "
+                        "(default: dev-synth)")
     p.add_argument("--tracker", action="append", default=argparse.SUPPRESS, metavar="NAME|CHECKPOINT",
                    help=f"tracker to score, repeatable: {', '.join(BUILTIN_TRACKERS)} or a "
                         "ZeroNS checkpoint path (default: onset, as musicssl beats)")
     p.add_argument("--annotations", metavar="DIR", default=argparse.SUPPRESS,
                    help="--dataset folder: where the annotation files are (default: beside the audio)")
     p.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS), metavar="EXT",
-                   help="--dataset folder: annotation file endings, in order of preference")
+                   help="--dataset folder: annotation file endings, in order of preference "
+                        f"(default: {' '.join(DEFAULT_EXTENSIONS)})")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="write scores.csv, summary.json and the estimated beats here")
+                   help="write scores.csv, summary.json and the estimated beats here (default: none, "
+                        "print the table only)")
     p.add_argument("--limit", type=_non_negative_int, default=None, metavar="N",
-                   help="score only the first N files")
+                   help="score only the first N files (default: all)")
     p.add_argument("--trim", type=float, default=5.0, metavar="SECONDS",
-                   help="ignore beats before this time (the standard 5 s)")
+                   help="ignore beats before this time, in seconds (default: 5, the standard)")
     p.add_argument("--metrics", choices=("core", "all"), default="all",
-                   help="table columns: core = F-measure, CMLt, AMLt")
-    p.add_argument("--per-file", action="store_true", help="also print one line per file and tracker")
+                   help="table columns: core = F-measure, CMLt, AMLt; all = every score (default: all)")
+    p.add_argument("--per-file", action="store_true",
+                   help="also print one line per file and tracker (default: off)")
     p.add_argument("--checkpoint", metavar="PATH", default=argparse.SUPPRESS,
                    help="ZeroNS model used by the zerons and zerons-librosa trackers "
                         "(default: the model shipped with musicssl)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where ZeroNS networks run")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where ZeroNS networks run (default: cpu)")
     p.set_defaults(func=run)
     return p
 

@@ -32,6 +32,7 @@ from musicssl.cli.common import (add_batch_arguments, add_prior_argument, add_tr
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path, key_record
+from musicssl.tags import ID3_VERSIONS
 
 
 EPILOG = """examples:
@@ -58,14 +59,15 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                      help="key names: standard ('Eb major', the default), camelot ('5B'), "
                           "openkey ('10d'), tkey ('Eb')")
     out.add_argument("--probabilities", action="store_true",
-                     help="include all 24 key probabilities in text/CSV output (always in JSON/JSONL)")
+                     help="include all 24 key probabilities in text/CSV output; JSON/JSONL always have "
+                          "them (default: off)")
     out.add_argument("--local", action="store_true",
                      help="also estimate keys over time (sliding windows) and the segments "
-                          "where the key changes")
+                          "where the key changes (default: off, one key per file)")
     out.add_argument("--window", type=_positive_float, default=20.0, metavar="SECONDS",
-                     help="length of the --local analysis windows (default 20)")
+                     help="length of the --local analysis windows in seconds (default: 20)")
     out.add_argument("--hop", type=_positive_float, default=5.0, metavar="SECONDS",
-                     help="hop between --local analysis windows (default 5)")
+                     help="hop between --local analysis windows in seconds (default: 5)")
     model = p.add_argument_group("model")
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=model_names(), default="default",
@@ -73,25 +75,31 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                              "(default: skey-debian+temperley, see README), or a template baseline "
                              "(Krumhansl-Kessler, Temperley, Kostka-Payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
-                        help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
+                        help="a key checkpoint: project .safetensors or released S-KEY/STONE .pt "
+                             "(default: none, --model decides)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                       help="where the network runs (default cpu)")
+                       help="where the network runs (default: cpu)")
     add_transpositions_argument(model)
     add_prior_argument(model)
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
-                            "in parallel (default 1)")
+                            "in parallel (default: 1)")
     speed.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
-                       help="files per network batch (default 16)")
+                       help="files per network batch (default: 16)")
     tags = p.add_argument_group("tags")
     tags.add_argument("--write-tags", action="store_true",
                       help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, "
-                           "MP4 initialkey, WMA WM/InitialKey)")
+                           "MP4 initialkey, WMA WM/InitialKey); the audio is never touched (default: off)")
     tags.add_argument("--tag-notation", choices=NOTATIONS, default="tkey",
-                      help="notation of Vorbis/MP4/WMA key tags (default tkey, e.g. 'Ebm'); "
+                      help="notation of Vorbis/MP4/WMA key tags (default: tkey, e.g. 'Ebm'); "
                            "ID3 TKEY is always the tkey form (at most 3 characters)")
-    tags.add_argument("--dry-run", action="store_true", help="with --write-tags: report, change nothing")
+    tags.add_argument("--id3-version", type=int, choices=ID3_VERSIONS, default=None, metavar="3|4",
+                      help="ID3 version of MP3/WAV/AIFF tags: 3 (ID3v2.3, which car stereos, older "
+                           "players and some DJ software need) or 4 (ID3v2.4) (default: the version "
+                           "of the file's existing ID3 tag, 4 for a file without one)")
+    tags.add_argument("--dry-run", action="store_true",
+                      help="with --write-tags: report which tags would be written, change nothing (default: off)")
     p.set_defaults(func=run, _parser=p)
     return p
 
@@ -200,7 +208,8 @@ def _tag(path: str, key, args) -> dict:
     from musicssl.tags import TagError, write_key_tag
 
     try:
-        return write_key_tag(path, key, args.tag_notation, dry_run=args.dry_run).to_dict()
+        return write_key_tag(path, key, args.tag_notation, dry_run=args.dry_run,
+                             id3_version=args.id3_version).to_dict()
     except TagError as exc:
         message = str(exc)
         return {"error": message[len(path) + 2:] if message.startswith(f"{path}: ") else message}
@@ -212,6 +221,8 @@ def run(args) -> int:
     fmt_name = args.format or format_from_path(args.output)
     if args.dry_run and not args.write_tags:
         return usage_error(args, "key", "--dry-run only makes sense with --write-tags")
+    if args.id3_version is not None and not args.write_tags:
+        return usage_error(args, "key", "--id3-version only makes sense with --write-tags")
     files = batch_inputs(args, "key")
     if files is None:
         return 2

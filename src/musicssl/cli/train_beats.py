@@ -1,19 +1,10 @@
 """``musicssl train-beats``: pretrain Zero-Note Samba from unlabeled audio, or fine-tune it.
 
-Pretraining::
-
-    musicssl train-beats --data DIR|MANIFEST [...] --out RUN [--config configs/zerons_default.yaml]
-
-builds (or reuses) a feature cache of the separated parts (``RUN/cache`` or
-``--cache``), trains with checkpoints in ``RUN/checkpoints`` (``--resume`` to
-continue) and exports ``RUN/zerons.safetensors``.
-
-Few-shot fine-tuning (1–10 annotated songs)::
-
-    musicssl train-beats --finetune LABELS.csv|DIR --init CKPT --out RUN
-
-``LABELS.csv`` has ``path`` and ``beats_path`` columns; a folder is searched
-for audio files with a ``.beats``/``.txt`` file of the same name beside them.
+Pretraining builds (or reuses) a feature cache of the separated parts
+(``RUN/cache`` or ``--cache``), trains with checkpoints in
+``RUN/checkpoints`` (``--resume`` to continue) and exports
+``RUN/zerons.safetensors``. Few-shot fine-tuning starts from a ZeroNS model
+and 1-10 annotated songs.
 """
 
 from __future__ import annotations
@@ -44,37 +35,102 @@ _OVERRIDES = ("width", "batch_size", "lr", "max_steps", "max_minutes", "clip_sec
               "accelerator", "devices", "precision", "threads", "checkpoint_every", "separator")
 
 
+_DESCRIPTION = "Pretrain Zero-Note Samba (ZeroNS) beat networks from unlabeled audio, or fine-tune them."
+
+_EPILOG = """pretraining:
+  musicssl train-beats --data ~/Music --out runs/zerons [--config configs/zerons_cpu_small.yaml]
+  builds (or reuses) a feature cache of the separated parts (RUN/cache or --cache),
+  trains with checkpoints in RUN/checkpoints (--resume continues) and exports
+  RUN/zerons.safetensors, ready for musicssl beats --checkpoint.
+
+few-shot fine-tuning (1-10 annotated songs):
+  musicssl train-beats --finetune LABELS.csv|DIR --init CKPT --out RUN
+  LABELS.csv has path and beats_path columns; a folder is searched for audio
+  files with a .beats/.txt file of the same name beside them (one beat time
+  in seconds per line).
+
+Settings without a flag value come from --config, else from the built-in
+defaults shown."""
+
+#: flag -> (type, metavar, help sentence) of the PretrainConfig settings that are also flags
+_SETTINGS = {
+    "width": (float, "X", "network width as a fraction of the paper's (1 = full size, 0.125 = the "
+                          "shipped small model)"),
+    "batch-size": (int, "N", "clips per optimizer step"),
+    "lr": (float, "X", "learning rate of Adam; with --finetune, of the fine-tuning (whose default is 0.0003)"),
+    "max-steps": (int, "N", "stop after N optimizer steps"),
+    "max-minutes": (float, "MIN", "stop cleanly after this many minutes of wall clock"),
+    "clip-seconds": (float, "SECONDS", "length of a training clip in seconds"),
+    "clips-per-epoch": (int, "N", "clips drawn per epoch"),
+    "max-seconds-per-track": (float, "SECONDS", "only this many seconds of each track are cached"),
+    "temperature": (float, "X", "temperature of the NT-Xent synchrony loss"),
+    "num-workers": (int, "N", "data-loading worker processes"),
+    "seed": (int, "N", "random seed of clip positions and initial weights"),
+    "accelerator": (str, "NAME", "Lightning accelerator: auto, cpu, gpu, cuda or mps"),
+    "devices": (str, "N", "devices to train on: a number or auto"),
+    "precision": (str, "NAME", "Lightning precision: 32-true, bf16-mixed or 16-mixed"),
+    "threads": (int, "N", "torch intra-op threads"),
+    "checkpoint-every": (int, "N", "save a checkpoint every N optimizer steps"),
+    "separator": (str, "NAME", "percussive/non-percussive separator: hpss or an import path "
+                               "package.module:name"),
+}
+
+
+def _default(field_name: str) -> str:
+    from dataclasses import MISSING, fields
+
+    from musicssl.beat.training import PretrainConfig
+
+    f = {f.name: f for f in fields(PretrainConfig)}[field_name]
+    value = f.default if f.default is not MISSING else f.default_factory()
+    if value is None:
+        return {"max_minutes": "no limit", "threads": "torch's choice"}.get(field_name, "none")
+    return str(value)
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(name, help=help_text, description=__doc__,
+    p = subparsers.add_parser(name, help=help_text, description=_DESCRIPTION, epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", metavar="SRC",
-                   help="audio folders, files or manifests (CSV with a 'path' column, or .txt)")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder (cache, checkpoints, model)")
-    p.add_argument("--config", metavar="YAML", help="settings file (configs/zerons_*.yaml)")
-    p.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/cache)")
+                   help="your audio: folders (searched recursively), files or manifests (CSV with a path "
+                        "column, or .txt with one path per line) (default: none; needed unless --cache "
+                        "already holds the features)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder for the cache, checkpoints and the model (required)")
+    p.add_argument("--config", metavar="YAML",
+                   help="settings file, e.g. configs/zerons_cpu_small.yaml (default: none, the built-in settings)")
+    p.add_argument("--cache", metavar="DIR", help="feature cache folder (default: OUT/cache)")
     p.add_argument("--include", nargs="+", metavar="TEXT",
-                   help="keep only tracks whose path contains one of these texts")
-    p.add_argument("--cache-only", action="store_true", help="build the feature cache and stop")
-    p.add_argument("--cache-minutes", type=float, help="stop adding tracks to the cache after this long")
-    p.add_argument("--max-tracks", type=int, help="use at most this many tracks (evenly spread)")
+                   help="keep only tracks whose path contains one of these texts (default: every track)")
+    p.add_argument("--cache-only", action="store_true",
+                   help="build the feature cache and stop (default: off)")
+    p.add_argument("--cache-minutes", type=float, metavar="MIN",
+                   help="stop adding tracks to the cache after this many minutes (default: no limit)")
+    p.add_argument("--max-tracks", type=int, metavar="N",
+                   help="use at most N tracks, evenly spread over the list (default: all)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
-                   help="continue from a Lightning checkpoint (default OUT/checkpoints/last.ckpt)")
+                   help="continue from a Lightning checkpoint; without a value OUT/checkpoints/last.ckpt "
+                        "(default: start afresh)")
     p.add_argument("--hard-negatives", action="store_true", default=None,
-                   help="add time-shifted percussive outputs as negatives")
-    for opt, typ in (("width", float), ("batch-size", int), ("lr", float), ("max-steps", int),
-                     ("max-minutes", float), ("clip-seconds", float), ("clips-per-epoch", int),
-                     ("max-seconds-per-track", float), ("temperature", float), ("num-workers", int),
-                     ("seed", int), ("accelerator", str), ("devices", str), ("precision", str),
-                     ("threads", int), ("checkpoint-every", int), ("separator", str)):
-        p.add_argument(f"--{opt}", type=typ, default=None)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="add time-shifted percussive outputs as negatives of the loss (default: off)")
+    for opt, (typ, metavar, sentence) in _SETTINGS.items():
+        p.add_argument(f"--{opt}", type=typ, default=None, metavar=metavar,
+                       help=f"{sentence} (default: {_default(opt.replace('-', '_'))})")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print a line every few steps instead of a progress bar (default: progress bar "
+                        "on standard error)")
     p.add_argument("--export", metavar="CKPT",
-                   help="only convert a training checkpoint (.ckpt) to OUT (.safetensors) and stop")
-    p.add_argument("--half", action="store_true", help="with --export: store float16 weights")
+                   help="only convert a training checkpoint (.ckpt) to OUT (.safetensors) and stop "
+                        "(default: off, train)")
+    p.add_argument("--half", action="store_true",
+                   help="with --export: store float16 weights, half the size (default: float32)")
     ft = p.add_argument_group("few-shot fine-tuning")
-    ft.add_argument("--finetune", metavar="LABELS", help="annotated songs: CSV (path, beats_path) or folder")
-    ft.add_argument("--init", metavar="CKPT", help="ZeroNS model to start from (default: shipped model)")
-    ft.add_argument("--epochs", type=int, default=30, help="fine-tuning passes over the songs")
+    ft.add_argument("--finetune", metavar="LABELS",
+                    help="fine-tune on these annotated songs: a CSV (path, beats_path) or a folder of audio "
+                         "with .beats files (default: off, pretrain)")
+    ft.add_argument("--init", metavar="CKPT", help="ZeroNS model to start from (default: the shipped model)")
+    ft.add_argument("--epochs", type=int, default=30, metavar="N",
+                    help="fine-tuning passes over the songs (default: 30)")
     p.set_defaults(func=run)
     return p
 

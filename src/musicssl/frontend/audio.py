@@ -25,13 +25,25 @@ Public functions
 
 Bad input raises a subclass of :class:`musicssl.errors.AudioError` whose
 ``path`` attribute names the file.
+
+Truncated files, one rule for every format: decoding that stops more than
+:data:`TRUNCATION_TOLERANCE_S` and :data:`TRUNCATION_FRACTION` short of the
+length the header announces (FLAC, WAV's data chunk, MP3's Xing/Info header,
+the FFmpeg containers of :data:`_LENGTH_CONTAINERS`), or an Ogg file whose last page lacks the end-of-stream
+mark, raises :class:`~musicssl.errors.TruncatedAudioError` ("truncated:
+decoded 20.9 of 44.4 s") once the decoded part has been read; nothing is
+analysed in part. A span (``offset``/``duration``) that lies wholly inside
+what decodes is returned normally.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import math
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +62,7 @@ from musicssl.errors import (
     EmptyAudioError,
     NonFiniteAudioError,
     SilentAudioError,
+    TruncatedAudioError,
 )
 
 __all__ = [
@@ -136,7 +149,7 @@ def _seconds(value, name: str, *, optional: bool = False) -> float | None:
 def _check_path(path) -> Path:
     p = Path(path)
     if not p.exists():
-        raise AudioFileNotFoundError("no such file", p)
+        raise AudioFileNotFoundError(_missing_reason(p), p)
     if not p.is_file():
         kind = "a directory" if p.is_dir() else "not a regular file"
         raise AudioFileNotFoundError(f"is {kind}, not an audio file", p)
@@ -145,19 +158,161 @@ def _check_path(path) -> Path:
     return p
 
 
+def _missing_reason(p: Path) -> str:
+    """Why ``p``, which does not exist as far as ``stat`` can tell, cannot be opened."""
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop: the link never reaches a file"
+    if p.is_symlink():
+        return f"broken symbolic link (it points to {os.readlink(p)!r}, which does not exist)"
+    return "no such file"
+
+
+def _identity(p: Path) -> Path:
+    """``p`` with symbolic links resolved; a link loop resolves to its absolute path."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: symlink loop (Python < 3.13)
+        return Path(os.path.abspath(p))
+
+
+# ----------------------------------------------------------------------------
+# truncated files
+# ----------------------------------------------------------------------------
+#: A file is truncated when decoding stops more than this many seconds, and
+#: more than TRUNCATION_FRACTION of the length, before the end its header
+#: announces (headers of lossy containers can be a little off).
+TRUNCATION_TOLERANCE_S = 0.5
+TRUNCATION_FRACTION = 0.02
+
+#: Lines native decoders print on stderr that the errors above already report
+#: in words (libmpg123 on an MP3 whose Xing header disagrees with its size).
+_DECODER_NOISE = ("Xing stream size off",)
+
+# the PCM subtypes whose WAV data chunk size gives the sample count
+_PCM_SUBTYPES = frozenset({"PCM_U8", "PCM_S8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
+
+
+def _is_short(decoded: int, header: int, rate: float) -> bool:
+    """True when ``decoded`` frames fall short of the ``header``'s count beyond the tolerance."""
+    missing = header - decoded
+    return missing > TRUNCATION_FRACTION * header and missing / rate > TRUNCATION_TOLERANCE_S
+
+
+def _wav_data_frames(path: Path, subtype: str, samplerate: int) -> int | None:
+    """Frames a WAV file's ``data`` chunk declares (None: unknown or not checkable).
+
+    libsndfile clamps a WAV's length to what the file holds, so a cut WAV
+    looks whole; the chunk size (read by mutagen) still says how long it was."""
+    if subtype not in _PCM_SUBTYPES:
+        return None  # compressed subtypes: the chunk size is no sample count
+    try:
+        from mutagen.wave import WAVE
+
+        length = WAVE(path).info.length
+    except Exception:  # noqa: BLE001 - mutagen raises several types; no verdict then
+        return None
+    return int(round(length * samplerate)) if length else None
+
+
+#: FFmpeg containers whose header stores the length (checked for truncation).
+_LENGTH_CONTAINERS = ("mov", "mp4", "matroska", "webm", "asf", "wv", "ogg", "flac", "wav", "aiff")
+
+
+def _mp3_has_length_header(path: Path) -> bool:
+    """True when the first MPEG frame of ``path`` carries a Xing, Info or VBRI header
+    (the frame count); without one the length is only estimated from the file size."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag (syncsafe size)
+            start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+            start += 10 if head[5] & 0x10 else 0
+        f.seek(start)
+        first = f.read(8192)
+    sync = next((i for i in range(len(first) - 1)
+                 if first[i] == 0xFF and first[i + 1] & 0xE0 == 0xE0), None)
+    if sync is None:
+        return False
+    frame = first[sync:sync + 200]
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def _ogg_has_end(path: Path) -> bool:
+    """True when the last complete Ogg page of ``path``'s first stream marks its end.
+
+    An Ogg file carries no total length, but its last page has the
+    end-of-stream flag; a cut file ends before that page (pages read by mutagen)."""
+    from mutagen.ogg import OggPage
+
+    try:
+        with open(path, "rb") as f:
+            first = OggPage(f)
+            return bool(OggPage.find_last(f, first.serial, finishing=False).last)
+    except Exception:  # noqa: BLE001 - unreadable pages: libsndfile's decoding decides
+        return True
+
+
+class _QuietStderr:
+    """Captures what native code writes on file descriptor 2 while active, then
+    writes back every line except known decoder noise (:data:`_DECODER_NOISE`)."""
+
+    def __enter__(self):
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            self._saved = None
+            return self
+        self._capture = tempfile.TemporaryFile()
+        os.dup2(self._capture.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._capture.seek(0)
+        text = self._capture.read().decode("utf-8", "replace")
+        self._capture.close()
+        kept = [line for line in text.splitlines(keepends=True)
+                if not any(noise in line for noise in _DECODER_NOISE)]
+        if kept:
+            os.write(2, "".join(kept).encode("utf-8", "replace"))
+        return False
+
+
 # ----------------------------------------------------------------------------
 # decoders: each yields float32 blocks (frames, channels) at the native rate
 # ----------------------------------------------------------------------------
 class _SoundfileSource:
-    """A file libsndfile can read."""
+    """A file libsndfile can read.
+
+    ``header_frames``: the length the file announces, when it can say more
+    than libsndfile's ``frames`` (a WAV's data chunk size); ``open_end``: an
+    Ogg file whose last page lacks the end-of-stream mark."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = soundfile.SoundFile(str(path))  # raises on failure
+        with _QuietStderr():
+            self._file = soundfile.SoundFile(str(path))  # raises on failure
         self.samplerate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames: int | None = int(self._file.frames)
         self.format = f"{self._file.format}/{self._file.subtype}"
+        self.header_frames = self.frames
+        self.open_end = False
+        if self._file.format == "WAV":
+            declared = _wav_data_frames(path, self._file.subtype, self.samplerate)
+            if declared is not None and declared > self.frames:
+                self.header_frames = declared
+        elif self._file.format == "OGG":
+            self.open_end = not _ogg_has_end(path)
+        elif self._file.format == "MP3" and not _mp3_has_length_header(path):
+            self.header_frames = None  # libmpg123 guessed the length from the file size
 
     def info(self) -> AudioInfo:
         return AudioInfo(self.frames / self.samplerate, self.samplerate, self.channels,
@@ -178,14 +333,31 @@ class _SoundfileSource:
             try:
                 block = f.read(want, dtype="float32", always_2d=True)
             except (RuntimeError, soundfile.LibsndfileError) as e:
+                if self.frames:
+                    decoded = position + self._decodable_frames(position)
+                    raise TruncatedAudioError(
+                        f"truncated or corrupt: decoded {decoded / self.samplerate:.1f} of "
+                        f"{self.frames / self.samplerate:.1f} s, then the decoder failed: "
+                        f"{_short(e, self.path)}", self.path) from e
                 raise AudioDecodeError(
-                    f"decoding failed between {position / self.samplerate:.2f} s and "
-                    f"{min(position + want, self.frames) / self.samplerate:.2f} s (truncated or corrupt?): "
+                    f"decoding failed at {position / self.samplerate:.2f} s (truncated or corrupt?): "
                     f"{_short(e, self.path)}", self.path) from e
             if len(block) == 0:
                 return
             position += len(block)
             yield block
+
+    def _decodable_frames(self, start: int, step: int = 4096) -> int:
+        """How many frames from ``start`` decode before an error (in a fresh handle)."""
+        n = 0
+        try:
+            with _QuietStderr(), soundfile.SoundFile(str(self.path)) as f:
+                f.seek(start)
+                while len(block := f.read(step, dtype="float32")):
+                    n += len(block)
+        except (RuntimeError, soundfile.LibsndfileError):
+            pass
+        return n
 
     def close(self) -> None:
         self._file.close()
@@ -252,6 +424,11 @@ class _PyAVSource:
                 seconds = None
             self.frames = None if seconds is None else int(round(seconds * self.samplerate))
             self.format = f"{container.format.name}/{stream.codec_context.name}"
+        # raw elementary streams (ADTS AAC, AC-3, ...) have no length: FFmpeg estimates it
+        # from the bitrate, which proves nothing about truncation
+        stored = any(name in container.format.name for name in _LENGTH_CONTAINERS)
+        self.header_frames = self.frames if stored else None
+        self.open_end = False
         # decoding uses a fresh container, opened when needed (seeking back to 0
         # does not reliably reset the decoders)
         self._container = None
@@ -481,6 +658,7 @@ class AudioBlocks:
             out = resample(block)
             if len(out):
                 yield self._account(out)
+        self._check_complete(source, start, stop, n_in)
         if n_in == 0:
             where = ""
             if self.offset or self.duration is not None:
@@ -492,6 +670,22 @@ class AudioBlocks:
             yield self._account(out)
         if self.peak == 0.0:
             raise SilentAudioError("every sample is zero (silent audio)", self.path)
+
+    def _check_complete(self, source, start: int, stop: int | None, n_in: int) -> None:
+        """Raises :class:`TruncatedAudioError` when decoding of [start, stop) ended
+        early because the file stops before the end its header announces."""
+        end = start + n_in
+        if stop is not None and end >= stop:
+            return  # the requested span was decoded in full
+        rate = source.samplerate
+        header = source.header_frames
+        if header and _is_short(end, header, rate):
+            raise TruncatedAudioError(
+                f"truncated: decoded {end / rate:.1f} of {header / rate:.1f} s", self.path)
+        if source.open_end:
+            raise TruncatedAudioError(
+                f"truncated: decoded {end / rate:.1f} s, and the Ogg stream stops without its "
+                f"end-of-stream page", self.path)
 
     def _account(self, out: np.ndarray) -> np.ndarray:
         self.peak = max(self.peak, float(np.max(np.abs(out))))
@@ -650,7 +844,7 @@ def _is_audio_name(p: Path) -> bool:
 
 def _search_folder(folder: Path, recursive: bool) -> Iterator[Path]:
     if not recursive:
-        yield from (p for p in folder.iterdir() if p.is_file() and _is_audio_name(p))
+        yield from (p for p in folder.iterdir() if not p.is_dir() and _is_audio_name(p))
         return
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -677,7 +871,7 @@ def find_audio_files(paths, recursive: bool = True) -> list[Path]:
     found: dict[Path, Path] = {}
 
     def add(p: Path) -> None:
-        found.setdefault(p.resolve(), p)
+        found.setdefault(_identity(p), p)
 
     for item in paths:
         p = Path(item)
@@ -694,8 +888,10 @@ def find_audio_files(paths, recursive: bool = True) -> list[Path]:
                 if m.is_dir():
                     for f in _search_folder(m, recursive):
                         add(f)
-                elif m.is_file() and _is_audio_name(m):
+                elif _is_audio_name(m):
                     add(m)
         else:
-            raise AudioFileNotFoundError("no such file or folder", p)
+            reason = _missing_reason(p)
+            raise AudioFileNotFoundError("no such file or folder" if reason == "no such file"
+                                         else reason, p)
     return sorted(found.values(), key=lambda q: str(q))

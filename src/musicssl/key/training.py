@@ -481,8 +481,10 @@ class KeyDataModule(pl.LightningDataModule):
         loader = make_loader(self.train_set, self.config.batch_size, seed=self.config.seed, rank=rank,
                              world_size=world, num_workers=self.config.num_workers)
         if len(loader) == 0:
+            fits = len(self.train_set) // world
             raise ConfigError(f"{len(self.train_set)} training tracks give no full batch of "
-                              f"{self.config.batch_size} per process; lower --batch-size")
+                              f"{self.config.batch_size} per process; give more audio or lower --batch-size"
+                              + (f" to {fits} or less" if fits else ""))
         trainer = self.trainer
         loader.step_source = (lambda: trainer.global_step) if trainer is not None else None
         if self._resume is not None:
@@ -609,6 +611,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from musicssl.trainer_output import trainer_callbacks
+
     out = Path(config.out)
     if loggers is None:
         loggers = [CSVLogger(out, name="logs", version="")]
@@ -631,7 +635,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
         precision=_precision(config, config.accelerator), max_epochs=config.epochs if config.epochs > 0 else -1,
         max_steps=config.max_steps, gradient_clip_val=config.grad_clip or None,
         check_val_every_n_epoch=config.val_every, log_every_n_steps=config.log_every,
-        callbacks=[checkpoint, _FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *callbacks], logger=loggers, use_distributed_sampler=False,
+        callbacks=[checkpoint, _FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *callbacks,
+                   *trainer_callbacks(config.progress)], logger=loggers, use_distributed_sampler=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=config.progress, default_root_dir=str(out),
         max_time={"minutes": float(config.max_minutes)} if config.max_minutes else None,
