@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean gpu-job-rehearsal
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The packed GPU job (docs/training.md "GPU slots") rehearsed on this CPU: synthetic caches ->
+# pack -> run.sh (two slots, the second resuming the first's state) -> both models loaded by the CLI.
+gpu-job-rehearsal: $(TEST_STAMP)
+	$(PY) tests/gpu_job_rehearsal.py --minutes 0.75 --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

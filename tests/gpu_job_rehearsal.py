@@ -8,7 +8,7 @@ project's own builders, packs them with ``python -m musicssl.gpu_job pack``
 ``musicssl key --checkpoint`` and ``musicssl beats --checkpoint`` and, with
 ``--resume``, packs the returned state and runs a second slot that continues it.
 
-    python tests/gpu_job_rehearsal.py [--minutes 0.4] [--resume] [--keep DIR]
+    python tests/gpu_job_rehearsal.py [--minutes 0.75] [--resume] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def global_step(state: Path) -> int:
     return int(torch.load(str(state), map_location="cpu", weights_only=True)["global_step"])
 
 
-def rehearse(root: Path, minutes: float = 0.4, resume: bool = False, log=print) -> dict:
+def rehearse(root: Path, minutes: float = 0.75, resume: bool = False, log=print) -> dict:
     t0 = time.time()
     key_cache, beat_cache, wav = make_caches(root)
     log(f"caches built in {time.time() - t0:.1f} s")
@@ -141,6 +141,8 @@ def rehearse(root: Path, minutes: float = 0.4, resume: bool = False, log=print) 
         out2 = pack_and_run(root, key_cache, beat_cache, minutes, "2", state=out)
         check_out(out2)
         facts["steps"].append((global_step(out2 / "skey_state.ckpt"), global_step(out2 / "zerons_state.ckpt")))
+        assert all(b > a for a, b in zip(*facts["steps"])), f"the second slot did not continue: {facts['steps']}"
+        load_models(out2, wav)
         facts["report2"] = (out2 / "report.md").read_text()
     facts["seconds"] = time.time() - t0
     log(f"rehearsal passed in {facts['seconds']:.1f} s; global steps (S-KEY, ZeroNS) per slot: {facts['steps']}")
@@ -149,7 +151,7 @@ def rehearse(root: Path, minutes: float = 0.4, resume: bool = False, log=print) 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=0.4, help="run.sh budget per slot")
+    p.add_argument("--minutes", type=float, default=0.75, help="run.sh budget per slot")
     p.add_argument("--resume", action="store_true", help="a second slot continues the returned state")
     p.add_argument("--keep", metavar="DIR", help="work here and keep everything (default: a temporary folder)")
     args = p.parse_args(argv)

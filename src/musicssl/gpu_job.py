@@ -271,7 +271,7 @@ def run(pack_dir: str | Path, out: str | Path, minutes: float = 8.5, device: str
     out.mkdir(parents=True, exist_ok=True)
     end = start + 60.0 * minutes
     if export_reserve_s is None:                          # calibration + export + report after training
-        export_reserve_s = min(60.0, max(8.0, 0.12 * 60.0 * minutes))
+        export_reserve_s = min(60.0, max(10.0, 0.12 * 60.0 * minutes))
     deadline = end - export_reserve_s
     work = Path(tempfile.mkdtemp(prefix="musicssl-job-"))
     job_log = io.StringIO()
@@ -294,13 +294,14 @@ def run(pack_dir: str | Path, out: str | Path, minutes: float = 8.5, device: str
                "--work", str(work / model), "--deadline", repr(deadline), "--device", resolved,
                "--threads", str(n_threads)]
         stream = open(work / f"{model}.log", "w")
-        children[model] = (subprocess.Popen(cmd, stdout=stream, stderr=subprocess.STDOUT, env=os.environ.copy()),
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}          # a child killed at the budget keeps its log
+        children[model] = (subprocess.Popen(cmd, stdout=stream, stderr=subprocess.STDOUT, env=env),
                            stream)
         say(f"started {model} (pid {children[model][0].pid})")
     codes = {}
     for model, (proc, stream) in children.items():
         try:
-            codes[model] = proc.wait(timeout=max(1.0, end - 3.0 - time.time()))
+            codes[model] = proc.wait(timeout=max(1.0, end - 1.5 - time.time()))
         except subprocess.TimeoutExpired:
             proc.kill()
             codes[model] = "killed at the budget"
@@ -339,8 +340,11 @@ def _collect(pack_dir: Path, work: Path, out: Path, codes: dict, sampler: Utilis
     for model in ("skey", "zerons"):
         f = work / model / "job_summary.json"
         summaries[model] = json.loads(f.read_text()) if f.is_file() else {"error": f"exit {codes.get(model)}"}
+        state = work / model / "state.ckpt"
+        if not state.is_file():            # training ended but the export did not finish: keep the state
+            state = work / model / "run" / "checkpoints" / "last.ckpt"
         for src, name in ((work / model / "export.safetensors", f"{model}.safetensors"),
-                          (work / model / "state.ckpt", f"{model}_state.ckpt")):
+                          (state, f"{model}_state.ckpt")):
             if src.is_file():
                 if src.stat().st_size > MAX_OUT_FILE:
                     say(f"{name} is {src.stat().st_size / MIB:.1f} MiB > 16 MiB: not returned")
@@ -562,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rn.add_argument("--minutes", type=float, default=8.5, help="wall-clock budget incl. start-up and export")
     rn.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     rn.add_argument("--threads", type=int, help="torch threads per training process")
-    rn.add_argument("--export-reserve", type=float, metavar="S", help="seconds kept for export (default: 12 %%)")
+    rn.add_argument("--export-reserve", type=float, metavar="S",
+                    help="seconds kept for calibration and export (default: 12 %% of the budget, 10-60 s)")
     ch = sub.add_parser("child", help=argparse.SUPPRESS)
     ch.add_argument("model", choices=("skey", "zerons"))
     ch.add_argument("--pack", required=True)
