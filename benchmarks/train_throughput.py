@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     for name in names:
         hop, cl, bf16 = SETTINGS[name]
         fe = FrontEndConfig(hop_length=hop)
-        if not ({"cache", "nocache"} & set(pipelines)):
+        if not ({"cache", "nocache", "device"} & set(pipelines)):
             break
         module, _ = make_module(hop, cl, args.objective, args.segment_seconds)
         if "cache" in pipelines:
