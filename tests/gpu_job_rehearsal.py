@@ -111,14 +111,23 @@ def check_out(out: Path) -> dict:
     return {"files": sorted(names), "report": (out / "report.md").read_text()}
 
 
-def load_models(out: Path, wav: Path) -> None:
-    """Both exported models load and run through the CLI."""
+def load_models(out: Path, wav: Path) -> list:
+    """Both exported models load and run through the CLI (``musicssl key|beats --checkpoint``, in this
+    process); returns the two JSON results."""
+    import contextlib
+    import io
+
+    from musicssl.cli.main import main as musicssl
+
+    results = []
     for command, model in (("key", "skey.safetensors"), ("beats", "zerons.safetensors")):
-        proc = subprocess.run([sys.executable, "-m", "musicssl.cli.main", command, "--checkpoint", str(out / model),
-                               "--format", "json", str(wav)], env=_python_env(), capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"musicssl {command} --checkpoint failed:\n{proc.stderr[-3000:]}")
-        json.loads(proc.stdout)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = musicssl([command, "--checkpoint", str(out / model), "--format", "json", str(wav)])
+        if code != 0:
+            raise RuntimeError(f"musicssl {command} --checkpoint failed ({code}):\n{stderr.getvalue()[-3000:]}")
+        results.append(json.loads(stdout.getvalue()))
+    return results
 
 
 def global_step(state: Path) -> int:

@@ -26,7 +26,7 @@ def caches(tmp_path_factory):
 def test_rehearsal_smallest_form(caches, tmp_path):
     """pack -> run.sh on CPU (the training path imports no audio library) -> $OUT -> both models load."""
     root, key_cache, beat_cache, wav = caches
-    out = gpu_job_rehearsal.pack_and_run(tmp_path, key_cache, beat_cache, 0.5, "t")
+    out = gpu_job_rehearsal.pack_and_run(tmp_path, key_cache, beat_cache, 0.4, "t")
     facts = gpu_job_rehearsal.check_out(out)
     assert len(facts["files"]) <= 8
     report = facts["report"]
@@ -36,14 +36,8 @@ def test_rehearsal_smallest_form(caches, tmp_path):
     assert gpu_job_rehearsal.global_step(out / "zerons_state.ckpt") > 0
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("model") and any(r.startswith("skey,") for r in rows)
-    gpu_job_rehearsal.load_models(out, wav)
-    # the next slot carries the returned state
-    from musicssl.gpu_job import pack
-
-    manifest = pack(tmp_path / "next", key_cache=str(key_cache), beat_cache=str(beat_cache), state=str(out),
-                    key_set=gpu_job_rehearsal.KEY_SET, beat_set=gpu_job_rehearsal.BEAT_SET, log=lambda *_: None)
-    assert sorted(manifest["state"]) == ["skey_state.ckpt", "zerons_state.ckpt"]
-    assert (tmp_path / "next" / "state" / "zerons_state.ckpt").read_bytes() == (out / "zerons_state.ckpt").read_bytes()
+    key_result, beat_result = gpu_job_rehearsal.load_models(out, wav)
+    assert key_result[0]["key"] and "beats" in beat_result[0]
 
 
 def test_pack_is_keyed_by_content_and_respects_the_size_limit(caches, tmp_path):
@@ -62,6 +56,17 @@ def test_pack_is_keyed_by_content_and_respects_the_size_limit(caches, tmp_path):
         assert str(root).encode() not in data.read_bytes()
     assert (tmp_path / "p" / "run.sh").stat().st_mode & 0o100
     assert not (tmp_path / "p" / "src" / "musicssl" / "data" / "models").exists()
+    # a returned $OUT travels as the next slot's state
+    returned = tmp_path / "returned"
+    returned.mkdir()
+    (returned / "skey_state.ckpt").write_bytes(b"state")
+    manifest = pack(tmp_path / "next", key_cache=str(key_cache), beat_cache=str(beat_cache), state=str(returned),
+                    log=lambda *_: None)
+    assert manifest["state"] == ["skey_state.ckpt"]
+    assert (tmp_path / "next" / "state" / "skey_state.ckpt").read_bytes() == b"state"
+    with pytest.raises(ConfigError, match="no skey_state"):
+        pack(tmp_path / "next2", key_cache=str(key_cache), beat_cache=str(beat_cache), state=str(tmp_path / "p"),
+             log=lambda *_: None)
     with pytest.raises(ConfigError, match="not empty"):
         pack(tmp_path / "p", key_cache=str(key_cache), beat_cache=str(beat_cache), log=lambda *_: None)
     with pytest.raises(ConfigError, match="do not fit"):

@@ -135,6 +135,9 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
     beat_values = _settings(Path(beat_config or configs / "gpu_job_zerons.yaml"), beat_set)
     key_cfg = TrainConfig.from_mapping({**key_values, "data": [], "bank": "data/key_bank.safetensors"})
     beat_cfg = PretrainConfig.from_dict(beat_values)
+    carried = [name for name in ("skey_state.ckpt", "zerons_state.ckpt") if state and (Path(state) / name).is_file()]
+    if state and not carried:
+        raise ConfigError(f"--state {state}: no skey_state.ckpt or zerons_state.ckpt there")
     for sub in ("configs", "data", "state"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _copy_source(out)
@@ -143,14 +146,8 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
     run_sh = out / "run.sh"
     run_sh.write_text(RUN_SH)
     run_sh.chmod(0o755)
-    carried = []
-    if state:
-        for name in ("skey_state.ckpt", "zerons_state.ckpt"):
-            if (Path(state) / name).is_file():
-                shutil.copy2(Path(state) / name, out / "state" / name)
-                carried.append(name)
-        if not carried:
-            raise ConfigError(f"--state {state}: no skey_state.ckpt or zerons_state.ckpt there")
+    for name in carried:
+        shutil.copy2(Path(state) / name, out / "state" / name)
     perc, rest = zerons_reference_features(beat_cfg.separator)
     np.savez(out / "data" / "zerons_reference.npz", percussive=perc.astype(np.float16),
              non_percussive=rest.astype(np.float16))

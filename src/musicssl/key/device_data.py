@@ -46,6 +46,10 @@ BANK_FORMAT = "musicssl.key-bank"
 BANK_VERSION = 1
 
 
+#: pitch class of CQT bins 0..15 (the crop offsets)
+_PITCH_CLASS_OF_BIN = torch.tensor([int(cqt_bin_pitch_class(i)) for i in range(MAX_CROP_OFFSET + 4)])
+
+
 def _content_id(db: np.ndarray) -> str:
     """Stable id of a track's cached features (sha1 of the float16 bytes, 16 hex digits)."""
     return hashlib.sha1(np.ascontiguousarray(db, dtype=np.float16).tobytes()).hexdigest()[:16]
@@ -239,7 +243,7 @@ def assemble_batch(bank: KeyBank, tracks: torch.Tensor, a: torch.Tensor, b: torc
     views, profile = make_views(compress_db(ab, top_db), o, o2, crop)
     tonic = bank.tonic[tracks]
     labelled = tonic >= 0
-    pitch_class = torch.tensor([int(cqt_bin_pitch_class(i)) for i in range(MAX_CROP_OFFSET + 4)], device=dev)
+    pitch_class = _PITCH_CLASS_OF_BIN.to(dev)
     column = torch.where(labelled, (tonic - pitch_class[o]) % 12, torch.zeros_like(tonic))
     return {"views": views.contiguous(), "profile": profile, "k": o2 - o, "o": o, "o2": o2, "index": tracks,
             "labelled": labelled.long(), "tonic_column": column,
