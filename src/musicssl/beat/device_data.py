@@ -204,10 +204,10 @@ class DeviceClipLoader:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(percussive, rest)`` float32 ``(B, 1, 96, T)`` of step ``step``."""
         first = self.draw(step)
-        index = (first[:, None] + torch.arange(self.clip_frames, device=first.device)).reshape(-1)
-        clips = self.bank.feats[:, :, index].float()                        # (2, 96, B*T)
-        clips = clips.view(2, clips.shape[1], -1, self.clip_frames).permute(2, 0, 1, 3)  # (B, 2, 96, T)
-        return clips[:, 0:1].contiguous(), clips[:, 1:2].contiguous()
+        # every clip-long window as a view (N - T + 1, 2, 96, T), then one gather of whole windows
+        windows = self.bank.feats.unfold(2, self.clip_frames, 1).permute(2, 0, 1, 3)
+        clips = windows[first]                                                # (B, 2, 96, T) float16
+        return clips[:, 0:1].float().contiguous(), clips[:, 1:2].float().contiguous()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.step_source is not None:

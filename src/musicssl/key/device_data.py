@@ -233,11 +233,9 @@ def assemble_batch(bank: KeyBank, tracks: torch.Tensor, a: torch.Tensor, b: torc
     dev = bank.device
     tracks, a, b, o, o2 = (x.to(dev) for x in (tracks, a, b, o, o2))
     starts = bank.starts[tracks]
-    frames = torch.arange(seg, device=dev)
-    index = torch.stack([starts + a, starts + b], 1)[..., None] + frames            # (B, 2, seg)
-    n = tracks.shape[0]
-    ab = bank.db[:, index.reshape(-1)].float()                                        # (F, B*2*seg)
-    ab = ab.view(-1, n, 2, seg).permute(1, 2, 0, 3)                                   # (B, 2, F, seg)
+    first = torch.stack([starts + a, starts + b], 1)                                  # (B, 2) bank frames
+    windows = bank.db.unfold(1, seg, 1).permute(1, 0, 2)                              # view (N - seg + 1, F, seg)
+    ab = windows[first].float()                                                       # (B, 2, F, seg)
     if eq is not None:
         ab = ab + eq.to(dev)[..., None]
     views, profile = make_views(compress_db(ab, top_db), o, o2, crop)
