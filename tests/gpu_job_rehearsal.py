@@ -26,6 +26,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))          # this checkout's musicssl, installed or not
 
 from audio_factory import harmonic_tone, write_samples  # noqa: E402
 from beat_synth import SR as BEAT_SR, chord_track, drum_track  # noqa: E402

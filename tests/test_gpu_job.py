@@ -107,3 +107,20 @@ def test_report_lists_failures_and_utilisation():
                           "pack": {"key": {"tracks": 406}, "state": [], "files": {"run.sh": 900}}})
     assert "6100.0" in text and "mean 71 %" in text and "failed: exit 1" in text and "tracks 406" in text
     assert len(text.splitlines()) < 60
+
+
+def test_gpu_job_configs_parse_and_the_zerons_state_fits_one_returned_file():
+    import yaml
+
+    from musicssl.beat.model import ZeroNS
+    from musicssl.beat.training import PretrainConfig
+    from musicssl.gpu_job import MAX_OUT_FILE
+    from musicssl.key.training import TrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    key = TrainConfig.from_mapping({**yaml.safe_load((configs / "gpu_job_skey.yaml").read_text()), "data": []})
+    assert key.data_pipeline == "device" and key.hop_length == 2048 and key.max_minutes is None
+    beat = PretrainConfig.from_dict(yaml.safe_load((configs / "gpu_job_zerons.yaml").read_text()))
+    assert beat.data_pipeline == "device"
+    params = sum(p.numel() for p in ZeroNS(width=beat.width).parameters())
+    assert 3 * 4 * params < MAX_OUT_FILE - 2 ** 20        # float32 weights + two AdamW moments + slack
