@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: demo serve test browser venv clean
+.PHONY: demo serve test browser venv clean gpu-job-rehearsal
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ browser:
 
 test: $(TEST_STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The packed GPU job (docs/training.md "GPU slots") rehearsed on this CPU: synthetic caches ->
+# pack -> run.sh (two slots, the second resuming the first's state) -> both models loaded by the CLI.
+gpu-job-rehearsal: $(TEST_STAMP)
+	$(PY) tests/gpu_job_rehearsal.py --minutes 0.75 --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

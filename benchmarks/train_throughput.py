@@ -10,13 +10,21 @@ Prints, for each setting:
     memory-mapped float16 CQT decibels): items/s and the share of wall time
     spent waiting for data;
   * full pipeline without the cache (workers decode audio segments, the CQT
-    runs in the training step): items/s and data-wait share.
+    runs in the training step): items/s and data-wait share;
+  * old vs new data pipeline side by side (``--pipelines ...,device``), steps
+    interleaved so the machine's other load hits both alike: the DataLoader path
+    (``data_pipeline: loader``) and device-resident batches (``data_pipeline:
+    device``, :mod:`musicssl.key.device_data`), each as data only and as whole
+    training steps; and the same for ZeroNS clips (``--zerons``,
+    :mod:`musicssl.beat.device_data`).
 
 Usage::
 
     python benchmarks/train_throughput.py                      # synthetic tracks, default settings
     python benchmarks/train_throughput.py --data work-data/corpus/manifest.csv --tracks 64
     python benchmarks/train_throughput.py --settings naive,cl,cl-hop1024,cl-hop1024-bf16
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --settings cl-hop2048 --pipelines device \
+        --threads 1 --batch-size 32 --steps 6 --zerons      # old vs new pipeline, S-KEY and ZeroNS
 
 The machine's other load changes the figures: compare settings run together,
 and report the median of several steps (``--steps``).
@@ -122,6 +130,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objective", default="skey")
     p.add_argument("--cache-dir", help="reuse/keep a feature cache here (default: temporary)")
+    p.add_argument("--eq-db", type=float, default=12.0, help="EQ augmentation in the old-vs-new comparison")
+    p.add_argument("--zerons", action="store_true", help="also compare the ZeroNS clip pipelines")
+    p.add_argument("--zerons-width", type=float, default=0.125)
+    p.add_argument("--zerons-batch", type=int, default=8)
+    p.add_argument("--zerons-clip", type=float, default=6.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -168,7 +181,7 @@ def main(argv=None) -> int:
     for name in names:
         hop, cl, bf16 = SETTINGS[name]
         fe = FrontEndConfig(hop_length=hop)
-        if not ({"cache", "nocache"} & set(pipelines)):
+        if not ({"cache", "nocache", "device"} & set(pipelines)):
             break
         module, _ = make_module(hop, cl, args.objective, args.segment_seconds)
         if "cache" in pipelines:
@@ -182,13 +195,113 @@ def main(argv=None) -> int:
             waits, computes = timed_steps(module, _epochs(loader), bf16, args.steps)
             print(report(f"{name} with feature cache", args.batch_size, waits, computes, args.segment_seconds)
                   + f"  [cache build {build_s:.1f} s]", flush=True)
+        if "device" in pipelines:
+            compare_key_pipelines(tracks, fe, seg, module, bf16, args, root, name)
         if "nocache" in pipelines:
             ds = PairDataset(tracks, fe, seg, None)
             loader = make_loader(ds, args.batch_size, seed=0, num_workers=args.num_workers)
             waits, computes = timed_steps(module, _epochs(loader), bf16, args.steps)
             print(report(f"{name} without cache (decode+CQT)", args.batch_size, waits, computes,
                          args.segment_seconds), flush=True)
+    if args.zerons:
+        compare_zerons_pipelines(root, args)
     return 0
+
+
+def _side_by_side(runs: dict, steps: int, step_fn) -> dict[str, list[float]]:
+    """Per-step seconds of each ``name -> iterator`` run, one step of each in turn (after one warm-up)."""
+    times = {name: [] for name in runs}
+    for i in range(steps + 1):
+        for name, it in runs.items():
+            t0 = time.perf_counter()
+            step_fn(next(it))
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _print_pair(title: str, batch: int, times: dict[str, list[float]]) -> None:
+    rates = {name: batch / statistics.median(t) for name, t in times.items()}
+    old, new = rates["old"], rates["new"]
+    print(f"{title:38s} old (DataLoader) {old:8.1f} items/s   new (device-resident) {new:8.1f} items/s   "
+          f"new/old {new / old:5.2f}x", flush=True)
+
+
+def compare_key_pipelines(tracks, fe, seg, module, bf16: bool, args, root: Path, name: str) -> None:
+    """S-KEY: DataLoader items vs device-resident batches, data only and whole training steps."""
+    from musicssl.key.data import FeatureCache, PairDataset, make_loader
+    from musicssl.key.device_data import DeviceBatchLoader, KeyBank
+
+    cache = FeatureCache(Path(args.cache_dir or root / "cache") / f"hop{fe.hop_length}", fe)
+    cache.build(tracks, progress=False, num_workers=args.num_workers)
+    ds = PairDataset(tracks, fe, seg, cache, eq_db=args.eq_db)
+    old = make_loader(ds, args.batch_size, seed=0, num_workers=args.num_workers)
+    new = DeviceBatchLoader(KeyBank.from_cache(cache, tracks), fe, seg, args.batch_size, eq_db=args.eq_db)
+    data = _side_by_side({"old": _epochs(old), "new": _epochs(new)}, 4 * args.steps, lambda batch: None)
+    _print_pair(f"{name} S-KEY data only", args.batch_size, data)
+    opt = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = module._loss(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    full = _side_by_side({"old": _epochs(old), "new": _epochs(new)}, args.steps, step)
+    _print_pair(f"{name} S-KEY training steps", args.batch_size, full)
+
+
+def synth_drum_tracks(folder: Path, n: int, seconds: float, sr: int = 16000) -> list[Path]:
+    """``n`` mixes of a kick/noise pulse (random tempo) and sustained tones, WAV 16 kHz."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        t = np.arange(int(seconds * sr)) / sr
+        x = 0.2 * np.sin(2 * np.pi * 220 * (1 + (t // 2) % 3 / 4) * t)
+        hit_t = np.arange(int(0.1 * sr)) / sr
+        hit = np.sin(2 * np.pi * 60 * hit_t) * np.exp(-30 * hit_t) + 0.3 * rng.standard_normal(len(hit_t)) * np.exp(-50 * hit_t)
+        for b in np.arange(0.2, seconds - 0.2, 60 / rng.uniform(80, 160)):
+            s0 = int(b * sr)
+            x[s0:s0 + len(hit)] += hit[:len(x) - s0]
+        path = folder / f"d{i:02d}.wav"
+        sf.write(path, (0.8 * x / np.abs(x).max()).astype(np.float32), sr)
+        paths.append(path)
+    return paths
+
+
+def compare_zerons_pipelines(root: Path, args) -> None:
+    """ZeroNS: DataLoader clips vs device-resident clips, data only and whole training steps."""
+    from musicssl.beat.data import CacheSettings, build_cache
+    from musicssl.beat.training import PretrainConfig, make_dataloader, make_device_loader, make_module
+
+    folder = root / "zerons-audio"
+    folder.mkdir(exist_ok=True)
+    paths = synth_drum_tracks(folder, 4, 3 * args.zerons_clip)
+    build_cache(paths, root / "zerons-cache", CacheSettings(max_seconds=60, min_seconds=args.zerons_clip),
+                progress=False)
+    cfg = PretrainConfig(width=args.zerons_width, batch_size=args.zerons_batch, clip_seconds=args.zerons_clip,
+                         clips_per_epoch=args.zerons_batch * 1000, num_workers=args.num_workers,
+                         center_outputs=True, hard_negatives=True, min_shift=3, max_shift=12)
+    old, new = make_dataloader(root / "zerons-cache", cfg), make_device_loader(root / "zerons-cache", cfg)
+    print(f"ZeroNS width {cfg.width:g}, batch {cfg.batch_size}, {cfg.clip_seconds:g} s clips, "
+          f"{args.num_workers} workers", flush=True)
+    data = _side_by_side({"old": iter(old), "new": iter(new)}, 4 * args.steps, lambda batch: None)
+    _print_pair("ZeroNS data only", cfg.batch_size, data)
+    module = make_module(cfg)
+    module.train()
+    opt = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
+
+    def step(batch):
+        loss, _ = module.pretext_loss(*batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    full = _side_by_side({"old": iter(old), "new": iter(new)}, max(2, args.steps // 2), step)
+    _print_pair("ZeroNS training steps", cfg.batch_size, full)
 
 
 def _repeat(batch):

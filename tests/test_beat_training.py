@@ -134,3 +134,22 @@ def test_beat_trainer_draws_its_progress_bar_on_stderr(tmp_path, capsys):
     bar.close()
     captured = capsys.readouterr()
     assert captured.out == "" and "Training" in captured.err
+
+
+def test_pretrain_device_pipeline_resumes_exactly(tiny_cache, tmp_path):
+    """data_pipeline: device: clips keyed by step, so 2 + 2 resumed steps equal 4 straight steps."""
+    root, _ = tiny_cache
+    kw = dict(width=1 / 16, batch_size=2, clip_seconds=2.0, clips_per_epoch=4, accelerator="cpu",
+              checkpoint_every=100, data_pipeline="device", dropout=0.0)
+    straight = pretrain(root / "cache", tmp_path / "a", PretrainConfig(max_steps=4, **kw), progress=False,
+                        export=False)
+    pretrain(root / "cache", tmp_path / "b", PretrainConfig(max_steps=2, **kw), progress=False, export=False)
+    resumed = pretrain(root / "cache", tmp_path / "b", PretrainConfig(max_steps=4, **kw), resume="last",
+                       progress=False, export=False)
+    a = torch.load(straight, map_location="cpu", weights_only=True)
+    b = torch.load(resumed, map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    with pytest.raises(ConfigError):
+        PretrainConfig(data_pipeline="gpu").validate()

@@ -373,3 +373,51 @@ def test_train_cli_keeps_stdout_for_results_and_shows_no_advert(tmp_path, corpus
     assert code == 0
     assert out.strip() == str(tmp_path / "run" / "model.safetensors")
     assert "Epoch 0" in err and "litlogger" not in err and "litlogger" not in out
+
+
+def test_device_pipeline_trains_and_resumes_exactly(tmp_path, corpus):
+    """data_pipeline: device (whole cache on the training device): same resume guarantee as the loader path."""
+    import lightning.pytorch as pl
+
+    full = tiny(tmp_path / "full", corpus, objective="skey", checkpoint_every=3, data_pipeline="device", eq_db=6.0)
+    train(full, log=lambda *_: None)
+
+    class KillAt(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            assert batch["views"].shape[:2] == (2, 3)
+            if trainer.global_step == 5:
+                raise _Kill("simulated crash")
+
+    part = tiny(tmp_path / "part", corpus, objective="skey", checkpoint_every=3, data_pipeline="device", eq_db=6.0)
+    with pytest.raises(_Kill):
+        train(part, callbacks=[KillAt()], log=lambda *_: None)
+    ckpt = Path(part.out) / "checkpoints" / "step0000003.ckpt"
+    resumed = tiny(tmp_path / "part", corpus, objective="skey", checkpoint_every=3, data_pipeline="device",
+                   eq_db=6.0, resume=str(ckpt))
+    assert train(resumed, log=lambda *_: None)["global_step"] == 8
+    a = _weights(Path(full.out) / "checkpoints" / "last.ckpt")
+    b = _weights(Path(part.out) / "checkpoints" / "last.ckpt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_packed_bank_replaces_data_and_cache(tmp_path, corpus):
+    from musicssl.key.data import FeatureCache, gather_tracks
+    from musicssl.key.device_data import KeyBank
+
+    cfg = tiny(tmp_path / "a", corpus, max_steps=2, export=True)
+    train(cfg, log=lambda *_: None)                      # builds the shared cache
+    cache = FeatureCache(cfg.cache_dir, cfg.frontend())
+    tracks = [t for t in gather_tracks(str(corpus / "labels.csv"))]
+    for t in tracks:
+        t.path = str(Path(t.path).resolve())
+    bank = KeyBank.from_cache(cache, tracks, split=["train"] * 7 + ["val"])
+    assert len(bank) == 8 and bank.split.count("val") == 1
+    bank_file = bank.save(tmp_path / "key_bank.safetensors")
+    packed = tiny(tmp_path / "b", corpus, data=[], cache_dir=None, bank=str(bank_file), max_steps=3, export=True,
+                  val_every=1, epochs=1)
+    summary = train(packed, log=lambda *_: None)
+    assert summary["global_step"] == 3 and Path(summary["model"]).is_file()
+    assert "val/loss" in summary["metrics"]
+    with pytest.raises(ConfigError):
+        TrainConfig(data=["x"], data_pipeline="gpu")

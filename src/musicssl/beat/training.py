@@ -50,6 +50,9 @@ class PretrainConfig:
     min_percussive_db: float = -45.0
     separator: str = "hpss"
     include: list[str] = field(default_factory=list)
+    #: loader: DataLoader over memory-mapped clips; device: the whole cache on the training
+    #: device, batches drawn by tensor ops (musicssl.beat.device_data; exact resume)
+    data_pipeline: str = "loader"
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -84,6 +87,8 @@ class PretrainConfig:
             raise ConfigError("clip_seconds must be positive")
         if self.hard_negatives and not 0 < self.min_shift <= self.max_shift:
             raise ConfigError("need 0 < min_shift <= max_shift")
+        if self.data_pipeline not in ("loader", "device"):
+            raise ConfigError(f"data_pipeline must be 'loader' or 'device', got {self.data_pipeline!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +152,20 @@ def make_module(config: PretrainConfig):
     return ZeroNSPretrainModule(config.to_dict())
 
 
+def make_device_loader(cache_or_bank: str | Path, config: PretrainConfig, device="cpu", rank: int = 0,
+                       step_source=None):
+    """A :class:`musicssl.beat.device_data.DeviceClipLoader` over a cache folder or a packed clip bank
+    (``.safetensors``), with the bank on ``device``."""
+    from musicssl.beat.device_data import ClipBank, DeviceClipLoader
+
+    path = Path(cache_or_bank)
+    bank = (ClipBank.load(path) if path.is_file() else
+            ClipBank.from_cache(path, max_seconds=config.max_seconds_per_track))
+    return DeviceClipLoader(bank.to(device), config.clip_seconds, config.batch_size, config.clips_per_epoch,
+                            seed=config.seed, rank=rank, min_percussive_db=config.min_percussive_db,
+                            step_source=step_source)
+
+
 def make_dataloader(cache_dir: str | Path, config: PretrainConfig):
     from torch.utils.data import DataLoader
 
@@ -185,7 +204,7 @@ def _print_callback(every: int = 10):
     return PrintProgress()
 
 
-def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = True):
+def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = True, callbacks=()):
     """Lightning Trainer: checkpoints every ``checkpoint_every`` steps + ``last.ckpt``, CSV log."""
     L = _lightning()
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -208,18 +227,21 @@ def build_trainer(config: PretrainConfig, out_dir: str | Path, progress: bool = 
     return L.Trainer(default_root_dir=str(out_dir), accelerator=config.accelerator, devices=devices,
                      strategy=strategy, precision=config.precision, max_steps=config.max_steps,
                      max_epochs=-1, max_time=max_time,
-                     callbacks=[ckpt, *trainer_callbacks(progress)] + ([] if progress else [_print_callback()]),
+                     callbacks=[ckpt, *callbacks, *trainer_callbacks(progress)]
+                     + ([] if progress else [_print_callback()]),
                      logger=CSVLogger(str(out_dir), name="logs"), log_every_n_steps=5,
                      enable_progress_bar=progress, enable_model_summary=False,
                      num_sanity_val_steps=0)
 
 
 def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
-             resume: str | Path | None = None, progress: bool = True) -> Path:
+             resume: str | Path | None = None, progress: bool = True, callbacks=(), export: bool = True) -> Path:
     """Train on a feature cache; returns the exported ``out_dir/zerons.safetensors``.
 
-    ``resume``: a Lightning checkpoint of an earlier run, or ``"last"`` for
-    ``out_dir/checkpoints/last.ckpt`` when it exists.
+    ``cache_dir``: a cache folder, or (``data_pipeline: device``) a packed clip
+    bank file. ``resume``: a Lightning checkpoint of an earlier run, or ``"last"`` for
+    ``out_dir/checkpoints/last.ckpt`` when it exists. ``export=False`` skips the
+    export (and its polarity calibration) and returns ``out_dir/checkpoints/last.ckpt``.
     """
     L = _lightning()
     if config.threads:
@@ -228,8 +250,15 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = make_module(config)
-    loader = make_dataloader(cache_dir, config)
-    trainer = build_trainer(config, out_dir, progress)
+    from musicssl.key.training import _FinalCheckpoint
+
+    last = out_dir / "checkpoints" / "last.ckpt"
+    trainer = build_trainer(config, out_dir, progress, [*callbacks, _FinalCheckpoint(last)])
+    if config.data_pipeline == "device" or Path(cache_dir).is_file():
+        loader = make_device_loader(cache_dir, config, trainer.strategy.root_device, trainer.global_rank,
+                                    step_source=lambda: trainer.global_step)
+    else:
+        loader = make_dataloader(cache_dir, config)
     ckpt_path = None
     if resume == "last":
         last = out_dir / "checkpoints" / "last.ckpt"
@@ -239,6 +268,8 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     t0 = time.monotonic()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)  # no pickled code on resume
     wall = time.monotonic() - t0
+    if not export:
+        return last
     if trainer.global_rank != 0:
         return out_dir / "zerons.safetensors"
     from musicssl.checkpoint import save_zerons_model

@@ -91,6 +91,11 @@ _HELP = {
     "progress": "show a progress bar (on standard error)",
     "export": "at the end, calibrate the model and write OUT/model.safetensors",
     "name": "a name for the run, stored in the exported model's provenance",
+    "data_pipeline": "how training batches are made: loader (DataLoader workers assemble items) or "
+                     "device (the whole feature cache on the training device, batches drawn by tensor "
+                     "operations; the GPU job's choice)",
+    "bank": "a packed key bank (.safetensors written by python -m musicssl.gpu_job pack) used instead of "
+            "--data and the cache; implies --data-pipeline device",
 }
 
 _DEFAULT_TEXT = {
@@ -104,6 +109,7 @@ _DEFAULT_TEXT = {
     "resume": "start afresh",
     "max_minutes": "no limit",
     "name": "none",
+    "bank": "none",
 }
 
 

@@ -654,6 +654,12 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n // self.world_size
 
+    def resume_skip(self) -> int:
+        """Items of the current epoch to skip (set by :meth:`resume_at`; 0 otherwise)."""
+        if self._resume is not None and self._resume[0] == self.epoch:
+            return self._resume[1]
+        return 0
+
     def indices(self) -> list[int]:
         order = (np.random.default_rng([self.seed, 7919, self.epoch]).permutation(self.n)
                  if self.shuffle else np.arange(self.n))
@@ -662,10 +668,7 @@ class EpochSampler(Sampler[int]):
         return [self.epoch * self.n + int(i) for i in mine]
 
     def __iter__(self) -> Iterator[int]:
-        idx = self.indices()
-        if self._resume is not None and self._resume[0] == self.epoch:
-            idx = idx[self._resume[1]:]
-        return iter(idx)
+        return iter(self.indices()[self.resume_skip():])
 
 
 class ResumableLoader(DataLoader):

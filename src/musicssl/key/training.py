@@ -60,6 +60,11 @@ class TrainConfig:
     max_track_seconds: float = 900.0                     # longer tracks are cut (cache)
     val_labelled_limit: int | None = None                # score only the first N labelled clips
     eq_db: float = 0.0                                   # random EQ of up to ±eq_db dB per training segment (cache only)
+    data_pipeline: str = "loader"                        # loader: DataLoader workers assemble items;
+                                                         # device: the whole cache on the training device,
+                                                         # batches drawn by tensor ops (musicssl.key.device_data)
+    bank: str | None = None                              # packed key bank (.safetensors, musicssl.gpu_job):
+                                                         # replaces data/cache_dir; implies data_pipeline device
     # front end
     hop_length: int = 512
     # model
@@ -124,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.eq_db < 0:
             raise ConfigError(f"eq_db must be >= 0, got {self.eq_db}")
+        if self.data_pipeline not in ("loader", "device"):
+            raise ConfigError(f"data_pipeline must be 'loader' or 'device', got {self.data_pipeline!r}")
         if len(self.channels) != len(self.kernels):
             raise ConfigError("channels and kernels must have the same length")
 
@@ -171,7 +178,7 @@ class TrainConfig:
         if "data" in values:
             data = values["data"] if isinstance(values["data"], list) else [values["data"]]
             values["data"] = [rel(d) for d in data]
-        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out"):
+        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out", "bank"):
             if values.get(key) is not None:
                 values[key] = rel(values[key])
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -445,13 +452,31 @@ class KeyDataModule(pl.LightningDataModule):
     """Training/validation loaders from prepared track lists (see :func:`prepare_data`)."""
 
     def __init__(self, config: TrainConfig, train_tracks: Sequence[Track], val_tracks: Sequence[Track],
-                 cache: FeatureCache | None):
+                 cache: FeatureCache | None, bank=None):
         super().__init__()
         self.config = config
         fe = config.frontend()
         seg = SegmentConfig(config.segment_seconds, config.short_tracks, config.seed)
-        self.train_set = PairDataset(train_tracks, fe, seg, cache, eq_db=config.eq_db)
-        self.val_set = PairDataset(val_tracks, fe, seg, cache, fixed_epoch=0) if val_tracks else None
+        self.segments = seg
+        self.device_pipeline = config.data_pipeline == "device" or bank is not None
+        self.train_set = self.val_set = None
+        self.train_bank = self.val_bank = None
+        if bank is not None:                       # a packed bank (no tracks, no cache)
+            self.train_bank, self.val_bank = bank.subset("train"), bank.subset("val")
+        elif self.device_pipeline:
+            from musicssl.key.device_data import KeyBank
+
+            if cache is None:
+                raise ConfigError("data_pipeline 'device' needs the feature cache (cache_dir) or a bank")
+            self.train_bank = KeyBank.from_cache(cache, train_tracks)
+            self.val_bank = KeyBank.from_cache(cache, val_tracks, "val") if val_tracks else None
+        else:
+            self.train_set = PairDataset(train_tracks, fe, seg, cache, eq_db=config.eq_db)
+            self.val_set = PairDataset(val_tracks, fe, seg, cache, fixed_epoch=0) if val_tracks else None
+        if self.train_bank is not None:
+            self.counts = self._device_loader(self.train_bank, "cpu", True).counts
+        else:
+            self.counts = self.train_set.counts
         self._loader = None
         self._resume: tuple[int, int] | None = None    # (epoch, items to skip) from a checkpoint
 
@@ -476,7 +501,28 @@ class KeyDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _device_loader(self, bank, device, train: bool):
+        from musicssl.key.device_data import DeviceBatchLoader
+
+        rank, world = self._rank_world()
+        batch = self.config.batch_size if train else max(1, min(self.config.batch_size, len(bank) // world))
+        return DeviceBatchLoader(bank.to(device), self.config.frontend(), self.segments, batch,
+                                 eq_db=self.config.eq_db if train else 0.0, rank=rank, world_size=world,
+                                 shuffle=train, fixed_epoch=None if train else 0)
+
+    def _root_device(self):
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
     def train_dataloader(self):
+        if self.train_bank is not None:
+            loader = self._device_loader(self.train_bank, self._root_device(), True)
+            if len(loader) == 0:
+                raise ConfigError(f"{len(loader.bank)} training tracks give no full batch of "
+                                  f"{self.config.batch_size} per process; lower --batch-size")
+            if self._resume is not None:
+                loader.sampler.resume_at(*self._resume)
+            self._loader = loader
+            return loader
         rank, world = self._rank_world()
         loader = make_loader(self.train_set, self.config.batch_size, seed=self.config.seed, rank=rank,
                              world_size=world, num_workers=self.config.num_workers)
@@ -493,6 +539,8 @@ class KeyDataModule(pl.LightningDataModule):
         return loader
 
     def val_dataloader(self):
+        if self.val_bank is not None:
+            return [] if len(self.val_bank) == 0 else self._device_loader(self.val_bank, self._root_device(), False)
         if self.val_set is None or len(self.val_set) == 0:
             return []
         rank, world = self._rank_world()
@@ -697,13 +745,24 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
     """Run a whole training; returns a summary (paths, steps, calibration, last metrics)."""
     if config.threads:
         torch.set_num_threads(int(config.threads))
-    data = prepare_data(config, log=log)
+    bank = None
+    if config.bank:
+        from musicssl.key.device_data import KeyBank
+
+        bank = KeyBank.load(config.bank)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        data = PreparedData([], [], [], None, {"bank": str(config.bank), "train_tracks": bank.split.count("train"),
+                                               "val_tracks": bank.split.count("val")})
+    else:
+        data = prepare_data(config, log=log)
+        if not data.train:
+            raise ConfigError("no usable training tracks")
     pl.seed_everything(config.seed, workers=True, verbose=False)   # after the cache build: same init either way
-    if not data.train:
-        raise ConfigError("no usable training tracks")
-    datamodule = KeyDataModule(config, data.train, data.val, data.cache)
-    counts = datamodule.train_set.counts
-    log(f"train: {len(datamodule.train_set)} tracks, val: {len(data.val)} tracks; segments: {counts}")
+    datamodule = KeyDataModule(config, data.train, data.val, data.cache, bank)
+    counts = datamodule.counts
+    n_train = len(datamodule.train_bank) if datamodule.train_bank is not None else len(datamodule.train_set)
+    log(f"train: {n_train} tracks, val: {data.report.get('val_tracks', len(data.val))} tracks "
+        f"({'device-resident batches' if datamodule.device_pipeline else 'DataLoader'}); segments: {counts}")
     module = KeyTrainingModule(config.to_dict())
     if data.labelled and data.cache is not None:
         module.labelled_validation = LabelledValidation(data.labelled, data.cache, module.frontend_config,
