@@ -81,6 +81,10 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                        help="where the network runs (default: cpu)")
     add_transpositions_argument(model)
     add_prior_argument(model)
+    model.add_argument("--no-key", choices=("auto", "never"), default="auto", dest="no_key",
+                       help="auto: answer 'no key' (JSON key null, no tag written) for noise, percussion "
+                            "or silence, by the measurements of musicssl.key.tonality; never: always name "
+                            "the most probable key (default: auto)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
@@ -118,27 +122,29 @@ def _positive_float(text: str) -> float:
 
 def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
     """Header of the key CSV for the chosen options."""
-    columns = ["path", "key", "confidence", "duration"]
+    columns = ["path", "key", "confidence", "duration", "no_key_reason"]
     if probabilities:
         columns += list(KEY_LABELS)
     if local:
         columns.append("segments")
     if tags:
-        columns += ["tag_field", "tag_value", "tag_written", "tag_error"]
+        columns += ["tag_field", "tag_value", "tag_written", "tag_error", "tag_skipped"]
     return columns + ["error", "message"]
 
 
 def key_csv_row(record: dict) -> dict:
     """Flat CSV row of a key record: one column per probability label,
     segments as ``start-end key; ...``."""
-    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "error", "message")
-           if name in record}
+    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "no_key_reason",
+                                           "error", "message") if name in record}
+    if record.get("no_key"):
+        row["key"] = "no key"
     row.update(record.get("probabilities", {}))
     if "segments" in record:
         row["segments"] = "; ".join(f"{s['start']:g}-{s['end']:g} {s['key']}" for s in record["segments"])
     tag = record.get("tag")
     if isinstance(tag, dict):
-        for name in ("field", "value", "written", "error"):
+        for name in ("field", "value", "written", "error", "skipped"):
             if name in tag:
                 row[f"tag_{name}"] = tag[name]
     return row
@@ -148,7 +154,10 @@ def key_text_block(record: dict, probabilities: bool = False) -> str:
     """``path<TAB>key<TAB>confidence`` plus indented probability / segment / tag lines."""
     if record.get("error"):
         return f"{record['path']}\tERROR\t{record['error']}: {record.get('message', '')}"
-    lines = [f"{record['path']}\t{record['key']}\t{record['confidence']:.3f}"]
+    if record.get("no_key"):
+        lines = [f"{record['path']}\tno key\t{record['confidence']:.3f}\t({record.get('no_key_reason', '')})"]
+    else:
+        lines = [f"{record['path']}\t{record['key']}\t{record['confidence']:.3f}"]
     probs = record.get("probabilities")
     if probabilities and probs:
         labels = list(probs)
@@ -160,8 +169,8 @@ def key_text_block(record: dict, probabilities: bool = False) -> str:
         lines.append(f"    {segment['start']:7.1f} - {segment['end']:7.1f} s  {segment['key']}")
     tag = record.get("tag")
     if isinstance(tag, dict):
-        if tag.get("error"):
-            lines.append(f"    tag not written: {tag['error']}")
+        if tag.get("error") or tag.get("skipped"):
+            lines.append(f"    tag not written: {tag.get('error') or tag['skipped']}")
         else:
             state = "written" if tag.get("written") else "dry run, not written"
             lines.append(f"    tag {tag['field']} = {tag['value']!r} ({state}; was {tag.get('previous')!r})")
@@ -198,7 +207,8 @@ def make_finish(estimator, args):
         for (path, _), result in zip(items, results):
             record = key_record(path, result, args.notation, local=args.local)
             if args.write_tags:
-                record["tag"] = _tag(path, result.key, args)
+                record["tag"] = ({"written": False, "skipped": "no key"} if result.no_key
+                                 else _tag(path, result.key, args))
             records.append(record)
         return records
     return finish
@@ -234,6 +244,7 @@ def run(args) -> int:
         csv_columns=key_csv_columns(args.probabilities, args.local, args.write_tags))
     output = RecordOutput(args.output, fmt, resume=args.skip_existing)  # validates; writes nothing yet
     estimator = load_key_estimator(args)
+    estimator.detect_no_key = args.no_key == "auto"
     todo = files_to_do(files, output, args, "key")
 
     from musicssl.key.estimator import compute_features

@@ -14,6 +14,7 @@ Probabilities are always in the canonical 24-key order of
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
+from musicssl.key import tonality
 from musicssl.keys import KEY_LABELS, Key, format_key
 
 #: Name of the shipped model that ``"default"`` means, when the package has it.
@@ -130,6 +132,9 @@ class KeyResult:
 
     ``confidence`` is the top-1 minus the top-2 probability, in [0, 1].
     ``mode_estimated`` is False for key-signature-only (STONE) models.
+    ``no_key``: the recording has no key (noise, percussion, silence; see
+    :mod:`musicssl.key.tonality`); ``key`` is then still the most probable key,
+    but records print ``"key": null`` with ``no_key_reason``.
     """
 
     key: Key
@@ -140,6 +145,12 @@ class KeyResult:
     path: str | None = None
     mode_estimated: bool = True
     estimator: str = ""
+    no_key_reason: str | None = None
+
+    @property
+    def no_key(self) -> bool:
+        """True when the recording has no key (:attr:`no_key_reason` says why)."""
+        return self.no_key_reason is not None
 
     @property
     def segments(self) -> list[KeySegment] | None:
@@ -174,8 +185,11 @@ class KeyResult:
         out: dict = {}
         if self.path is not None:
             out["path"] = self.path
-        out["key"] = format_key(self.key, notation)
+        out["key"] = None if self.no_key else format_key(self.key, notation)
         out["confidence"] = round(float(self.confidence), 6)
+        if self.no_key:
+            out["no_key"] = True
+            out["no_key_reason"] = self.no_key_reason
         out["duration"] = round(float(self.duration_s), 3)
         if probabilities:
             out["probabilities"] = probabilities_dict(self.probabilities)
@@ -202,12 +216,21 @@ def result_from_probabilities(probabilities: np.ndarray, duration_s: float, **kw
 
 @dataclass
 class KeyFeatures:
-    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), and its origin."""
+    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), its origin, and
+    its tonality measurements (:mod:`musicssl.key.tonality`; None when not measured):
+    ``harmonic_fraction`` in [0, 1], ``peak_contrast`` in dB."""
 
     magnitude: np.ndarray
     duration_s: float
     frames_per_second: float
     path: str | None = None
+    harmonic_fraction: float | None = None
+    peak_contrast: float | None = None
+
+    @property
+    def no_key_reason(self) -> str | None:
+        """Why this recording has no key, or None (:func:`musicssl.key.tonality.no_key_reason`)."""
+        return tonality.no_key_reason(self.harmonic_fraction, self.peak_contrast)
 
 
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
@@ -236,7 +259,20 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
             f"audio is {duration_s:.2f} s long; key estimation needs at least {minimum_s:.2f} s",
             path, duration=duration_s, minimum=minimum_s)
     magnitude = magnitude_cqt(samples, config, device=device)
-    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path)
+    harmonic, contrast = tonality_measurements(samples, config, device)
+    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, harmonic, contrast)
+
+
+def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu") -> tuple[float, float]:
+    """``(harmonic fraction, peak contrast in dB)`` of mono ``samples`` at ``frontend_config.sr``
+    (:mod:`musicssl.key.tonality`): a CQT at the measurements' own hop of the samples
+    without their constant (DC) offset, on at most :data:`~musicssl.key.tonality.MAX_EXCERPTS`
+    excerpts."""
+    config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
+    samples = samples - np.float32(np.mean(samples, dtype=np.float64))
+    mags = [magnitude_cqt(part, config, device=device) for part in tonality.excerpts(samples, config.sr)]
+    return (tonality.harmonic_fraction(mags),
+            tonality.peak_contrast(mags, config.sr / config.hop_length))
 
 
 #: Fewest CQT frames a ChromaNet with the default 7 stages accepts; shorter
@@ -328,6 +364,8 @@ class KeyEstimator:
                               f"({frontend_config.n_bins} bins, {frontend_config.bins_per_octave} per octave, "
                               f"crops of {frontend_config.crop_bins}), got {transpositions}")
         self.transpositions = int(transpositions)
+        #: report "no key" (:mod:`musicssl.key.tonality`); False: always name a key
+        self.detect_no_key = True
         self.prior = prior
         self.prior_weight = float(prior_weight)
         self._prior_estimator = None
@@ -426,7 +464,8 @@ class KeyEstimator:
                 results[i] = result_from_probabilities(
                     p, f.duration_s, path=f.path, estimator=self.name,
                     mode_estimated=self.calibration["n_rows"] == 2,
-                    local=self.local_keys(f, window_s, hop_s) if local else None)
+                    local=self.local_keys(f, window_s, hop_s) if local else None,
+                    no_key_reason=f.no_key_reason if self.detect_no_key else None)
         return results  # type: ignore[return-value]
 
     def local_keys(self, features: KeyFeatures, window_s: float = 20.0, hop_s: float = 5.0) -> list[LocalKey]:

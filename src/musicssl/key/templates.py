@@ -138,6 +138,8 @@ class TemplateKeyEstimator:
             raise ConfigError("template matching needs a CQT with 12 bins per octave")
         self.device = device
         self.name = profile
+        #: report "no key" (:mod:`musicssl.key.tonality`); False: always name a key
+        self.detect_no_key = True
 
     def __repr__(self) -> str:
         return f"TemplateKeyEstimator(profile={self.profile!r}, scale={self.scale!r})"
@@ -181,9 +183,11 @@ class TemplateKeyEstimator:
         out = []
         for f in features:
             p = self.probabilities_from_magnitude(f.magnitude)
+            reason = f.no_key_reason if self.detect_no_key else None
             out.append(result_from_probabilities(
                 p, f.duration_s, path=f.path, estimator=self.name, mode_estimated=True,
-                local=self.local_keys(f, window_s, hop_s) if local else None))
+                local=self.local_keys(f, window_s, hop_s) if local else None,
+                no_key_reason=reason))
         return out
 
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
