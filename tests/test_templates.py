@@ -141,3 +141,28 @@ def test_estimate_returns_key_result():
     assert result.probabilities.shape == (24,) and 0 <= result.confidence <= 1
     assert result.local and result.local[0].start_s == 0.0
     assert result.estimator == "temperley"
+
+
+def test_baselines_read_librosa_chroma_and_the_prior_reads_the_cqt(tmp_path):
+    import soundfile as sf
+
+    from musicssl.key.calibration import reference_signal
+    from musicssl.key.estimator import compute_features, load_estimator
+    from musicssl.key.templates import TemplateKeyEstimator
+    from musicssl.keys import Key
+
+    baseline = load_estimator("krumhansl")
+    assert baseline.chroma_source == "librosa" and baseline.feature_options == {"chroma": True}
+    assert TemplateKeyEstimator("krumhansl").chroma_source == "cqt"  # what a network's prior uses
+    x = np.concatenate([reference_signal(Key(7, "major"))] * 4)
+    sf.write(tmp_path / "g.wav", x, 22050)
+    result = baseline.estimate_file(tmp_path / "g.wav", local=True, window_s=3.0, hop_s=1.0)
+    assert result.key == Key(7, "major") and len(result.local) >= 3
+    keys = [w.key for w in result.local]
+    assert max(set(keys), key=keys.count) == Key(7, "major")  # windows read the chroma frames
+    plain = compute_features(tmp_path / "g.wav")
+    assert plain.chroma is None
+    with pytest.raises(ConfigError, match="chroma=True"):
+        baseline.estimate_features([plain])
+    with pytest.raises(ConfigError):
+        TemplateKeyEstimator("krumhansl", chroma="stft")

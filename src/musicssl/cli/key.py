@@ -251,7 +251,8 @@ def run(args) -> int:
 
     # workers compute spectrograms on the CPU; in this process the front end may use the GPU
     prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
-                                device="cpu" if args.jobs > 1 else args.device)
+                                device="cpu" if args.jobs > 1 else args.device,
+                                **getattr(estimator, "feature_options", {}))
     try:
         failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "key",
                              jobs=args.jobs, batch_size=args.batch_size)

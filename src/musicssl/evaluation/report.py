@@ -138,12 +138,13 @@ def _finite(value):
 
 def _prepare_item(path: str, configs: tuple, spans: Mapping[str, tuple[float, float | None]],
                   device: str = "cpu") -> list:
-    """Features of one file for each distinct front-end config (runs in workers)."""
+    """Features of one file for each distinct ``(front-end config, feature options)``
+    (runs in workers)."""
     from musicssl.key.estimator import compute_features
 
     offset, duration = spans.get(path, (0.0, None))
-    return [compute_features(path, config, device=device, offset=offset, duration=duration)
-            for config in configs]
+    return [compute_features(path, config, device=device, offset=offset, duration=duration, **dict(options))
+            for config, options in configs]
 
 
 def _embedding(estimator, features) -> np.ndarray | None:
@@ -182,7 +183,7 @@ def evaluate(dataset: Dataset, estimators: Mapping[str, Any], *, jobs: int = 1, 
     configs: list = []
     config_of: dict[str, int] = {}
     for name, est in estimators.items():
-        config = est.frontend_config
+        config = (est.frontend_config, tuple(sorted(getattr(est, "feature_options", {}).items())))
         if config not in configs:
             configs.append(config)
         config_of[name] = configs.index(config)

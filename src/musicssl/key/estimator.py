@@ -226,6 +226,8 @@ class KeyFeatures:
     path: str | None = None
     harmonic_fraction: float | None = None
     peak_contrast: float | None = None
+    #: librosa's ``chroma_cqt`` (12, T') at the same hop, when asked for (template baselines)
+    chroma: np.ndarray | None = None
 
     @property
     def no_key_reason(self) -> str | None:
@@ -234,11 +236,14 @@ class KeyFeatures:
 
 
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
-                     device: str = "cpu", offset: float = 0.0, duration: float | None = None) -> KeyFeatures:
+                     device: str = "cpu", offset: float = 0.0, duration: float | None = None,
+                     chroma: bool = False) -> KeyFeatures:
     """CQT magnitude of an audio file (``source`` a path) or of samples
     (``source`` an array, with its ``sr``). Model-free and picklable.
 
-    ``offset``/``duration`` (seconds) select part of a file.
+    ``offset``/``duration`` (seconds) select part of a file. ``chroma``: also
+    librosa's ``chroma_cqt`` (36 bins per octave from C1, each frame scaled to a
+    maximum of 1) at the front end's hop, for the template baselines.
     """
     from musicssl.frontend.audio import load_audio, prepare_audio
     from musicssl.frontend.cqt import FrontEndConfig
@@ -260,7 +265,13 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
             path, duration=duration_s, minimum=minimum_s)
     magnitude = magnitude_cqt(samples, config, device=device)
     harmonic, contrast = tonality_measurements(samples, config, device)
-    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, harmonic, contrast)
+    frames = None
+    if chroma:
+        import librosa
+
+        frames = librosa.feature.chroma_cqt(y=samples, sr=config.sr, hop_length=config.hop_length)
+        frames = frames[:, :magnitude.shape[-1]].astype(np.float32)
+    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, harmonic, contrast, frames)
 
 
 def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu") -> tuple[float, float]:
@@ -366,6 +377,8 @@ class KeyEstimator:
         self.transpositions = int(transpositions)
         #: report "no key" (:mod:`musicssl.key.tonality`); False: always name a key
         self.detect_no_key = True
+        #: keyword arguments of :func:`compute_features` this estimator needs
+        self.feature_options: dict = {}
         self.prior = prior
         self.prior_weight = float(prior_weight)
         self._prior_estimator = None
@@ -589,13 +602,13 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
     if name in PROFILES:
         if spec_prior is not None or prior not in (None, NO_PRIOR):
             raise ConfigError(f"{spec}: a template prior applies to network models, not to a template")
-        return TemplateKeyEstimator(name, device=device)
+        return TemplateKeyEstimator(name, device=device, chroma="librosa")
     if name == "default":
         if default_model_path() is None:
             warnings.warn("no trained key model is good enough to be the default yet (see README); "
                           "using the Krumhansl template baseline",
                           stacklevel=2)
-            return TemplateKeyEstimator("krumhansl")
+            return TemplateKeyEstimator("krumhansl", chroma="librosa")
         name, spec_prior = DEFAULT_MODEL, spec_prior or DEFAULT_PRIOR
     chosen = spec_prior if prior is None else (None if prior == NO_PRIOR else prior)
     shipped = shipped_key_models()

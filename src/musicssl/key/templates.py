@@ -4,8 +4,17 @@ A 12-bin pitch-class profile (*chroma*) of the whole recording is correlated
 with a major and a minor key profile rotated to the 12 tonics; the best of
 the 24 correlations is the key.
 
-* Chroma: the CQT magnitude of the shared front end (99 bins from A0),
-  averaged over time, then each pitch class is the **mean** of its octave bins
+* Chroma, two sources (``chroma=``):
+
+  - ``"librosa"`` (the baselines ``krumhansl``, ``temperley``, ``kostka-payne``
+    of :func:`musicssl.key.estimator.load_estimator`): librosa's
+    ``chroma_cqt`` (a 36-bins-per-octave CQT from C1 over 7 octaves, folded to
+    12 pitch classes, each frame scaled to a maximum of 1), averaged over time,
+    the usual chroma of the key-finding literature. On dev-synth it scores 6
+    MIREX points above the CQT chroma below (``benchmarks/key_baselines.py``).
+  - ``"cqt"`` (the template *prior* of the networks, which must read the very
+    CQT they read): the CQT magnitude of the shared front end (99 bins from A0),
+    averaged over time, then each pitch class is the **mean** of its octave bins
   (bins are mapped with :func:`musicssl.keys.cqt_bin_pitch_class`; the mean,
   not the sum, because A, A# and B have 9 bins in 99 and the others 8).
   ``scale="linear"`` (default) averages the magnitude; ``scale="log"``
@@ -55,6 +64,7 @@ PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "kostka-payne": (KOSTKA_PAYNE_MAJOR, KOSTKA_PAYNE_MINOR),
 }
 CHROMA_SCALES = ("linear", "log")
+CHROMA_SOURCES = ("cqt", "librosa")
 DEFAULT_TEMPERATURE = 0.05
 
 
@@ -123,11 +133,17 @@ class TemplateKeyEstimator:
     """
 
     def __init__(self, profile: str = "krumhansl", *, scale: str = "linear",
-                 temperature: float = DEFAULT_TEMPERATURE, frontend_config=None, device: str = "cpu"):
+                 temperature: float = DEFAULT_TEMPERATURE, frontend_config=None, device: str = "cpu",
+                 chroma: str = "cqt"):
         from musicssl.frontend.cqt import FrontEndConfig
 
         if scale not in CHROMA_SCALES:
             raise ConfigError(f"chroma scale must be one of {CHROMA_SCALES}, got {scale!r}")
+        if chroma not in CHROMA_SOURCES:
+            raise ConfigError(f"chroma source must be one of {CHROMA_SOURCES}, got {chroma!r}")
+        self.chroma_source = chroma
+        #: keyword arguments of :func:`~musicssl.key.estimator.compute_features` this estimator needs
+        self.feature_options = {"chroma": True} if chroma == "librosa" else {}
         self.templates = key_templates(profile)
         scores_to_probabilities(np.zeros(24), temperature)  # validates temperature
         self.profile = profile
@@ -142,7 +158,8 @@ class TemplateKeyEstimator:
         self.detect_no_key = True
 
     def __repr__(self) -> str:
-        return f"TemplateKeyEstimator(profile={self.profile!r}, scale={self.scale!r})"
+        return (f"TemplateKeyEstimator(profile={self.profile!r}, scale={self.scale!r}, "
+                f"chroma={self.chroma_source!r})")
 
     # --- layer 1: spectrogram -> probabilities
     def _lowest_pitch_class(self) -> int:
@@ -182,7 +199,7 @@ class TemplateKeyEstimator:
 
         out = []
         for f in features:
-            p = self.probabilities_from_magnitude(f.magnitude)
+            p = self._feature_probabilities(f)
             reason = f.no_key_reason if self.detect_no_key else None
             out.append(result_from_probabilities(
                 p, f.duration_s, path=f.path, estimator=self.name, mode_estimated=True,
@@ -190,10 +207,32 @@ class TemplateKeyEstimator:
                 no_key_reason=reason))
         return out
 
+    def probabilities_from_chroma(self, frames: np.ndarray) -> np.ndarray:
+        """Canonical probabilities ``(..., 24)`` of chroma frames ``(..., 12, T)`` (time-averaged)."""
+        chroma = np.asarray(frames, dtype=np.float64).mean(axis=-1)
+        return scores_to_probabilities(correlation_scores(chroma, self.templates), self.temperature)
+
+    def _chroma_frames(self, features):
+        if features.chroma is None:
+            raise ConfigError("this template estimator reads librosa chroma: compute the features with "
+                              "compute_features(..., chroma=True) (its feature_options)")
+        return features.chroma
+
+    def _feature_probabilities(self, features) -> np.ndarray:
+        if self.chroma_source == "librosa":
+            return self.probabilities_from_chroma(self._chroma_frames(features))
+        return self.probabilities_from_magnitude(features.magnitude)
+
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
         """Keys of overlapping windows ``window_s`` long every ``hop_s`` seconds."""
+        import dataclasses
+
         from musicssl.key.estimator import local_keys_of
 
+        if self.chroma_source == "librosa":
+            frames = dataclasses.replace(features, magnitude=self._chroma_frames(features))
+            return local_keys_of(frames, lambda windows: self.probabilities_from_chroma(np.stack(windows)),
+                                 window_s, hop_s)
         return local_keys_of(features, lambda windows: self.probabilities_from_magnitude(np.stack(windows)),
                              window_s, hop_s)
 
@@ -203,7 +242,8 @@ class TemplateKeyEstimator:
         """Key of ``samples`` ((n,) or (n, channels)) at rate ``sr``."""
         from musicssl.key.estimator import compute_features
 
-        features = compute_features(samples, self.frontend_config, sr=sr, device=self.device)
+        features = compute_features(samples, self.frontend_config, sr=sr, device=self.device,
+                                    **self.feature_options)
         return self.estimate_features([features], local, window_s, hop_s)[0]
 
     def estimate_file(self, path: str | Path, local: bool = False,
@@ -211,5 +251,5 @@ class TemplateKeyEstimator:
         """Key of an audio file."""
         from musicssl.key.estimator import compute_features
 
-        features = compute_features(path, self.frontend_config, device=self.device)
+        features = compute_features(path, self.frontend_config, device=self.device, **self.feature_options)
         return self.estimate_features([features], local, window_s, hop_s)[0]

@@ -153,7 +153,8 @@ class Analyzer:
 
         def analyse(path: str) -> dict:
             estimator = self.key_estimator(transpositions)
-            features = compute_features(path, frontend_config=estimator.frontend_config, device=self.config.device)
+            features = compute_features(path, frontend_config=estimator.frontend_config, device=self.config.device,
+                                        **getattr(estimator, "feature_options", {}))
             result = estimator.estimate_features([features], local=local, window_s=window_s, hop_s=hop_s)[0]
             return key_record(name, result, notation, local=local)
         return self._with_temp_file(upload, name, analyse)
