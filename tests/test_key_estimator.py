@@ -284,3 +284,16 @@ def test_default_model_names_the_nocturne_key(shared_fixtures):
     features = compute_features(shared_fixtures / "nocturne_n02_in_e-flat_major.mp3", default.frontend_config)
     assert default.estimate_features([features])[0].key == Key(3, "major")
     assert alone.estimate_features([features])[0].key.relative == Key(3, "major")
+
+
+def test_temperature_is_validated_and_applied():
+    from musicssl.errors import ConfigError
+    from musicssl.key.estimator import KeyEstimator, load_estimator
+
+    net = load_estimator("skey-debian", transpositions=1)
+    with pytest.raises(ConfigError):
+        KeyEstimator(net.model, net.frontend_config, net.calibration, temperature=0.0)
+    hot = KeyEstimator(net.model, net.frontend_config, net.calibration, transpositions=1, temperature=3.0)
+    x = np.concatenate([reference_signal(Key(2, "major"))] * 2)
+    a, b = net.estimate(x, 22050), hot.estimate(x, 22050)
+    assert a.key == b.key and b.probabilities.max() < a.probabilities.max()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 
 from musicssl.errors import KeyLabelError
@@ -121,3 +123,27 @@ def test_category_covers_every_pair():
         per_ref = [category(ref, est) for est in KEYS]
         assert per_ref.count("fifth_above") == per_ref.count("fifth_below") == 1
         assert per_ref.count("relative") == per_ref.count("parallel") == 1
+
+
+def test_calibration_scores_by_hand():
+    from musicssl.evaluation.key_metrics import calibration_scores
+
+    p = np.full((4, 24), 0.01)
+    p[:, 0] = 0.77  # C major, 0.77 each time
+    c = calibration_scores(p, ["C major", "C major", "D minor", "C major"])
+    assert c.n == 4 and c.accuracy == 0.75 and c.confidence == pytest.approx(0.77)
+    assert c.ece == pytest.approx(0.02)
+    assert c.nll == pytest.approx(-(3 * np.log(0.77) + np.log(0.01)) / 4)
+    assert c.bins == ((pytest.approx(0.7), 4, pytest.approx(0.77), 0.75),)
+    with pytest.raises(ValueError):
+        calibration_scores(p[:, :12], ["C major"] * 4)
+
+
+def test_temperature_keeps_ranks_and_rescales_confidence():
+    from musicssl.key.estimator import apply_temperature
+
+    p = np.array([[0.7, 0.2, 0.1] + [0.0] * 21])
+    soft = apply_temperature(p, 2.0)
+    assert soft.sum() == pytest.approx(1.0) and soft.argmax() == 0 and soft.max() < 0.7
+    assert apply_temperature(p, 1.0) is p
+    assert apply_temperature(p, 0.5).max() > 0.7

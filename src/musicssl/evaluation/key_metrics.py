@@ -200,3 +200,49 @@ def confusion_matrix(references: Iterable[Key | str], estimates: Iterable[Key | 
     for ref, est in zip(refs, ests):
         matrix[_as_key(ref).index, _as_key(est).index] += 1
     return matrix
+
+
+@dataclass(frozen=True)
+class CalibrationScores:
+    """How well 24-key probabilities are calibrated on ``n`` items.
+
+    ``ece``: expected calibration error of the top-1 probability against exact
+    correctness, with ``n_bins`` equal-width bins over [0, 1]; ``nll``: mean
+    negative log-probability of the reference key (nats); ``accuracy``: exact
+    accuracy of the top-1 key; ``confidence``: mean top-1 probability;
+    ``bins``: (lower edge, count, mean confidence, accuracy) per non-empty bin
+    (a reliability diagram).
+    """
+
+    n: int
+    ece: float
+    nll: float
+    accuracy: float
+    confidence: float
+    bins: tuple[tuple[float, int, float, float], ...]
+
+
+def calibration_scores(probabilities, references: Sequence[Key | str], n_bins: int = 10) -> CalibrationScores:
+    """Calibration of canonical probabilities ``(n, 24)`` against reference keys (n,)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    refs = [_as_key(to_mir_eval_label(r)) for r in references]
+    if p.ndim != 2 or p.shape[1] != len(KEYS) or len(refs) != p.shape[0]:
+        raise ValueError(f"expected probabilities (n, 24) for {len(refs)} references, got {p.shape}")
+    if len(refs) == 0:
+        raise ValueError("no items to score")
+    truth = np.array([r.index for r in refs])
+    top = p.argmax(axis=1)
+    conf = p.max(axis=1)
+    correct = (top == truth).astype(np.float64)
+    nll = float(-np.mean(np.log(np.maximum(p[np.arange(len(truth)), truth], 1e-12))))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
+    ece, bins = 0.0, []
+    for b in range(n_bins):
+        members = which == b
+        if members.any():
+            gap = abs(conf[members].mean() - correct[members].mean())
+            ece += members.mean() * gap
+            bins.append((float(edges[b]), int(members.sum()), float(conf[members].mean()),
+                         float(correct[members].mean())))
+    return CalibrationScores(len(truth), float(ece), nll, float(correct.mean()), float(conf.mean()), tuple(bins))

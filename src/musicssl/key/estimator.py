@@ -94,6 +94,16 @@ def combine_with_prior(probabilities: np.ndarray, prior: np.ndarray, weight: flo
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``p^(1/temperature)`` renormalised over the last axis (24 keys); 1 returns ``p`` unchanged."""
+    if temperature == 1.0:
+        return probabilities
+    z = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12)) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 # --- results ---------------------------------------------------------------------
 
 @dataclass
@@ -353,11 +363,15 @@ class KeyEstimator:
     whose probabilities, computed from the same CQT, multiply the network's
     (:func:`combine_with_prior`, exponent ``prior_weight``); ``None``: the network alone.
     24-key models only.
+
+    ``temperature``: the final probabilities become ``p^(1/T)``, renormalised
+    (:func:`apply_temperature`; 1 = unchanged): ranks stay, confidence is rescaled.
     """
 
     def __init__(self, model: torch.nn.Module, frontend_config, calibration: dict,
                  device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0,
-                 transpositions: int | None = None, prior: str | None = None, prior_weight: float = 1.0):
+                 transpositions: int | None = None, prior: str | None = None, prior_weight: float = 1.0,
+                 temperature: float = 1.0):
         from musicssl.key.calibration import validate_calibration
         from musicssl.key.templates import TemplateKeyEstimator
 
@@ -379,6 +393,9 @@ class KeyEstimator:
         self.detect_no_key = True
         #: keyword arguments of :func:`compute_features` this estimator needs
         self.feature_options: dict = {}
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive number, got {temperature}")
+        self.temperature = float(temperature)
         self.prior = prior
         self.prior_weight = float(prior_weight)
         self._prior_estimator = None
@@ -433,9 +450,10 @@ class KeyEstimator:
         from musicssl.key.calibration import to_canonical
 
         probabilities = to_canonical(self.native_probabilities(logcqt), self.calibration)
-        if self._prior_estimator is None:
-            return probabilities
-        return combine_with_prior(probabilities, self._prior_estimator.probabilities(logcqt), self.prior_weight)
+        if self._prior_estimator is not None:
+            probabilities = combine_with_prior(probabilities, self._prior_estimator.probabilities(logcqt),
+                                               self.prior_weight)
+        return apply_temperature(probabilities, self.temperature)
 
     def _window_probabilities(self, magnitudes: Sequence[np.ndarray]) -> np.ndarray:
         """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length."""
