@@ -78,6 +78,11 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                        help="where the network runs (default cpu)")
     add_transpositions_argument(model)
     add_prior_argument(model)
+    model.add_argument("--tuning", type=_tuning, default="compensate", metavar="MODE",
+                       help="compensate (default): estimate each file's deviation from A = 440 Hz and "
+                            "move the CQT bins onto its semitones; report: estimate it, do not compensate; "
+                            "off: neither; a number: a known deviation in cents (e.g. -31.8). Records carry "
+                            "tuning_cents")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
@@ -106,11 +111,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _tuning(text: str):
+    from musicssl.key.estimator import TUNING_MODES
+
+    if text in TUNING_MODES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be {', '.join(TUNING_MODES)} or a number of cents, got {text!r}") from None
+    if not -100.0 < value < 100.0:
+        raise argparse.ArgumentTypeError(f"must lie between -100 and 100 cents, got {text!r}")
+    return value
+
+
 # --- records ------------------------------------------------------------------------
 
 def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
     """Header of the key CSV for the chosen options."""
-    columns = ["path", "key", "confidence", "duration"]
+    columns = ["path", "key", "confidence", "duration", "tuning_cents"]
     if probabilities:
         columns += list(KEY_LABELS)
     if local:
@@ -123,7 +143,7 @@ def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
 def key_csv_row(record: dict) -> dict:
     """Flat CSV row of a key record: one column per probability label,
     segments as ``start-end key; ...``."""
-    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "error", "message")
+    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "tuning_cents", "error", "message")
            if name in record}
     row.update(record.get("probabilities", {}))
     if "segments" in record:
@@ -233,7 +253,7 @@ def run(args) -> int:
 
     # workers compute spectrograms on the CPU; in this process the front end may use the GPU
     prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
-                                device="cpu" if args.jobs > 1 else args.device)
+                                device="cpu" if args.jobs > 1 else args.device, tuning=args.tuning)
     try:
         failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "key",
                              jobs=args.jobs, batch_size=args.batch_size)

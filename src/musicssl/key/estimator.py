@@ -130,6 +130,8 @@ class KeyResult:
 
     ``confidence`` is the top-1 minus the top-2 probability, in [0, 1].
     ``mode_estimated`` is False for key-signature-only (STONE) models.
+    ``tuning_cents``: the recording's deviation from A = 440 Hz in cents (see
+    :func:`compute_features`); None when not measured.
     """
 
     key: Key
@@ -140,6 +142,7 @@ class KeyResult:
     path: str | None = None
     mode_estimated: bool = True
     estimator: str = ""
+    tuning_cents: float | None = None
 
     @property
     def segments(self) -> list[KeySegment] | None:
@@ -177,6 +180,8 @@ class KeyResult:
         out["key"] = format_key(self.key, notation)
         out["confidence"] = round(float(self.confidence), 6)
         out["duration"] = round(float(self.duration_s), 3)
+        if self.tuning_cents is not None:
+            out["tuning_cents"] = round(float(self.tuning_cents), 1)
         if probabilities:
             out["probabilities"] = probabilities_dict(self.probabilities)
         if local and self.local is not None:
@@ -202,20 +207,36 @@ def result_from_probabilities(probabilities: np.ndarray, duration_s: float, **kw
 
 @dataclass
 class KeyFeatures:
-    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), and its origin."""
+    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), and its origin.
+
+    ``tuning_cents``: the recording's tuning deviation (cents, None if not measured);
+    ``tuning_compensated``: whether the CQT bins were moved by it.
+    """
 
     magnitude: np.ndarray
     duration_s: float
     frames_per_second: float
     path: str | None = None
+    tuning_cents: float | None = None
+    tuning_compensated: bool = False
+
+
+#: ``tuning`` values of :func:`compute_features` besides a number of cents.
+TUNING_MODES = ("compensate", "report", "off")
 
 
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
-                     device: str = "cpu", offset: float = 0.0, duration: float | None = None) -> KeyFeatures:
+                     device: str = "cpu", offset: float = 0.0, duration: float | None = None,
+                     tuning: str | float = "compensate") -> KeyFeatures:
     """CQT magnitude of an audio file (``source`` a path) or of samples
     (``source`` an array, with its ``sr``). Model-free and picklable.
 
     ``offset``/``duration`` (seconds) select part of a file.
+    ``tuning``: ``"compensate"`` estimates the tuning deviation
+    (:func:`musicssl.frontend.tuning.estimate_tuning_cents`) and moves the CQT's
+    reference frequency by it, so the bins sit on the recording's semitones;
+    ``"report"`` estimates it without compensating; ``"off"`` does neither;
+    a number is a known deviation in cents, compensated.
     """
     from musicssl.frontend.audio import load_audio, prepare_audio
     from musicssl.frontend.cqt import FrontEndConfig
@@ -235,8 +256,25 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
         raise AudioTooShortError(
             f"audio is {duration_s:.2f} s long; key estimation needs at least {minimum_s:.2f} s",
             path, duration=duration_s, minimum=minimum_s)
-    magnitude = magnitude_cqt(samples, config, device=device)
-    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path)
+    cents, compensate = _tuning_of(samples, config.sr, tuning)
+    magnitude = magnitude_cqt(samples, config, device=device, tuning_cents=cents if compensate else 0.0)
+    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate)
+
+
+def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float | None, bool]:
+    """(deviation in cents or None, whether to compensate) for a ``tuning`` setting."""
+    from musicssl.frontend.tuning import estimate_tuning_cents
+
+    if isinstance(tuning, str):
+        if tuning not in TUNING_MODES:
+            raise ConfigError(f"tuning must be a number of cents or one of {', '.join(TUNING_MODES)}, got {tuning!r}")
+        if tuning == "off":
+            return None, False
+        return estimate_tuning_cents(samples, sr), tuning == "compensate"
+    cents = float(tuning)
+    if not -100.0 < cents < 100.0:
+        raise ConfigError(f"tuning must be between -100 and 100 cents, got {tuning}")
+    return cents, True
 
 
 #: Fewest CQT frames a ChromaNet with the default 7 stages accepts; shorter
@@ -261,7 +299,7 @@ def loop_to_min_frames(magnitude: np.ndarray, min_frames: int = MIN_FRAMES) -> n
     return np.tile(magnitude, (1, int(np.ceil(min_frames / n))))[:, :min_frames]
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=128)   # one per tuning (1-cent steps) in use
 def _cqt_module(frontend_config, device: str):
     from musicssl.frontend.cqt import CQT
 
@@ -271,11 +309,19 @@ def _cqt_module(frontend_config, device: str):
 
 
 @torch.inference_mode()
-def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu") -> np.ndarray:
+def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu",
+                  tuning_cents: float = 0.0) -> np.ndarray:
     """CQT magnitude float32 ``(n_bins, T)`` of mono ``samples`` at ``frontend_config.sr``;
-    long inputs are transformed in chunks with the same result."""
-    from musicssl.frontend.cqt import cqt_chunked
+    long inputs are transformed in chunks with the same result. ``tuning_cents``
+    (rounded to whole cents) moves every bin's frequency by that much."""
+    import dataclasses
 
+    from musicssl.frontend.cqt import cqt_chunked
+    from musicssl.frontend.tuning import tuned_fmin
+
+    cents = round(float(tuning_cents))
+    if cents:
+        frontend_config = dataclasses.replace(frontend_config, fmin=tuned_fmin(frontend_config.fmin, cents))
     cqt = _cqt_module(frontend_config, device)
     x = torch.as_tensor(np.ascontiguousarray(samples, dtype=np.float32), device=device)[None]
     if x.shape[-1] > CQT_CHUNK_SECONDS * frontend_config.sr:
@@ -424,7 +470,7 @@ class KeyEstimator:
             for i, p in zip(indices, probs):
                 f = features[i]
                 results[i] = result_from_probabilities(
-                    p, f.duration_s, path=f.path, estimator=self.name,
+                    p, f.duration_s, path=f.path, estimator=self.name, tuning_cents=f.tuning_cents,
                     mode_estimated=self.calibration["n_rows"] == 2,
                     local=self.local_keys(f, window_s, hop_s) if local else None)
         return results  # type: ignore[return-value]

@@ -183,6 +183,7 @@ class TemplateKeyEstimator:
             p = self.probabilities_from_magnitude(f.magnitude)
             out.append(result_from_probabilities(
                 p, f.duration_s, path=f.path, estimator=self.name, mode_estimated=True,
+                tuning_cents=getattr(f, "tuning_cents", None),
                 local=self.local_keys(f, window_s, hop_s) if local else None))
         return out
 
