@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl.cli.common import add_batch_arguments, batch_inputs, check_device, files_to_do, write_batch
+from musicssl.cli.common import (add_backend_argument, add_batch_arguments, batch_inputs, check_device, files_to_do,
+                                 write_batch)
 from musicssl.evaluation.beat_annotations import format_beat_annotation
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
 
@@ -55,9 +56,11 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
                             "the project has for now) or the Zero-Note Samba networks (the default with "
                             "--checkpoint)")
     model.add_argument("--checkpoint", metavar="PATH",
-                       help="a ZeroNS .safetensors model; implies --activation zerons "
+                       help="a ZeroNS .safetensors model (or .onnx from musicssl export-onnx); "
+                            "implies --activation zerons "
                             "(default: the shipped ZeroNS model when --activation zerons)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
+    add_backend_argument(model)
     model.add_argument("--tracker", choices=("dbn", "librosa"), default="dbn",
                        help="beat decoder: the project's DBN, or librosa's dynamic programming")
     model.add_argument("--combine", choices=("max", "mean"), default="max",
@@ -256,13 +259,14 @@ def run(args) -> int:
                   "transition_lambda": args.transition_lambda}
     activation = args.activation or ("zerons" if args.checkpoint else "onset")
     if activation == "onset":
-        if args.checkpoint:
-            raise ConfigError("--checkpoint is a ZeroNS model: it needs --activation zerons")
+        if args.checkpoint or args.backend:
+            raise ConfigError("--checkpoint and --backend apply to ZeroNS models: add --activation zerons")
         estimator = OnsetBeatEstimator(tracker=args.tracker, tracker_params=params)
         separator = None
     else:
         separator = None if args.separator == "hpss" else get_separator(args.separator)
-        estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, combine=args.combine,
+        estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
+                                                  combine=args.combine,
                                                   tracker=args.tracker, tracker_params=params,
                                                   separator=separator)
         separator = estimator.separator

@@ -38,6 +38,15 @@ def add_prior_argument(parser) -> None:
                              "model spec says; the default model uses temperley; none: the network alone)")
 
 
+def add_backend_argument(parser) -> None:
+    """``--backend torch|onnx``: what runs the networks (``.onnx`` files: onnx)."""
+    from musicssl.checkpoint import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="run the network on torch or on onnxruntime (needs musicssl[onnx]; a torch "
+                             "checkpoint is exported once and cached); default: torch, onnx for .onnx files")
+
+
 def add_batch_arguments(parser, paths_help: str, format_help: str):
     """Add the options every batch subcommand has (``PATH...``, ``--format``,
     ``-o``, ``--skip-existing``, ``--no-progress``); returns the "output" group

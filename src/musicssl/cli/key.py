@@ -27,7 +27,7 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import (add_batch_arguments, add_prior_argument, add_transpositions_argument, batch_inputs,
+from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_prior_argument, add_transpositions_argument, batch_inputs,
                                  check_device, files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
@@ -73,11 +73,13 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                              "(default: skey-debian+temperley, see README), or a template baseline "
                              "(Krumhansl-Kessler, Temperley, Kostka-Payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
-                        help="a key checkpoint (project .safetensors or released S-KEY/STONE .pt)")
+                        help="a key checkpoint (project .safetensors, released S-KEY/STONE .pt or "
+                             "an .onnx from musicssl export-onnx)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the network runs (default cpu)")
     add_transpositions_argument(model)
     add_prior_argument(model)
+    add_backend_argument(model)
     model.add_argument("--tuning", type=_tuning, default="compensate", metavar="MODE",
                        help="compensate (default): estimate each file's deviation from A = 440 Hz and "
                             "move the CQT bins onto its semitones; report: estimate it, do not compensate; "
@@ -195,7 +197,7 @@ def load_key_estimator(args):
     spec = args.checkpoint if args.checkpoint is not None else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = load_estimator(spec, args.device, args.transpositions, args.prior)
+        estimator = load_estimator(spec, args.device, args.transpositions, args.prior, backend=args.backend)
     for warning in caught:
         print(f"musicssl key: note: {warning.message}", file=sys.stderr)
     return estimator

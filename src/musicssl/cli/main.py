@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score key estimators on a labelled dataset"),
     "evaluate-beats": ("evaluate_beats", "score beat trackers on a dataset with beat annotations"),
     "calibrate": ("calibrate", "calibrate a trained 24-key model and store the mapping"),
+    "export-onnx": ("export_onnx", "export a key or ZeroNS beat network to ONNX"),
 }
 
 

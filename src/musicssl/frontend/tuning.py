@@ -1,12 +1,21 @@
 """Tuning: how far a recording's pitches sit from the A = 440 Hz equal-tempered grid.
 
 :func:`estimate_tuning_cents` measures the deviation in cents (hundredths of
-a semitone, in [-50, 50)) with librosa's ``estimate_tuning``: spectral peaks
-of an STFT (``piptrack``, parabolic interpolation) whose deviations from the
-nearest semitone are histogrammed at 1-cent resolution; the most common
-deviation wins. :func:`tuned_fmin` shifts a CQT's lowest frequency by that
-deviation so that its bins sit on the recording's own semitones (the key
-front end's compensation, see ``musicssl.key.estimator.compute_features``).
+a semitone, in [-50, 50)). Spectral peaks come from librosa's ``piptrack``
+(STFT, parabolic interpolation) between 80 Hz and 2 kHz, keeping the peaks at
+least as strong as their median; each peak's deviation from the nearest
+semitone is an angle on the semitone circle and the estimate is the
+magnitude-weighted circular mean of those angles. Compared with librosa's
+``estimate_tuning`` (the mode of a 1-cent histogram of all peaks up to 4 kHz)
+this is steadier: on dev-synth clips resampled by ±15…45 cents it finds the
+applied shift (relative to its estimate of the unshifted clip) within 5 cents
+for 100 % of 236 clip versions against 90 % (docs/tuning.md). The upper limit
+keeps out the high partials of stiff strings (piano), which are sharp of the
+harmonic series.
+
+:func:`tuned_fmin` shifts a CQT's lowest frequency by that deviation so that
+its bins sit on the recording's own semitones (the key front end's
+compensation, see ``musicssl.key.estimator.compute_features``).
 
 A deviation near ±50 cents is ambiguous by nature (half-way between two
 semitones): an estimate of +49 for music tuned at -49 cents moves the CQT
@@ -25,11 +34,13 @@ __all__ = ["estimate_tuning_cents", "tuned_fmin", "TUNING_MAX_SECONDS"]
 #: sampled in four evenly spaced excerpts that add up to this length.
 TUNING_MAX_SECONDS = 120.0
 _EXCERPTS = 4
+#: frequency range (Hz) of the spectral peaks the estimate uses
+TUNING_FMIN, TUNING_FMAX = 80.0, 2000.0
 
 
 def estimate_tuning_cents(samples: np.ndarray, sr: float, *, max_seconds: float = TUNING_MAX_SECONDS) -> float:
     """Tuning deviation of mono ``samples`` (n,) at ``sr`` Hz, in cents in [-50, 50),
-    1-cent resolution; 0.0 when nothing pitched is found (silence, noise)."""
+    rounded to 0.1 cent; 0.0 when nothing pitched is found (silence)."""
     import librosa
 
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -41,11 +52,18 @@ def estimate_tuning_cents(samples: np.ndarray, sr: float, *, max_seconds: float 
     if len(x) < 2048 or not np.any(x):
         return 0.0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # "Trying to estimate tuning from empty frequency set"
-        fraction = float(librosa.estimate_tuning(y=x, sr=sr, bins_per_octave=12, resolution=0.01))
-    if not np.isfinite(fraction):
+        warnings.simplefilter("ignore")
+        pitches, magnitudes = librosa.piptrack(y=x, sr=sr, fmin=TUNING_FMIN, fmax=TUNING_FMAX)
+    peaks = pitches > 0
+    if not np.any(peaks):
         return 0.0
-    cents = round(100.0 * fraction, 1)
+    strong = peaks & (magnitudes >= np.median(magnitudes[peaks]))
+    semitones = 12.0 * np.log2(pitches[strong] / 440.0)
+    angles = 2.0 * np.pi * (semitones - np.round(semitones))
+    resultant = np.sum(magnitudes[strong] * np.exp(1j * angles))
+    if not np.isfinite(resultant) or abs(resultant) == 0:
+        return 0.0
+    cents = round(100.0 * float(np.angle(resultant)) / (2.0 * np.pi), 1)
     return cents - 100.0 if cents >= 50.0 else cents
 
 

@@ -386,13 +386,16 @@ class KeyEstimator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
-                        transpositions: int | None = None, prior: str | None = None) -> "KeyEstimator":
-        """Load a project checkpoint or a released S-KEY/STONE ``.pt``;
+                        transpositions: int | None = None, prior: str | None = None,
+                        backend: str | None = None) -> "KeyEstimator":
+        """Load a project checkpoint, a released S-KEY/STONE ``.pt`` or an exported ``.onnx``;
         ``None`` loads the shipped default model (without a prior: see :func:`load_estimator`).
 
         Uncalibrated checkpoints (e.g. the released ``.pt``) are calibrated on load.
+        ``backend``: ``"torch"`` or ``"onnx"`` (onnxruntime; a torch checkpoint is
+        exported once and cached); ``None``: as the file is.
         """
-        from musicssl.checkpoint import load_key_model
+        from musicssl.checkpoint import check_backend, key_onnx_network, load_key_model
 
         if path is None:
             path = default_model_path()
@@ -402,8 +405,11 @@ class KeyEstimator:
         calibration = loaded.calibration
         if calibration is None:
             calibration = _cached_calibration(Path(path), loaded, device)
+        model = loaded.model
+        if check_backend(path, backend) == "onnx":
+            model = key_onnx_network(path, loaded, calibration)
         name = Path(path).name if prior is None else f"{Path(path).name}+{prior}"
-        return cls(loaded.model, loaded.frontend_config, calibration, device, name=name,
+        return cls(model, loaded.frontend_config, calibration, device, name=name,
                    transpositions=transpositions, prior=prior)
 
     # --- layer 1: spectrogram -> probabilities
@@ -574,7 +580,7 @@ def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu"
 
 
 def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
-                   transpositions: int | None = None, prior: str | None = None):
+                   transpositions: int | None = None, prior: str | None = None, backend: str | None = None):
     """An estimator from a spec: ``"default"``, a shipped model's name (see
     :func:`shipped_key_models`), a template (``"krumhansl"``, ``"temperley"``,
     ``"kostka-payne"``) or a checkpoint path; a network spec may end in
@@ -586,7 +592,8 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
     ``"default"`` is the shipped ``skey-debian`` model with the
     :data:`DEFAULT_PRIOR` template prior when the package has the model, else the
     Krumhansl template baseline (with a warning). ``prior`` overrides the spec's:
-    a profile name, or ``"none"`` for the network alone.
+    a profile name, or ``"none"`` for the network alone. ``backend`` (``"torch"``,
+    ``"onnx"``, None: as the file is) runs network models on torch or onnxruntime.
     """
     from musicssl.key.templates import PROFILES, TemplateKeyEstimator
 
@@ -607,10 +614,11 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
     chosen = spec_prior if prior is None else (None if prior == NO_PRIOR else prior)
     shipped = shipped_key_models()
     if name in shipped:
-        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen)
+        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen,
+                                                 backend=backend)
         estimator.name = name if chosen is None else f"{name}+{chosen}"
         return estimator
     path = Path(name)
     if not path.is_file():
         raise CheckpointError(f"{spec}: no such checkpoint or model name (names: {', '.join(model_names())})")
-    return KeyEstimator.from_checkpoint(path, device, transpositions, prior=chosen)
+    return KeyEstimator.from_checkpoint(path, device, transpositions, prior=chosen, backend=backend)
