@@ -147,3 +147,47 @@ def write_batch(todo: list[str], prepare, finish, output, args, command: str, *,
     if failed:
         print(f"musicssl {command}: {failed} of {len(todo)} files failed", file=sys.stderr)
     return failed
+
+
+def add_ray_arguments(parser) -> None:
+    """``--ray [ADDRESS]``, ``--shard-size``, ``--actors``: run a batch command on Ray
+    (:func:`musicssl.distributed.run_ray_batch`)."""
+    from musicssl.distributed import DEFAULT_SHARD_SIZE
+
+    ray = parser.add_argument_group("Ray cluster (pip install 'musicssl[ray]')")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run on a Ray cluster with Ray Data: ADDRESS such as auto, HOST:6379 or "
+                          "ray://HOST:10001 (none: $RAY_ADDRESS, else a local cluster); -o names a folder "
+                          "that gets one JSONL file per shard, part-00000.jsonl, ...")
+    ray.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                     help=f"with --ray: files per output shard (default {DEFAULT_SHARD_SIZE}; keep it "
+                          "across --skip-existing reruns)")
+    ray.add_argument("--actors", type=positive_int, default=1, metavar="N",
+                     help="with --ray: model replicas (Ray actors) running the network (default 1)")
+
+
+def options_of(args) -> dict:
+    """The parsed options as a picklable dict (to rebuild the model on a Ray worker)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "_parser")}
+
+
+def run_on_ray(files: list[str], prepare, make_finish, args, command: str) -> int:
+    """Run ``prepare``/``make_finish()`` over ``files`` on Ray, shards into the folder
+    ``args.output``; prints a summary on stderr and returns the exit status."""
+    import os
+
+    from musicssl.distributed import run_ray_batch
+
+    if args.output is None:
+        return usage_error(args, command, "--ray needs an output folder (-o DIR) for its shard files")
+    if getattr(args, "format", None) not in (None, "jsonl"):
+        return usage_error(args, command, "--ray writes JSONL shard files; leave out --format")
+    summary = run_ray_batch(files, prepare, make_finish, args.output, address=args.ray or None,
+                            shard_size=args.shard_size, batch_size=getattr(args, "batch_size", 8),
+                            actors=args.actors, skip_existing=args.skip_existing)
+    if summary.skipped:
+        print(f"musicssl {command}: {summary.skipped} of {len(files)} files already in {args.output}",
+              file=sys.stderr)
+    print(f"musicssl {command}: {summary.analysed} files analysed on Ray ({summary.failed} failed); "
+          f"{len(summary.written)} shard files written in {os.fspath(args.output)}", file=sys.stderr)
+    return 1 if summary.failed else 0

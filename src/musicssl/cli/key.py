@@ -27,7 +27,8 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_prior_argument, add_transpositions_argument, batch_inputs,
+from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_prior_argument, add_ray_arguments,
+                                 options_of, run_on_ray, add_transpositions_argument, batch_inputs,
                                  check_device, files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
@@ -91,6 +92,7 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                             "in parallel (default 1)")
     speed.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="files per network batch (default 16)")
+    add_ray_arguments(p)
     tags = p.add_argument_group("tags")
     tags.add_argument("--write-tags", action="store_true",
                       help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, "
@@ -241,6 +243,8 @@ def run(args) -> int:
     files = batch_inputs(args, "key")
     if files is None:
         return 2
+    if args.ray is not None:
+        return _run_on_ray(files, args)
 
     fmt = RecordFormat(
         fmt_name,
@@ -265,6 +269,23 @@ def run(args) -> int:
     if args.output is not None:
         print(f"musicssl key: {len(output.entries())} records in {args.output}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _run_on_ray(files: list[str], args) -> int:
+    from musicssl.key.estimator import compute_features
+
+    if args.write_tags:
+        return usage_error(args, "key", "--write-tags is not available with --ray")
+    estimator = load_key_estimator(args)      # here too: bad options fail before the cluster starts
+    prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
+                                device="cpu", tuning=args.tuning)
+    return run_on_ray(files, prepare, functools.partial(_ray_finish, options_of(args)), args, "key")
+
+
+def _ray_finish(options: dict):
+    """``finish`` built on a Ray worker from the parsed options."""
+    args = argparse.Namespace(**options)
+    return make_finish(load_key_estimator(args), args)
 
 
 def _silence_stdout() -> None:
