@@ -12,9 +12,11 @@ as right when it lies within ``--tolerance`` cents of the applied shift
 how far that holds) and, not assuming that, within the tolerance of the
 shift plus the estimate of the unshifted clip ("relative": the estimator's
 consistency; some soundfont instruments are themselves a few cents off).
-Usage::
+``--tuning-only`` skips the key models and scores the tuning estimate beside
+librosa's ``estimate_tuning`` (the reference) on every clip. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/key_tuning.py --limit 60
+    OMP_NUM_THREADS=1 python benchmarks/key_tuning.py --tuning-only
     python benchmarks/key_tuning.py default skey-debian ../shared/fixtures/skey.pt krumhansl
     python benchmarks/key_tuning.py --dataset csv --manifest work-data/render24/labels.csv
 """
@@ -60,7 +62,11 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="every k-th clip so that about N are used")
     p.add_argument("--shifts", type=float, nargs="+", default=list(DEFAULT_SHIFTS), help="detunings in cents")
     p.add_argument("--tolerance", type=float, default=5.0, help="cents within which a tuning estimate is right")
+    p.add_argument("--tuning-only", action="store_true",
+                   help="only the tuning estimate, beside librosa.estimate_tuning (no key models)")
     args = p.parse_args(argv)
+    if args.tuning_only:
+        return tuning_only(args)
 
     items = load_dataset(args.dataset, args.manifest).items
     if args.limit and args.limit < len(items):     # spread the subset over the whole (sorted) list
@@ -132,6 +138,43 @@ def main(argv=None) -> int:
         on = np.mean([r[3][n, "on"].accuracy for r in shifted]) if shifted else float("nan")
         print(f"{n}: mean accuracy over the shifted versions {100 * off:.1f} % without, {100 * on:.1f} % with compensation")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def tuning_only(args) -> int:
+    """Tuning estimates of musicssl and of librosa.estimate_tuning, side by side."""
+    import librosa
+
+    items = load_dataset(args.dataset, args.manifest).items
+    if args.limit and args.limit < len(items):
+        items = [items[int(i)] for i in np.linspace(0, len(items) - 1, args.limit).round()]
+    sr = 22050
+    estimators = {"musicssl": lambda x: estimate_tuning_cents(x, sr),
+                  "librosa.estimate_tuning": lambda x: 100.0 * float(
+                      librosa.estimate_tuning(y=x, sr=sr, bins_per_octave=12, resolution=0.01))}
+    absolute = {n: [] for n in estimators}
+    relative = {n: [] for n in estimators}
+    t0 = time.perf_counter()
+    for item in items:
+        samples = load_audio(item.path, sr=sr, offset=item.offset, duration=item.duration)
+        base = {n: f(samples) for n, f in estimators.items()}
+        for shift in args.shifts:
+            if shift == 0:
+                continue
+            x = detune(samples, sr, shift)
+            for n, f in estimators.items():
+                e = f(x)
+                absolute[n].append(cents_error(e, shift))
+                relative[n].append(cents_error(e, shift + base[n]))
+    shifts = ", ".join(f"{s:+g}" for s in args.shifts if s != 0)
+    print(f"{len(items)} clips x shifts {shifts} cents = {len(absolute['musicssl'])} versions "
+          f"({time.perf_counter() - t0:.0f} s)\n")
+    print(f"| estimator | within {args.tolerance:g} c of the shift | within {args.tolerance:g} c of shift + "
+          f"unshifted estimate | median error (c) |\n|---|---|---|---|")
+    for n in estimators:
+        a, r = np.asarray(absolute[n]), np.asarray(relative[n])
+        print(f"| {n} | {100 * np.mean(a <= args.tolerance):.1f} % | {100 * np.mean(r <= args.tolerance):.1f} % "
+              f"| {np.median(a):.1f} |")
     return 0
 
 

@@ -8,6 +8,7 @@ Examples::
     musicssl key "sets/**/*.flac" --notation camelot --probabilities
     musicssl key song.flac --local --window 20 --hop 5
     musicssl key music/ --write-tags --dry-run
+    musicssl key /mnt/music --ray auto -o keys/     # on a Ray cluster, one JSONL file per shard
 
 Output per file: text ``path<TAB>key<TAB>confidence`` (default), or CSV /
 JSON / JSONL records. JSON and JSONL records always carry all 24
@@ -42,6 +43,9 @@ EPILOG = """examples:
   musicssl key "sets/**/*.flac" --notation camelot --probabilities
   musicssl key song.flac --local --window 20 --hop 5
   musicssl key music/ --write-tags --dry-run
+  musicssl key song.flac --tuning report                 # report the tuning, do not compensate
+  musicssl key music/ --checkpoint skey.onnx             # onnxruntime (musicssl export-onnx)
+  musicssl key /mnt/music --ray auto -o keys/            # Ray cluster: keys/part-00000.jsonl, ...
 
 exit status: 0 all files analysed, 1 some files failed, 2 usage error, 130 interrupted"""
 
