@@ -38,6 +38,31 @@ def add_prior_argument(parser) -> None:
                              "model spec says; the default model uses temperley; none: the network alone)")
 
 
+def tuning_setting(text: str):
+    """argparse type of ``--tuning``: a mode (``compensate``, ``report``, ``off``) or cents."""
+    from musicssl.key.estimator import TUNING_MODES
+
+    if text in TUNING_MODES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be {', '.join(TUNING_MODES)} or a number of cents, got {text!r}") from None
+    if not -100.0 < value < 100.0:
+        raise argparse.ArgumentTypeError(f"must lie between -100 and 100 cents, got {text!r}")
+    return value
+
+
+def add_tuning_argument(parser) -> None:
+    """``--tuning MODE|CENTS`` of the key commands (``compute_features(tuning=...)``)."""
+    parser.add_argument("--tuning", type=tuning_setting, default="compensate", metavar="MODE",
+                        help="compensate (default): estimate each file's deviation from A = 440 Hz and "
+                             "move the CQT bins onto its semitones; report: estimate it, do not compensate; "
+                             "off: neither; a number: a known deviation in cents (e.g. -31.8). Key records "
+                             "carry tuning_cents")
+
+
 def add_backend_argument(parser) -> None:
     """``--backend torch|onnx``: what runs the networks (``.onnx`` files: onnx)."""
     from musicssl.checkpoint import BACKENDS

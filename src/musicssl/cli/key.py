@@ -29,7 +29,7 @@ import sys
 import warnings
 
 from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_prior_argument, add_ray_arguments,
-                                 options_of, run_on_ray, add_transpositions_argument, batch_inputs,
+                                 add_tuning_argument, options_of, run_on_ray, add_transpositions_argument, batch_inputs,
                                  check_device, files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
@@ -85,11 +85,7 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     add_transpositions_argument(model)
     add_prior_argument(model)
     add_backend_argument(model)
-    model.add_argument("--tuning", type=_tuning, default="compensate", metavar="MODE",
-                       help="compensate (default): estimate each file's deviation from A = 440 Hz and "
-                            "move the CQT bins onto its semitones; report: estimate it, do not compensate; "
-                            "off: neither; a number: a known deviation in cents (e.g. -31.8). Records carry "
-                            "tuning_cents")
+    add_tuning_argument(model)
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
@@ -116,21 +112,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def _tuning(text: str):
-    from musicssl.key.estimator import TUNING_MODES
-
-    if text in TUNING_MODES:
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be {', '.join(TUNING_MODES)} or a number of cents, got {text!r}") from None
-    if not -100.0 < value < 100.0:
-        raise argparse.ArgumentTypeError(f"must lie between -100 and 100 cents, got {text!r}")
     return value
 
 
