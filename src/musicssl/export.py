@@ -44,7 +44,8 @@ def model_kind(spec: str | os.PathLike) -> str:
 
 def export_onnx(spec: str | os.PathLike, destination: str | os.PathLike) -> tuple[Path, str]:
     """Export the network(s) of model ``spec`` to ``destination``; returns ``(path, kind)``."""
-    from musicssl.checkpoint import export_onnx_file, key_model_onnx, load_zerons_model, zerons_model_onnx
+    from musicssl.checkpoint import (OnnxNetwork, export_onnx_file, key_model_onnx, load_zerons_model,
+                                     zerons_model_onnx)
 
     kind = model_kind(spec)
     if kind == "zerons":
@@ -57,7 +58,7 @@ def export_onnx(spec: str | os.PathLike, destination: str | os.PathLike) -> tupl
     estimator = load_estimator(str(spec), prior="none", transpositions=1)
     if not isinstance(estimator, KeyEstimator):
         raise CheckpointError(f"{spec}: a template has no network to export")
-    if estimator.model.__class__.__name__ == "OnnxNetwork":
+    if isinstance(estimator.model, OnnxNetwork):
         raise CheckpointError(f"{spec}: already an ONNX model")
     provenance = {"exported_from": Path(str(spec)).name, "name": estimator.name}
     data = key_model_onnx(estimator.model, estimator.frontend_config, estimator.calibration, provenance)

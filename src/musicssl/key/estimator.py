@@ -267,7 +267,8 @@ def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float
 
     if isinstance(tuning, str):
         if tuning not in TUNING_MODES:
-            raise ConfigError(f"tuning must be a number of cents or one of {', '.join(TUNING_MODES)}, got {tuning!r}")
+            raise ConfigError(f"tuning must be a number of cents or one of {', '.join(TUNING_MODES)}, "
+                              f"got {tuning!r}")
         if tuning == "off":
             return None, False
         return estimate_tuning_cents(samples, sr), tuning == "compensate"
