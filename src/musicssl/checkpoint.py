@@ -53,6 +53,14 @@ __all__ = [
     "import_skey_checkpoint",
     "convert_skey_checkpoint",
     "IMPORTED_SKEY_CALIBRATION",
+    "BACKENDS",
+    "OnnxNetwork",
+    "key_model_onnx",
+    "zerons_model_onnx",
+    "export_onnx_file",
+    "read_onnx_metadata",
+    "load_onnx_key_model",
+    "load_onnx_zerons_model",
 ]
 
 FORMAT_NAME = "musicssl-key"
@@ -208,10 +216,13 @@ def _build_chromanet(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor],
 
 
 def load_key_model(path: str | os.PathLike) -> LoadedKeyModel:
-    """Load a key model: a project ``.safetensors`` file or a released S-KEY/STONE ``.pt``."""
+    """Load a key model: a project ``.safetensors`` file, a released S-KEY/STONE ``.pt``
+    or an ONNX file from ``musicssl export-onnx`` (its ``model`` an :class:`OnnxNetwork`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if is_onnx_file(path):
+        return load_onnx_key_model(path)
     if not _is_safetensors(path):
         return import_skey_checkpoint(path)
     state, meta = load_model_file(path, FORMAT_NAME, FORMAT_VERSION)
@@ -270,9 +281,13 @@ def save_zerons_model(path: str | os.PathLike, model, separator=None,
 
 
 def load_zerons_model(path: str | os.PathLike) -> tuple[Any, dict]:
-    """``(ZeroNS in eval mode, metadata dict)`` from a file written by :func:`save_zerons_model`."""
+    """``(ZeroNS in eval mode, metadata dict)`` from a file written by :func:`save_zerons_model`
+    (or ``(OnnxNetwork, metadata)`` from one written by ``musicssl export-onnx``)."""
     from musicssl.beat.frontend import HOP_LENGTH, SAMPLE_RATE
     from musicssl.beat.model import ZeroNS
+
+    if is_onnx_file(path):
+        return load_onnx_zerons_model(path)
 
     tensors, raw = load_model_file(path, ZERONS_FORMAT, ZERONS_FORMAT_VERSION)
     try:
@@ -459,3 +474,266 @@ def convert_skey_checkpoint(src_pt: str | os.PathLike, dst_safetensors: str | os
     loaded = import_skey_checkpoint(src_pt)
     return save_key_model(dst_safetensors, loaded.model, loaded.frontend_config,
                           calibration=calibration, provenance=loaded.provenance)
+
+
+# --------------------------------------------------------------------------
+# ONNX: export and onnxruntime inference (optional extra ``musicssl[onnx]``)
+# --------------------------------------------------------------------------
+#: ``metadata_props`` ``format`` values of the ONNX files this module writes.
+ONNX_KEY_FORMAT = "musicssl-key-onnx"
+ONNX_ZERONS_FORMAT = "musicssl-zerons-onnx"
+ONNX_OPSET = 18
+#: input / output names of the exported graphs
+ONNX_KEY_INPUT, ONNX_KEY_OUTPUT = "logcqt", "probabilities"
+ONNX_ZERONS_INPUTS = ("percussive_spec", "non_percussive_spec")
+ONNX_ZERONS_OUTPUTS = ("percussive", "non_percussive")
+
+
+def is_onnx_file(path: str | os.PathLike) -> bool:
+    """True for a path ending in ``.onnx`` (ONNX files have no magic number)."""
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def _require_onnx(what: str):
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as exc:
+        raise ConfigError(f"{what} needs onnx and onnxruntime: pip install 'musicssl[onnx]' ({exc})") from None
+    return onnxruntime
+
+
+class _ZeroNSNoNorm(torch.nn.Module):
+    """ZeroNS on inputs already standardised (what ``BeatEstimator`` feeds it)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, percussive_spec, non_percussive_spec):
+        return self.model(percussive_spec, non_percussive_spec, normalize=False)
+
+
+def _onnx_bytes(module: torch.nn.Module, inputs: tuple, input_names, output_names, min_frames: int) -> bytes:
+    """``module`` exported with torch's ONNX exporter (batch and time axes dynamic)."""
+    import io
+    import logging
+    import warnings
+
+    _require_onnx("ONNX export")
+    frames = torch.export.Dim("frames", min=min_frames)
+    shapes = tuple({0: torch.export.Dim(f"batch{i}"), 3: frames} for i in range(len(inputs)))
+    buffer = io.BytesIO()
+    quiet = logging.getLogger("torch.onnx")       # e.g. "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module.eval(), inputs, buffer, input_names=list(input_names),
+                              output_names=list(output_names), opset_version=ONNX_OPSET, dynamo=True,
+                              dynamic_shapes=shapes, optimize=False, verbose=False)
+        except Exception as exc:   # the exporter raises many types
+            raise CheckpointError(f"ONNX export failed: {exc}") from exc
+        finally:
+            quiet.setLevel(level)
+    return buffer.getvalue()
+
+
+def _with_metadata(onnx_bytes: bytes, fields: Mapping[str, Any]) -> bytes:
+    """The model with ``fields`` (JSON-encoded) as ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    del proto.metadata_props[:]
+    for key, value in fields.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value, default=str)
+    proto.producer_name = "musicssl"
+    return proto.SerializeToString()
+
+
+def key_model_onnx(model: ChromaNet, frontend_config: FrontEndConfig, calibration: Mapping[str, Any] | None,
+                   provenance: Mapping[str, Any] | None = None) -> bytes:
+    """A ChromaNet as ONNX bytes: input ``logcqt`` ``(B, 1, n_bins, T)`` (a crop of the
+    log-CQT, ``T >= model.min_frames``), output ``probabilities`` ``(B, 12 * n_rows)``;
+    metadata ``format``, ``architecture``, ``frontend``, ``calibration``, ``provenance`` (JSON)."""
+    example = torch.zeros(1, 1, model.n_bins, max(2 * model.min_frames, 256))
+    raw = _onnx_bytes(model, (example,), [ONNX_KEY_INPUT], [ONNX_KEY_OUTPUT], model.min_frames)
+    return _with_metadata(raw, {"format": ONNX_KEY_FORMAT, "format_version": str(FORMAT_VERSION),
+                                "architecture": model.architecture(), "frontend": frontend_config.to_dict(),
+                                "calibration": None if calibration is None else dict(calibration),
+                                "provenance": dict(provenance or {})})
+
+
+def zerons_model_onnx(model, meta: Mapping[str, Any]) -> bytes:
+    """Both ZeroNS networks as one ONNX graph: inputs ``percussive_spec`` and
+    ``non_percussive_spec`` ``(B, 1, 96, T)`` (log-VQT, already standardised when
+    ``architecture.input_norm``), outputs ``percussive`` / ``non_percussive`` ``(B, T)``
+    in (0, 1); metadata as the ``.safetensors`` file (architecture, frontend, separator,
+    provenance, polarity)."""
+    n_bins = int(model.config["n_bins"])
+    example = torch.zeros(1, 1, n_bins, 256)
+    raw = _onnx_bytes(_ZeroNSNoNorm(model), (example, example.clone()), ONNX_ZERONS_INPUTS,
+                      ONNX_ZERONS_OUTPUTS, 16)
+    fields = {"format": ONNX_ZERONS_FORMAT, "format_version": str(ZERONS_FORMAT_VERSION)}
+    fields.update({k: meta.get(k) for k in ("architecture", "frontend", "separator", "provenance", "polarity")})
+    return _with_metadata(raw, fields)
+
+
+def export_onnx_file(path: str | os.PathLike, onnx_bytes: bytes) -> Path:
+    """Write ONNX bytes (from :func:`key_model_onnx` / :func:`zerons_model_onnx`) atomically."""
+    from musicssl.outputs import atomic_open
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        handle.write(onnx_bytes)
+    return path
+
+
+def read_onnx_metadata(source: str | os.PathLike | bytes) -> dict[str, Any]:
+    """JSON-decoded ``metadata_props`` of a musicssl ONNX file (or bytes)."""
+    import onnx
+
+    _require_onnx("reading an ONNX model")
+    try:
+        proto = (onnx.load_from_string(source) if isinstance(source, bytes)
+                 else onnx.load(str(source), load_external_data=False))
+    except Exception as exc:
+        raise CheckpointError(f"{source if not isinstance(source, bytes) else 'ONNX bytes'}: "
+                              f"not a readable ONNX model ({exc})") from exc
+    out: dict[str, Any] = {}
+    for entry in proto.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            out[entry.key] = entry.value
+    return out
+
+
+class OnnxNetwork(torch.nn.Module):
+    """An ONNX graph run by onnxruntime behind the interface of the torch network it
+    replaces: tensors in, tensors out (CPU float32 numpy inside). ``n_rows`` (key
+    networks) and ``percussive.input_norm`` (ZeroNS) are set from the metadata."""
+
+    def __init__(self, onnx_bytes: bytes, metadata: Mapping[str, Any], threads: int | None = None):
+        super().__init__()
+        ort = _require_onnx("--backend onnx")
+        options = ort.SessionOptions()
+        if threads is None:
+            threads = torch.get_num_threads()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise CheckpointError(f"onnxruntime cannot load the model ({exc})") from exc
+        self.metadata = dict(metadata)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        arch = self.metadata.get("architecture") or {}
+        self.n_rows = int(arch.get("n_rows", 2))
+        self.min_frames = 2 ** len(arch.get("channels", ())) if "channels" in arch else 1
+        norm = bool(arch.get("input_norm", False))
+        self.percussive = self.non_percussive = type("Branch", (), {"input_norm": norm})()
+
+    def forward(self, *inputs, normalize: bool | None = None):
+        if normalize:
+            raise ConfigError("an ONNX ZeroNS graph expects standardised inputs (normalize=False)")
+        feed = {name: x.detach().to("cpu", torch.float32).contiguous().numpy()
+                for name, x in zip(self.input_names, inputs)}
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, feed)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _read_onnx(path: Path, expected_format: str) -> tuple[bytes, dict[str, Any]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    meta = read_onnx_metadata(data)
+    if meta.get("format") != expected_format:
+        raise CheckpointError(f"{path}: not a {expected_format} ONNX model (format={meta.get('format')!r})")
+    return data, meta
+
+
+def load_onnx_key_model(path: str | os.PathLike) -> LoadedKeyModel:
+    """A key model from an ONNX file written by ``musicssl export-onnx``; its ``model``
+    is an :class:`OnnxNetwork`."""
+    path = Path(path)
+    data, meta = _read_onnx(path, ONNX_KEY_FORMAT)
+    try:
+        frontend = FrontEndConfig.from_dict(meta.get("frontend") or {})
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad front-end settings ({exc})") from exc
+    calibration = meta.get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise CheckpointError(f"{path}: calibration must be an object or null")
+    return LoadedKeyModel(model=OnnxNetwork(data, meta), frontend_config=frontend, calibration=calibration,
+                          provenance=meta.get("provenance") or {}, source_format="onnx")
+
+
+def load_onnx_zerons_model(path: str | os.PathLike) -> tuple[OnnxNetwork, dict]:
+    """``(OnnxNetwork, metadata)`` from a ZeroNS ONNX file, as :func:`load_zerons_model`."""
+    data, meta = _read_onnx(Path(path), ONNX_ZERONS_FORMAT)
+    meta["polarity"] = meta.get("polarity") or dict(_DEFAULT_POLARITY)
+    return OnnxNetwork(data, meta), meta
+
+
+def onnx_cache_dir() -> Path:
+    """Where ``--backend onnx`` keeps the ONNX graphs it exported from torch checkpoints."""
+    base = os.environ.get("MUSICSSL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "musicssl")
+    return Path(base) / "onnx"
+
+
+def cached_onnx(source: str | os.PathLike, make_bytes) -> bytes:
+    """ONNX bytes for the checkpoint ``source``: read from :func:`onnx_cache_dir` (by the
+    file's SHA-256 and this musicssl's version) or made by ``make_bytes()`` and stored."""
+    import hashlib
+
+    from musicssl import __version__
+
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    cache = onnx_cache_dir() / f"{digest[:32]}-{__version__}.onnx"
+    if cache.is_file():
+        return cache.read_bytes()
+    data = make_bytes()
+    try:
+        export_onnx_file(cache, data)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return data
+
+
+#: inference backends of the network models (``None`` in the APIs: as the file is)
+BACKENDS = ("torch", "onnx")
+
+
+def check_backend(path: str | os.PathLike, backend: str | None) -> str:
+    """The backend a model file runs on: ``backend``, or by default ``onnx`` for ``.onnx``
+    files and ``torch`` for the others; a ``.onnx`` file cannot run on torch."""
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if is_onnx_file(path):
+        if backend == "torch":
+            raise ConfigError(f"{path}: an ONNX model runs with the onnx backend only")
+        return "onnx"
+    return backend or "torch"
+
+
+def key_onnx_network(source: str | os.PathLike, loaded: LoadedKeyModel, calibration: Mapping[str, Any]) -> OnnxNetwork:
+    """The key network of checkpoint ``source`` (loaded as ``loaded``) on onnxruntime,
+    exported once and cached (:func:`cached_onnx`)."""
+    if isinstance(loaded.model, OnnxNetwork):
+        return loaded.model
+    data = cached_onnx(source, lambda: key_model_onnx(loaded.model, loaded.frontend_config, calibration,
+                                                      loaded.provenance))
+    return OnnxNetwork(data, read_onnx_metadata(data))
+
+
+def zerons_onnx_network(source: str | os.PathLike, model, meta: Mapping[str, Any]) -> OnnxNetwork:
+    """The ZeroNS networks of checkpoint ``source`` on onnxruntime, exported once and cached."""
+    if isinstance(model, OnnxNetwork):
+        return model
+    data = cached_onnx(source, lambda: zerons_model_onnx(model, meta))
+    return OnnxNetwork(data, read_onnx_metadata(data))

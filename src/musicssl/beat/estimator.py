@@ -296,14 +296,20 @@ class BeatEstimator(_Estimator):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        **kwargs) -> "BeatEstimator":
-        """Load a ZeroNS checkpoint (``None``: the model shipped with musicssl)."""
+                        backend: str | None = None, **kwargs) -> "BeatEstimator":
+        """Load a ZeroNS checkpoint (``None``: the model shipped with musicssl) or an
+        exported ``.onnx``; ``backend`` ``"torch"``/``"onnx"`` (onnxruntime; a torch
+        checkpoint is exported once and cached), ``None``: as the file is."""
+        from musicssl.checkpoint import check_backend, zerons_onnx_network
+
         if path is None:
             if not DEFAULT_CHECKPOINT.is_file():
                 raise CheckpointError(f"the default ZeroNS model is missing ({DEFAULT_CHECKPOINT}); "
                                       "pass a checkpoint")
             path = DEFAULT_CHECKPOINT
         model, meta = load_zerons_model(path)
+        if check_backend(path, backend) == "onnx":
+            model = zerons_onnx_network(path, model, meta)
         return cls(model, device=device, metadata=meta, **kwargs)
 
     # ---------------------------------------------------------------- stages

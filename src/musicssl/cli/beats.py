@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musicssl.cli.common import add_batch_arguments, batch_inputs, check_device, files_to_do, write_batch
+from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_ray_arguments, batch_inputs,
+                                 check_device, files_to_do, options_of, run_on_ray, usage_error, write_batch)
 from musicssl.evaluation.beat_annotations import format_beat_annotation
 from musicssl.outputs import RecordFormat, RecordOutput, format_from_path
 
@@ -73,10 +74,12 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
                             "for now) or the Zero-Note Samba networks (default: onset, or zerons with "
                             "--checkpoint)")
     model.add_argument("--checkpoint", metavar="PATH",
-                       help="a ZeroNS .safetensors model; implies --activation zerons "
+                       help="a ZeroNS .safetensors model (or .onnx from musicssl export-onnx); "
+                            "implies --activation zerons "
                             "(default: the shipped ZeroNS model when --activation zerons)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the networks run (default: cpu)")
+    add_backend_argument(model)
     model.add_argument("--tracker", choices=("dbn", "librosa"), default="dbn",
                        help="beat decoder: the project's DBN, or librosa's dynamic programming (default: dbn)")
     model.add_argument("--combine", choices=("max", "mean"), default="max",
@@ -95,6 +98,7 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
     speed.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                        help="worker processes for decoding and the activation's front end (onset strength, "
                             "or separation and the VQT) (default: 1)")
+    add_ray_arguments(p)
     p.set_defaults(func=run, _parser=p)
     return p
 
@@ -262,34 +266,49 @@ def plot_beats(path: str | Path, waveform: np.ndarray | None, activation: np.nda
     plt.close(fig)
 
 
-def run(args) -> int:
+def build_estimator(args):
+    """``(estimator, separator or None)`` chosen by the model options."""
     from musicssl.beat.estimator import BeatEstimator, OnsetBeatEstimator
     from musicssl.beat.separation import get_separator
     from musicssl.errors import ConfigError
 
-    fmt_name = args.format or format_from_path(args.output)
-    files = batch_inputs(args, "beats")
-    if files is None:
-        return 2
-    check_device(args.device)
-    fmt = RecordFormat(fmt_name, text_line=beats_text_block, csv_row=beats_csv_row, csv_columns=CSV_COLUMNS)
-    output = RecordOutput(args.output, fmt, resume=args.skip_existing)
     params = {}
     if args.tracker == "dbn":
         params = {"min_bpm": args.min_bpm, "max_bpm": args.max_bpm,
                   "transition_lambda": args.transition_lambda}
     activation = args.activation or ("zerons" if args.checkpoint else "onset")
     if activation == "onset":
-        if args.checkpoint:
-            raise ConfigError("--checkpoint is a ZeroNS model: it needs --activation zerons")
-        estimator = OnsetBeatEstimator(tracker=args.tracker, tracker_params=params)
-        separator = None
-    else:
-        separator = None if args.separator == "hpss" else get_separator(args.separator)
-        estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, combine=args.combine,
-                                                  tracker=args.tracker, tracker_params=params,
-                                                  separator=separator)
-        separator = estimator.separator
+        if args.checkpoint or args.backend:
+            raise ConfigError("--checkpoint and --backend apply to ZeroNS models: add --activation zerons")
+        return OnsetBeatEstimator(tracker=args.tracker, tracker_params=params), None
+    separator = None if args.separator == "hpss" else get_separator(args.separator)
+    estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
+                                              combine=args.combine, tracker=args.tracker,
+                                              tracker_params=params, separator=separator)
+    return estimator, estimator.separator
+
+
+def _ray_finish(options: dict):
+    """``finish`` built on a Ray worker from the parsed options."""
+    args = argparse.Namespace(**options)
+    return make_finish(build_estimator(args)[0], args)
+
+
+def run(args) -> int:
+    fmt_name = args.format or format_from_path(args.output)
+    files = batch_inputs(args, "beats")
+    if files is None:
+        return 2
+    check_device(args.device)
+    if args.ray is not None:
+        if args.beats_dir or args.activations or args.plot:
+            return usage_error(args, "beats", "--beats-dir, --activations and --plot are not available with --ray")
+        estimator, separator = build_estimator(args)
+        prepare = functools.partial(prepare_file, separator=separator, keep_waveform=False)
+        return run_on_ray(files, prepare, functools.partial(_ray_finish, options_of(args)), args, "beats")
+    fmt = RecordFormat(fmt_name, text_line=beats_text_block, csv_row=beats_csv_row, csv_columns=CSV_COLUMNS)
+    output = RecordOutput(args.output, fmt, resume=args.skip_existing)
+    estimator, separator = build_estimator(args)
     todo = files_to_do(files, output, args, "beats")
     prepare = functools.partial(prepare_file, separator=separator, keep_waveform=bool(args.plot))
     failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "beats",

@@ -38,6 +38,40 @@ def add_prior_argument(parser) -> None:
                              "model spec says; the default model uses temperley; none: the network alone)")
 
 
+def tuning_setting(text: str):
+    """argparse type of ``--tuning``: a mode (``compensate``, ``report``, ``off``) or cents."""
+    from musicssl.key.estimator import TUNING_MODES
+
+    if text in TUNING_MODES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be {', '.join(TUNING_MODES)} or a number of cents, got {text!r}") from None
+    if not -100.0 < value < 100.0:
+        raise argparse.ArgumentTypeError(f"must lie between -100 and 100 cents, got {text!r}")
+    return value
+
+
+def add_tuning_argument(parser) -> None:
+    """``--tuning MODE|CENTS`` of the key commands (``compute_features(tuning=...)``)."""
+    parser.add_argument("--tuning", type=tuning_setting, default="compensate", metavar="MODE",
+                        help="compensate (default): estimate each file's deviation from A = 440 Hz and "
+                             "move the CQT bins onto its semitones; report: estimate it, do not compensate; "
+                             "off: neither; a number: a known deviation in cents (e.g. -31.8). Key records "
+                             "carry tuning_cents")
+
+
+def add_backend_argument(parser) -> None:
+    """``--backend torch|onnx``: what runs the networks (``.onnx`` files: onnx)."""
+    from musicssl.checkpoint import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="run the network on torch or on onnxruntime (needs musicssl[onnx]; a torch "
+                             "checkpoint is exported once and cached); default: torch, onnx for .onnx files")
+
+
 def add_batch_arguments(parser, paths_help: str, format_help: str):
     """Add the options every batch subcommand has (``PATH...``, ``--format``,
     ``-o``, ``--skip-existing``, ``--no-progress``); returns the "output" group
@@ -140,3 +174,48 @@ def write_batch(todo: list[str], prepare, finish, output, args, command: str, *,
     if failed:
         print(f"musicssl {command}: {failed} of {len(todo)} files failed", file=sys.stderr)
     return failed
+
+
+def add_ray_arguments(parser) -> None:
+    """``--ray [ADDRESS]``, ``--shard-size``, ``--actors``: run a batch command on Ray
+    (:func:`musicssl.distributed.run_ray_batch`)."""
+    from musicssl.distributed import DEFAULT_SHARD_SIZE
+
+    ray = parser.add_argument_group("Ray cluster (pip install 'musicssl[ray]')")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run on a Ray cluster with Ray Data: ADDRESS such as auto, HOST:6379 or "
+                          "ray://HOST:10001, or nothing for $RAY_ADDRESS, else a local cluster; -o names a "
+                          "folder that gets one JSONL file per shard, part-00000.jsonl, ... "
+                          "(default: off, this machine only)")
+    ray.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                     help=f"with --ray: files per output shard (default: {DEFAULT_SHARD_SIZE}; keep "
+                          "it across --skip-existing reruns)")
+    ray.add_argument("--actors", type=positive_int, default=1, metavar="N",
+                     help="with --ray: model replicas (Ray actors) running the network (default: 1)")
+
+
+def options_of(args) -> dict:
+    """The parsed options as a picklable dict (to rebuild the model on a Ray worker)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "_parser")}
+
+
+def run_on_ray(files: list[str], prepare, make_finish, args, command: str) -> int:
+    """Run ``prepare``/``make_finish()`` over ``files`` on Ray, shards into the folder
+    ``args.output``; prints a summary on stderr and returns the exit status."""
+    import os
+
+    from musicssl.distributed import run_ray_batch
+
+    if args.output is None:
+        return usage_error(args, command, "--ray needs an output folder (-o DIR) for its shard files")
+    if getattr(args, "format", None) not in (None, "jsonl"):
+        return usage_error(args, command, "--ray writes JSONL shard files; leave out --format")
+    summary = run_ray_batch(files, prepare, make_finish, args.output, address=args.ray or None,
+                            shard_size=args.shard_size, batch_size=getattr(args, "batch_size", 8),
+                            actors=args.actors, skip_existing=args.skip_existing)
+    if summary.skipped:
+        print(f"musicssl {command}: {summary.skipped} of {len(files)} files already in {args.output}",
+              file=sys.stderr)
+    print(f"musicssl {command}: {summary.analysed} files analysed on Ray ({summary.failed} failed); "
+          f"{len(summary.written)} shard files written in {os.fspath(args.output)}", file=sys.stderr)
+    return 1 if summary.failed else 0

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from musicssl.cli.common import add_prior_argument, add_transpositions_argument
+from musicssl.cli.common import add_prior_argument, add_transpositions_argument, add_tuning_argument
 
 DATASETS = ("csv", "dev-synth", "giantsteps", "gtzan", "fmakv2", "winterreise")
 
@@ -67,6 +67,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--device", default="cpu", help="torch device for the networks: cpu or cuda (default: cpu)")
     add_transpositions_argument(p)
     add_prior_argument(p)
+    add_tuning_argument(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="worker processes decoding audio and computing spectrograms (default: 1)")
     p.add_argument("--quiet", action="store_true",
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         local_ids = [dataset.items[0].id]
     evaluation = evaluate(dataset, estimators, jobs=args.jobs, device=args.device,
                           progress=not args.quiet and sys.stderr.isatty(),
-                          embeddings=args.figures, local_ids=local_ids if args.figures else ())
+                          embeddings=args.figures, local_ids=local_ids if args.figures else (),
+                          tuning=args.tuning)
     print(evaluation.markdown(args.compare))
     out_dir = args.out if args.out is not None else Path("musicssl-eval") / args.dataset
     written = write_results(evaluation, out_dir, args.compare)

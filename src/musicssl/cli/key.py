@@ -8,6 +8,7 @@ Examples::
     musicssl key "sets/**/*.flac" --notation camelot --probabilities
     musicssl key song.flac --local --window 20 --hop 5
     musicssl key music/ --write-tags --dry-run
+    musicssl key /mnt/music --ray auto -o keys/     # on a Ray cluster, one JSONL file per shard
 
 Output per file: text ``path<TAB>key<TAB>confidence`` (default), or CSV /
 JSON / JSONL records. JSON and JSONL records always carry all 24
@@ -27,7 +28,8 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import (add_batch_arguments, add_prior_argument, add_transpositions_argument, batch_inputs,
+from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_prior_argument, add_ray_arguments,
+                                 add_tuning_argument, options_of, run_on_ray, add_transpositions_argument, batch_inputs,
                                  check_device, files_to_do, positive_int, usage_error, write_batch)
 from musicssl.key.estimator import model_names
 from musicssl.keys import KEY_LABELS, NOTATIONS
@@ -42,6 +44,9 @@ EPILOG = """examples:
   musicssl key "sets/**/*.flac" --notation camelot --probabilities
   musicssl key song.flac --local --window 20 --hop 5
   musicssl key music/ --write-tags --dry-run
+  musicssl key song.flac --tuning report                 # report the tuning, do not compensate
+  musicssl key music/ --checkpoint skey.onnx             # onnxruntime (musicssl export-onnx)
+  musicssl key /mnt/music --ray auto -o keys/            # Ray cluster: keys/part-00000.jsonl, ...
 
 exit status: 0 all files analysed, 1 some files failed, 2 usage error, 130 interrupted"""
 
@@ -75,8 +80,8 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                              "(default: skey-debian+temperley, see README), or a template baseline "
                              "(Krumhansl-Kessler, Temperley, Kostka-Payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
-                        help="a key checkpoint: project .safetensors or released S-KEY/STONE .pt "
-                             "(default: none, --model decides)")
+                        help="a key checkpoint: project .safetensors, released S-KEY/STONE .pt or "
+                             "an .onnx from musicssl export-onnx (default: none, --model decides)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the network runs (default: cpu)")
     add_transpositions_argument(model)
@@ -85,12 +90,15 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
                        help="auto: answer 'no key' (JSON key null, no tag written) for noise, percussion "
                             "or silence, by the measurements of musicssl.key.tonality; never: always name "
                             "the most probable key (default: auto)")
+    add_backend_argument(model)
+    add_tuning_argument(model)
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=positive_int, default=1, metavar="N",
                        help="worker processes decoding files and computing spectrograms "
                             "in parallel (default: 1)")
     speed.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="files per network batch (default: 16)")
+    add_ray_arguments(p)
     tags = p.add_argument_group("tags")
     tags.add_argument("--write-tags", action="store_true",
                       help="write the key into each file's tags (ID3 TKEY, Vorbis INITIALKEY, "
@@ -122,7 +130,7 @@ def _positive_float(text: str) -> float:
 
 def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
     """Header of the key CSV for the chosen options."""
-    columns = ["path", "key", "confidence", "duration", "no_key_reason"]
+    columns = ["path", "key", "confidence", "duration", "tuning_cents", "no_key_reason"]
     if probabilities:
         columns += list(KEY_LABELS)
     if local:
@@ -135,8 +143,8 @@ def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
 def key_csv_row(record: dict) -> dict:
     """Flat CSV row of a key record: one column per probability label,
     segments as ``start-end key; ...``."""
-    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "no_key_reason",
-                                           "error", "message") if name in record}
+    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "tuning_cents",
+                                           "no_key_reason", "error", "message") if name in record}
     if record.get("no_key"):
         row["key"] = "no key"
     row.update(record.get("probabilities", {}))
@@ -192,7 +200,7 @@ def load_key_estimator(args):
     spec = args.checkpoint if args.checkpoint is not None else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = load_estimator(spec, args.device, args.transpositions, args.prior)
+        estimator = load_estimator(spec, args.device, args.transpositions, args.prior, backend=args.backend)
     for warning in caught:
         print(f"musicssl key: note: {warning.message}", file=sys.stderr)
     return estimator
@@ -236,6 +244,8 @@ def run(args) -> int:
     files = batch_inputs(args, "key")
     if files is None:
         return 2
+    if args.ray is not None:
+        return _run_on_ray(files, args)
 
     fmt = RecordFormat(
         fmt_name,
@@ -251,7 +261,7 @@ def run(args) -> int:
 
     # workers compute spectrograms on the CPU; in this process the front end may use the GPU
     prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
-                                device="cpu" if args.jobs > 1 else args.device,
+                                device="cpu" if args.jobs > 1 else args.device, tuning=args.tuning,
                                 **getattr(estimator, "feature_options", {}))
     try:
         failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "key",
@@ -262,6 +272,23 @@ def run(args) -> int:
     if args.output is not None:
         print(f"musicssl key: {len(output.entries())} records in {args.output}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _run_on_ray(files: list[str], args) -> int:
+    from musicssl.key.estimator import compute_features
+
+    if args.write_tags:
+        return usage_error(args, "key", "--write-tags is not available with --ray")
+    estimator = load_key_estimator(args)      # here too: bad options fail before the cluster starts
+    prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
+                                device="cpu", tuning=args.tuning)
+    return run_on_ray(files, prepare, functools.partial(_ray_finish, options_of(args)), args, "key")
+
+
+def _ray_finish(options: dict):
+    """``finish`` built on a Ray worker from the parsed options."""
+    args = argparse.Namespace(**options)
+    return make_finish(load_key_estimator(args), args)
 
 
 def _silence_stdout() -> None:

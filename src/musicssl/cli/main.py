@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-beats": ("evaluate_beats", "score beat trackers on a dataset with beat annotations"),
     "calibrate": ("calibrate", "calibrate a trained 24-key model and store the mapping"),
     "serve": ("serve", "serve a local web page and HTTP API for key and beats"),
+    "export-onnx": ("export_onnx", "export a key or ZeroNS beat network to ONNX"),
 }
 
 

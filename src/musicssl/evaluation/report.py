@@ -137,13 +137,14 @@ def _finite(value):
 # --- running -----------------------------------------------------------------------------
 
 def _prepare_item(path: str, configs: tuple, spans: Mapping[str, tuple[float, float | None]],
-                  device: str = "cpu") -> list:
+                  device: str = "cpu", tuning: str | float = "compensate") -> list:
     """Features of one file for each distinct ``(front-end config, feature options)``
     (runs in workers)."""
     from musicssl.key.estimator import compute_features
 
     offset, duration = spans.get(path, (0.0, None))
-    return [compute_features(path, config, device=device, offset=offset, duration=duration, **dict(options))
+    return [compute_features(path, config, device=device, offset=offset, duration=duration, tuning=tuning,
+                             **dict(options))
             for config, options in configs]
 
 
@@ -167,13 +168,15 @@ def _embedding(estimator, features) -> np.ndarray | None:
 
 def evaluate(dataset: Dataset, estimators: Mapping[str, Any], *, jobs: int = 1, device: str = "cpu",
              batch_size: int = 8, progress: bool = False, embeddings: bool = False,
-             local_ids: Sequence[str] = (), window_s: float = 15.0, hop_s: float = 2.5) -> Evaluation:
+             local_ids: Sequence[str] = (), window_s: float = 15.0, hop_s: float = 2.5,
+             tuning: str | float = "compensate") -> Evaluation:
     """Run ``estimators`` (name → object with ``frontend_config`` and ``estimate_features``)
     on every item of ``dataset``.
 
     ``embeddings``: also keep the network embedding of every item (models with
     ``model.embed``). ``local_ids``: item ids (or audio paths) whose local keys
-    (``window_s``/``hop_s``) are kept for key-grams.
+    (``window_s``/``hop_s``) are kept for key-grams. ``tuning``: as
+    :func:`musicssl.key.estimator.compute_features` (``"off"``: the papers' pipeline).
     """
     from musicssl.batch import run_batch
 
@@ -211,7 +214,7 @@ def evaluate(dataset: Dataset, estimators: Mapping[str, Any], *, jobs: int = 1, 
         return records
 
     prepare = partial(_prepare_item, configs=tuple(configs), spans=spans,
-                      device=device if jobs <= 1 else "cpu")
+                      device=device if jobs <= 1 else "cpu", tuning=tuning)
     records = run_batch([str(i.path) for i in items], prepare, finish, jobs=jobs, batch_size=batch_size,
                         progress=progress, description=dataset.name)
     results: list[ItemResult] = []

@@ -145,6 +145,8 @@ class KeyResult:
     ``no_key``: the recording has no key (noise, percussion, silence; see
     :mod:`musicssl.key.tonality`); ``key`` is then still the most probable key,
     but records print ``"key": null`` with ``no_key_reason``.
+    ``tuning_cents``: the recording's deviation from A = 440 Hz in cents (see
+    :func:`compute_features`); None when not measured.
     """
 
     key: Key
@@ -155,6 +157,7 @@ class KeyResult:
     path: str | None = None
     mode_estimated: bool = True
     estimator: str = ""
+    tuning_cents: float | None = None
     no_key_reason: str | None = None
 
     @property
@@ -201,6 +204,8 @@ class KeyResult:
             out["no_key"] = True
             out["no_key_reason"] = self.no_key_reason
         out["duration"] = round(float(self.duration_s), 3)
+        if self.tuning_cents is not None:
+            out["tuning_cents"] = round(float(self.tuning_cents), 1)
         if probabilities:
             out["probabilities"] = probabilities_dict(self.probabilities)
         if local and self.local is not None:
@@ -226,14 +231,20 @@ def result_from_probabilities(probabilities: np.ndarray, duration_s: float, **kw
 
 @dataclass
 class KeyFeatures:
-    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), its origin, and
-    its tonality measurements (:mod:`musicssl.key.tonality`; None when not measured):
-    ``harmonic_fraction`` in [0, 1], ``peak_contrast`` in dB."""
+    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), and its origin.
+
+    ``tuning_cents``: the recording's tuning deviation (cents, None if not measured);
+    ``tuning_compensated``: whether the CQT bins were moved by it. Tonality
+    measurements (:mod:`musicssl.key.tonality`; None when not measured):
+    ``harmonic_fraction`` in [0, 1], ``peak_contrast`` in dB.
+    """
 
     magnitude: np.ndarray
     duration_s: float
     frames_per_second: float
     path: str | None = None
+    tuning_cents: float | None = None
+    tuning_compensated: bool = False
     harmonic_fraction: float | None = None
     peak_contrast: float | None = None
     #: librosa's ``chroma_cqt`` (12, T') at the same hop, when asked for (template baselines)
@@ -245,13 +256,22 @@ class KeyFeatures:
         return tonality.no_key_reason(self.harmonic_fraction, self.peak_contrast)
 
 
+#: ``tuning`` values of :func:`compute_features` besides a number of cents.
+TUNING_MODES = ("compensate", "report", "off")
+
+
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
                      device: str = "cpu", offset: float = 0.0, duration: float | None = None,
-                     chroma: bool = False) -> KeyFeatures:
+                     tuning: str | float = "compensate", chroma: bool = False) -> KeyFeatures:
     """CQT magnitude of an audio file (``source`` a path) or of samples
     (``source`` an array, with its ``sr``). Model-free and picklable.
 
-    ``offset``/``duration`` (seconds) select part of a file. ``chroma``: also
+    ``offset``/``duration`` (seconds) select part of a file.
+    ``tuning``: ``"compensate"`` estimates the tuning deviation
+    (:func:`musicssl.frontend.tuning.estimate_tuning_cents`) and moves the CQT's
+    reference frequency by it, so the bins sit on the recording's semitones;
+    ``"report"`` estimates it without compensating; ``"off"`` does neither;
+    a number is a known deviation in cents, compensated. ``chroma``: also
     librosa's ``chroma_cqt`` (36 bins per octave from C1, each frame scaled to a
     maximum of 1) at the front end's hop, for the template baselines.
     """
@@ -273,27 +293,51 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
         raise AudioTooShortError(
             f"audio is {duration_s:.2f} s long; key estimation needs at least {minimum_s:.2f} s",
             path, duration=duration_s, minimum=minimum_s)
-    magnitude = magnitude_cqt(samples, config, device=device)
-    harmonic, contrast = tonality_measurements(samples, config, device)
+    cents, compensate = _tuning_of(samples, config.sr, tuning)
+    shift = cents if compensate else 0.0
+    magnitude = magnitude_cqt(samples, config, device=device, tuning_cents=shift)
+    harmonic, contrast = tonality_measurements(samples, config, device, tuning_cents=shift)
     frames = None
     if chroma:
         import librosa
 
-        frames = librosa.feature.chroma_cqt(y=samples, sr=config.sr, hop_length=config.hop_length)
+        # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
+        frames = librosa.feature.chroma_cqt(y=samples, sr=config.sr, hop_length=config.hop_length,
+                                            tuning=shift * 36 / 1200.0)
         frames = frames[:, :magnitude.shape[-1]].astype(np.float32)
-    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, harmonic, contrast, frames)
+    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate,
+                       harmonic, contrast, frames)
 
 
-def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu") -> tuple[float, float]:
+def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu",
+                          tuning_cents: float = 0.0) -> tuple[float, float]:
     """``(harmonic fraction, peak contrast in dB)`` of mono ``samples`` at ``frontend_config.sr``
-    (:mod:`musicssl.key.tonality`): a CQT at the measurements' own hop of the samples
-    without their constant (DC) offset, on at most :data:`~musicssl.key.tonality.MAX_EXCERPTS`
-    excerpts."""
+    (:mod:`musicssl.key.tonality`): a CQT at the measurements' own hop (bins moved by
+    ``tuning_cents``) of the samples without their constant (DC) offset, on at most
+    :data:`~musicssl.key.tonality.MAX_EXCERPTS` excerpts."""
     config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
     samples = samples - np.float32(np.mean(samples, dtype=np.float64))
-    mags = [magnitude_cqt(part, config, device=device) for part in tonality.excerpts(samples, config.sr)]
+    mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents)
+            for part in tonality.excerpts(samples, config.sr)]
     return (tonality.harmonic_fraction(mags),
             tonality.peak_contrast(mags, config.sr / config.hop_length))
+
+
+def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float | None, bool]:
+    """(deviation in cents or None, whether to compensate) for a ``tuning`` setting."""
+    from musicssl.frontend.tuning import estimate_tuning_cents
+
+    if isinstance(tuning, str):
+        if tuning not in TUNING_MODES:
+            raise ConfigError(f"tuning must be a number of cents or one of {', '.join(TUNING_MODES)}, "
+                              f"got {tuning!r}")
+        if tuning == "off":
+            return None, False
+        return estimate_tuning_cents(samples, sr), tuning == "compensate"
+    cents = float(tuning)
+    if not -100.0 < cents < 100.0:
+        raise ConfigError(f"tuning must be between -100 and 100 cents, got {tuning}")
+    return cents, True
 
 
 #: Fewest CQT frames a ChromaNet with the default 7 stages accepts; shorter
@@ -318,7 +362,7 @@ def loop_to_min_frames(magnitude: np.ndarray, min_frames: int = MIN_FRAMES) -> n
     return np.tile(magnitude, (1, int(np.ceil(min_frames / n))))[:, :min_frames]
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=128)   # one per tuning (1-cent steps) in use
 def _cqt_module(frontend_config, device: str):
     from musicssl.frontend.cqt import CQT
 
@@ -328,11 +372,19 @@ def _cqt_module(frontend_config, device: str):
 
 
 @torch.inference_mode()
-def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu") -> np.ndarray:
+def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu",
+                  tuning_cents: float = 0.0) -> np.ndarray:
     """CQT magnitude float32 ``(n_bins, T)`` of mono ``samples`` at ``frontend_config.sr``;
-    long inputs are transformed in chunks with the same result."""
-    from musicssl.frontend.cqt import cqt_chunked
+    long inputs are transformed in chunks with the same result. ``tuning_cents``
+    (rounded to whole cents) moves every bin's frequency by that much."""
+    import dataclasses
 
+    from musicssl.frontend.cqt import cqt_chunked
+    from musicssl.frontend.tuning import tuned_fmin
+
+    cents = round(float(tuning_cents))
+    if cents:
+        frontend_config = dataclasses.replace(frontend_config, fmin=tuned_fmin(frontend_config.fmin, cents))
     cqt = _cqt_module(frontend_config, device)
     x = torch.as_tensor(np.ascontiguousarray(samples, dtype=np.float32), device=device)[None]
     if x.shape[-1] > CQT_CHUNK_SECONDS * frontend_config.sr:
@@ -408,13 +460,16 @@ class KeyEstimator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
-                        transpositions: int | None = None, prior: str | None = None) -> "KeyEstimator":
-        """Load a project checkpoint or a released S-KEY/STONE ``.pt``;
+                        transpositions: int | None = None, prior: str | None = None,
+                        backend: str | None = None) -> "KeyEstimator":
+        """Load a project checkpoint, a released S-KEY/STONE ``.pt`` or an exported ``.onnx``;
         ``None`` loads the shipped default model (without a prior: see :func:`load_estimator`).
 
         Uncalibrated checkpoints (e.g. the released ``.pt``) are calibrated on load.
+        ``backend``: ``"torch"`` or ``"onnx"`` (onnxruntime; a torch checkpoint is
+        exported once and cached); ``None``: as the file is.
         """
-        from musicssl.checkpoint import load_key_model
+        from musicssl.checkpoint import check_backend, key_onnx_network, load_key_model
 
         if path is None:
             path = default_model_path()
@@ -424,8 +479,11 @@ class KeyEstimator:
         calibration = loaded.calibration
         if calibration is None:
             calibration = _cached_calibration(Path(path), loaded, device)
+        model = loaded.model
+        if check_backend(path, backend) == "onnx":
+            model = key_onnx_network(path, loaded, calibration)
         name = Path(path).name if prior is None else f"{Path(path).name}+{prior}"
-        return cls(loaded.model, loaded.frontend_config, calibration, device, name=name,
+        return cls(model, loaded.frontend_config, calibration, device, name=name,
                    transpositions=transpositions, prior=prior)
 
     # --- layer 1: spectrogram -> probabilities
@@ -493,7 +551,7 @@ class KeyEstimator:
             for i, p in zip(indices, probs):
                 f = features[i]
                 results[i] = result_from_probabilities(
-                    p, f.duration_s, path=f.path, estimator=self.name,
+                    p, f.duration_s, path=f.path, estimator=self.name, tuning_cents=f.tuning_cents,
                     mode_estimated=self.calibration["n_rows"] == 2,
                     local=self.local_keys(f, window_s, hop_s) if local else None,
                     no_key_reason=f.no_key_reason if self.detect_no_key else None)
@@ -598,7 +656,7 @@ def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu"
 
 
 def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
-                   transpositions: int | None = None, prior: str | None = None):
+                   transpositions: int | None = None, prior: str | None = None, backend: str | None = None):
     """An estimator from a spec: ``"default"``, a shipped model's name (see
     :func:`shipped_key_models`), a template (``"krumhansl"``, ``"temperley"``,
     ``"kostka-payne"``) or a checkpoint path; a network spec may end in
@@ -610,7 +668,8 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
     ``"default"`` is the shipped ``skey-debian`` model with the
     :data:`DEFAULT_PRIOR` template prior when the package has the model, else the
     Krumhansl template baseline (with a warning). ``prior`` overrides the spec's:
-    a profile name, or ``"none"`` for the network alone.
+    a profile name, or ``"none"`` for the network alone. ``backend`` (``"torch"``,
+    ``"onnx"``, None: as the file is) runs network models on torch or onnxruntime.
     """
     from musicssl.key.templates import PROFILES, TemplateKeyEstimator
 
@@ -631,10 +690,11 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
     chosen = spec_prior if prior is None else (None if prior == NO_PRIOR else prior)
     shipped = shipped_key_models()
     if name in shipped:
-        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen)
+        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen,
+                                                 backend=backend)
         estimator.name = name if chosen is None else f"{name}+{chosen}"
         return estimator
     path = Path(name)
     if not path.is_file():
         raise CheckpointError(f"{spec}: no such checkpoint or model name (names: {', '.join(model_names())})")
-    return KeyEstimator.from_checkpoint(path, device, transpositions, prior=chosen)
+    return KeyEstimator.from_checkpoint(path, device, transpositions, prior=chosen, backend=backend)

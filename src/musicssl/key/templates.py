@@ -203,6 +203,7 @@ class TemplateKeyEstimator:
             reason = f.no_key_reason if self.detect_no_key else None
             out.append(result_from_probabilities(
                 p, f.duration_s, path=f.path, estimator=self.name, mode_estimated=True,
+                tuning_cents=getattr(f, "tuning_cents", None),
                 local=self.local_keys(f, window_s, hop_s) if local else None,
                 no_key_reason=reason))
         return out
