@@ -5,7 +5,9 @@ re-weighted by a fixed equaliser curve (in dB, per CQT bin, applied to the
 magnitude before the log compression) and scored. Curves: none, a tilt of
 ±12 dB across the range, a 15 dB cut below 110 Hz (bass) and a 15 dB cut above
 B4 (494 Hz) (treble: melody and upper harmonics). All estimators run side
-by side on the same clips. Usage::
+by side on the same clips. Only the CQT is equalised: estimators that read
+librosa chroma (the template baselines, and the template prior of the default)
+see that part unequalised, so their rows overstate their robustness. Usage::
 
     python benchmarks/key_eq_robustness.py skey-debian ../shared/fixtures/skey.pt krumhansl
     python benchmarks/key_eq_robustness.py MODEL --dataset csv --manifest work-data/render24/labels.csv
@@ -56,8 +58,8 @@ def main(argv=None) -> int:
     for name, estimator in estimators.items():
         fe = estimator.frontend_config
         if fe not in features:
-            features[fe] = [compute_features(item.path, fe, offset=item.offset, duration=item.duration)
-                            for item in items]
+            features[fe] = [compute_features(item.path, fe, offset=item.offset, duration=item.duration,
+                                             chroma=True) for item in items]
         for curve_name, curve_db in eq_curves(fe.n_bins, fe.bins_per_octave).items():
             gain = (10.0 ** (curve_db / 10.0)).astype(np.float32)[:, None]     # dB = 10 log10(magnitude)
             equalised = [dataclasses.replace(f, magnitude=f.magnitude * gain) for f in features[fe]]

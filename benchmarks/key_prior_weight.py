@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="dev-synth", help="dataset format (see musicssl evaluate)")
     p.add_argument("--manifest", default="../shared/data/dev-synth", help="dataset folder or manifest")
     p.add_argument("--limit", type=int, default=None, help="first N clips only")
-    p.add_argument("--profiles", nargs="+", default=["krumhansl", "temperley"], choices=list(PROFILES))
+    p.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
     p.add_argument("--weights", nargs="+", type=float, default=list(DEFAULT_WEIGHTS))
     p.add_argument("--transpositions", type=int, default=None, help="crops the network averages (default 12)")
     args = p.parse_args(argv)
@@ -48,13 +48,14 @@ def main(argv=None) -> int:
     items = load_dataset(args.dataset, args.manifest).items[: args.limit]
     network = load_estimator(args.model, transpositions=args.transpositions, prior="none")
     fe = network.frontend_config
-    features = [compute_features(item.path, fe, offset=item.offset, duration=item.duration) for item in items]
+    features = [compute_features(item.path, fe, offset=item.offset, duration=item.duration, chroma=True)
+                for item in items]
     p_net = np.stack([r.probabilities for r in network.estimate_features(features)])
     print(f"{len(items)} clips of {args.manifest}; {network.name}, {network.transpositions} crops; "
           f"MIREX as mir_eval (a fifth above = 0.5); scores in %\n")
     print("| profile | weight | MIREX | KSEA | mode acc. | exact acc. |\n|---|---|---|---|---|---|")
     for profile in args.profiles:
-        template = TemplateKeyEstimator(profile, frontend_config=fe)
+        template = TemplateKeyEstimator(profile, frontend_config=fe, chroma="librosa")  # as the prior reads it
         q = np.stack([r.probabilities for r in template.estimate_features(features)])
         rows = [("template alone", scores_of(items, q))]
         rows += [(f"{w:g}", scores_of(items, combine_with_prior(p_net, q, w))) for w in args.weights]

@@ -419,7 +419,7 @@ def test_prior_option_and_model_spec_reach_the_estimator(capsys):
         return record["probabilities"]
 
     default = probabilities()
-    assert probabilities("--model", "skey-debian+temperley") == default
+    assert probabilities("--model", "skey-debian+kostka-payne") == default
     alone = probabilities("--prior", "none")
     assert probabilities("--model", "skey-debian") == alone != default
     assert probabilities("--prior", "krumhansl") not in (alone, default)

@@ -121,10 +121,10 @@ def test_evaluate_records_the_transpositions_of_network_models(small_dataset, ca
             "--model", "krumhansl", "--out", str(out), "--quiet", "--limit", "2"]
     assert main(args + ["--transpositions", "3"]) == 0
     data = json.loads((out / "results.json").read_text())
-    assert data["settings"] == {"default": {"transpositions": 3, "prior": "temperley"}, "krumhansl": {}}
+    assert data["settings"] == {"default": {"transpositions": 3, "prior": "kostka-payne"}, "krumhansl": {}}
     assert main(args) == 0                                         # default: 12 crops
     assert json.loads((out / "results.json").read_text())["settings"]["default"] == {
-        "transpositions": 12, "prior": "temperley"}
+        "transpositions": 12, "prior": "kostka-payne"}
     assert main(args + ["--transpositions", "40"]) == 2            # more crops than the front end has
     assert "transpositions must be between 1 and 16" in capsys.readouterr().err
 

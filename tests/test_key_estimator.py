@@ -120,7 +120,8 @@ def test_model_names_resolve(monkeypatch, tmp_path):
         warnings.simplefilter("error")
         default = est.load_estimator("default")
     assert isinstance(default, est.KeyEstimator) and est.DEFAULT_MODEL == "skey-debian"
-    assert (default.name, default.prior) == ("skey-debian+temperley", "temperley")   # with its template prior
+    assert (default.name, default.prior) == ("skey-debian+kostka-payne", "kostka-payne")  # with its prior
+    assert default.feature_options == {"chroma": True}                # which reads librosa chroma
     assert default.frontend_config.hop_length == 2048           # the hop it was trained at
     alone = est.load_estimator("default", prior="none")
     assert (alone.name, alone.prior) == ("skey-debian", None)
@@ -150,13 +151,13 @@ class _PitchClassNet(torch.nn.Module):
         return torch.softmax(logits, dim=-1)
 
 
-def _toy_estimator(bias, transpositions, prior=None):
+def _toy_estimator(bias, transpositions, prior=None, prior_chroma="cqt"):
     from musicssl.frontend.cqt import FrontEndConfig
     from musicssl.key.estimator import KeyEstimator
 
     calibration = {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 0]}
     return KeyEstimator(_PitchClassNet(bias), FrontEndConfig(), calibration, transpositions=transpositions,
-                        prior=prior)
+                        prior=prior, prior_chroma=prior_chroma)
 
 
 def test_transposition_averaging_rotates_each_crop_back():
@@ -259,6 +260,30 @@ def test_estimator_prior_multiplies_the_template_probabilities():
     assert not np.allclose(with_prior.probabilities(x), alone.probabilities(x), atol=1e-3)
 
 
+def test_librosa_chroma_prior_reads_the_features_chroma():
+    from musicssl.errors import ConfigError
+    from musicssl.key.estimator import combine_with_prior, compute_features
+    from musicssl.key.templates import TemplateKeyEstimator
+
+    bias = torch.randn(24, generator=torch.Generator().manual_seed(2))
+    alone = _toy_estimator(bias, 1)
+    with_prior = _toy_estimator(bias, 1, prior="kostka-payne", prior_chroma="librosa")
+    assert with_prior.feature_options == {"chroma": True}
+    x = np.concatenate([reference_signal(Key(9, "minor"))] * 3)
+    features = compute_features(x, alone.frontend_config, sr=22050, chroma=True)
+    assert features.chroma.shape == (12, features.magnitude.shape[-1])
+    expected = combine_with_prior(alone.estimate_features([features])[0].probabilities,
+                                  TemplateKeyEstimator("kostka-payne", chroma="librosa")
+                                  .estimate_features([features])[0].probabilities)
+    np.testing.assert_allclose(with_prior.estimate_features([features])[0].probabilities, expected, atol=1e-9)
+    local = with_prior.estimate_features([features], local=True, window_s=3.0, hop_s=1.0)[0].local
+    assert len(local) >= 3 and all(w.probabilities.shape == (24,) for w in local)
+    with pytest.raises(ConfigError, match="chroma"):
+        with_prior.estimate_features([compute_features(x, alone.frontend_config, sr=22050)])
+    with pytest.raises(ConfigError, match="chroma"):
+        with_prior.probabilities(torch.zeros(1, 1, 99, 160))
+
+
 def test_prior_needs_a_24_key_model():
     from musicssl.errors import ConfigError
     from musicssl.frontend.cqt import FrontEndConfig
@@ -280,12 +305,13 @@ def test_prior_needs_a_24_key_model():
 
 
 def test_default_model_names_the_nocturne_key(shared_fixtures):
-    """Regression check on the one real recording: the default (network × Temperley prior)
+    """Regression check on the one real recording: the default (network × Kostka-Payne prior)
     names E-flat major; the network alone names the relative minor (model card)."""
     from musicssl.key.estimator import compute_features, load_estimator
 
     default, alone = load_estimator("default"), load_estimator("default", prior="none")
-    features = compute_features(shared_fixtures / "nocturne_n02_in_e-flat_major.mp3", default.frontend_config)
+    features = compute_features(shared_fixtures / "nocturne_n02_in_e-flat_major.mp3", default.frontend_config,
+                                **default.feature_options)
     assert default.estimate_features([features])[0].key == Key(3, "major")
     assert alone.estimate_features([features])[0].key.relative == Key(3, "major")
 

@@ -281,7 +281,7 @@ def _run_on_ray(files: list[str], args) -> int:
         return usage_error(args, "key", "--write-tags is not available with --ray")
     estimator = load_key_estimator(args)      # here too: bad options fail before the cluster starts
     prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
-                                device="cpu", tuning=args.tuning)
+                                device="cpu", tuning=args.tuning, **getattr(estimator, "feature_options", {}))
     return run_on_ray(files, prepare, functools.partial(_ray_finish, options_of(args)), args, "key")
 
 

@@ -36,7 +36,7 @@ from musicssl.keys import KEY_LABELS, Key, format_key
 DEFAULT_MODEL = "skey-debian"
 #: Template prior that ``"default"`` multiplies the shipped model's probabilities by
 #: (see :func:`combine_with_prior`; README, "Key: accuracy", for the figures with and without it).
-DEFAULT_PRIOR = "temperley"
+DEFAULT_PRIOR = "kostka-payne"
 #: ``prior`` value that turns a spec's prior off (``"default"`` then means the network alone).
 NO_PRIOR = "none"
 #: Crop offsets whose outputs a :class:`KeyEstimator` averages by default (one per
@@ -304,6 +304,8 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
         # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
         frames = librosa.feature.chroma_cqt(y=samples, sr=config.sr, hop_length=config.hop_length,
                                             tuning=shift * 36 / 1200.0)
+        if frames.shape[-1] < magnitude.shape[-1]:  # same frames as the CQT
+            frames = np.pad(frames, ((0, 0), (0, magnitude.shape[-1] - frames.shape[-1])), mode="edge")
         frames = frames[:, :magnitude.shape[-1]].astype(np.float32)
     return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate,
                        harmonic, contrast, frames)
@@ -423,7 +425,7 @@ class KeyEstimator:
     def __init__(self, model: torch.nn.Module, frontend_config, calibration: dict,
                  device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0,
                  transpositions: int | None = None, prior: str | None = None, prior_weight: float = 1.0,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, prior_chroma: str = "librosa"):
         from musicssl.key.calibration import validate_calibration
         from musicssl.key.templates import TemplateKeyEstimator
 
@@ -456,7 +458,9 @@ class KeyEstimator:
                 raise ConfigError(f"a template prior needs a 24-key model; {name} predicts key signatures only")
             if not self.prior_weight >= 0:
                 raise ConfigError(f"prior weight must be >= 0, got {prior_weight}")
-            self._prior_estimator = TemplateKeyEstimator(prior, frontend_config=frontend_config, device=device)
+            self._prior_estimator = TemplateKeyEstimator(prior, frontend_config=frontend_config, device=device,
+                                                         chroma=prior_chroma)
+            self.feature_options = dict(self._prior_estimator.feature_options)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
@@ -502,36 +506,61 @@ class KeyEstimator:
             total = out if total is None else total + out
         return (total / self.transpositions).cpu().numpy()
 
-    def probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
-        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``
-        (times the template prior's, when the estimator has one)."""
+    def network_probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
+        """The network's canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)`` (no prior)."""
         from musicssl.key.calibration import to_canonical
 
-        probabilities = to_canonical(self.native_probabilities(logcqt), self.calibration)
-        if self._prior_estimator is not None:
-            probabilities = combine_with_prior(probabilities, self._prior_estimator.probabilities(logcqt),
-                                               self.prior_weight)
-        return apply_temperature(probabilities, self.temperature)
+        return to_canonical(self.native_probabilities(logcqt), self.calibration)
 
-    def _window_probabilities(self, magnitudes: Sequence[np.ndarray]) -> np.ndarray:
-        """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length."""
+    def _finish(self, network: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+        if prior is not None:
+            network = combine_with_prior(network, prior, self.prior_weight)
+        return apply_temperature(network, self.temperature)
+
+    def probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
+        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``, times the template
+        prior's when the estimator has one that reads the CQT (``prior_chroma="cqt"``; a
+        librosa-chroma prior needs the audio's chroma: use :meth:`estimate_features`)."""
+        prior = None
+        if self._prior_estimator is not None:
+            if self._prior_estimator.chroma_source != "cqt":
+                raise ConfigError("this estimator's prior reads librosa chroma, which a log-CQT does not hold; "
+                                  "use estimate_features() with compute_features(..., chroma=True)")
+            prior = self._prior_estimator.probabilities(logcqt)
+        return self._finish(self.network_probabilities(logcqt), prior)
+
+    def _window_probabilities(self, magnitudes: Sequence[np.ndarray],
+                              chromas: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length (and,
+        for a librosa-chroma prior, their chroma frames ``(12, T)``)."""
         from musicssl.frontend.cqt import log_compress
 
         batch = torch.as_tensor(np.stack([loop_to_min_frames(m) for m in magnitudes]))[:, None]
-        return self.probabilities(log_compress(batch.to(self.device), self.frontend_config.top_db))
+        logcqt = log_compress(batch.to(self.device), self.frontend_config.top_db)
+        prior = None
+        if self._prior_estimator is not None:
+            if self._prior_estimator.chroma_source == "cqt":
+                prior = self._prior_estimator.probabilities(logcqt)
+            else:
+                if chromas is None or any(c is None for c in chromas):
+                    raise ConfigError("this estimator's prior reads librosa chroma: compute the features with "
+                                      "compute_features(..., chroma=True) (its feature_options)")
+                prior = np.stack([self._prior_estimator.probabilities_from_chroma(c) for c in chromas])
+        return self._finish(self.network_probabilities(logcqt), prior)
 
-    def _track_probabilities(self, magnitude: np.ndarray) -> np.ndarray:
+    def _track_probabilities(self, magnitude: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities (24,) of a whole track, in bounded pieces if long."""
         fps = self.frontend_config.sr / self.frontend_config.hop_length
         max_frames = int(self.max_window_s * fps)
         n = magnitude.shape[-1]
         if n <= max_frames:
-            return self._window_probabilities([magnitude])[0]
+            return self._window_probabilities([magnitude], None if chroma is None else [chroma])[0]
         pieces = int(np.ceil(n / max_frames))
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         total = np.zeros(24)
         for a, b in zip(bounds[:-1], bounds[1:]):
-            total += (b - a) * self._window_probabilities([magnitude[:, a:b]])[0]
+            part = None if chroma is None else [chroma[:, a:b]]
+            total += (b - a) * self._window_probabilities([magnitude[:, a:b]], part)[0]
         return total / n
 
     # --- layer 2: features -> results (batched)
@@ -544,10 +573,12 @@ class KeyEstimator:
             by_length.setdefault(f.magnitude.shape[-1], []).append(i)
         fps_limit = int(self.max_window_s * self.frontend_config.sr / self.frontend_config.hop_length)
         for length, indices in by_length.items():
+            chromas = [features[i].chroma for i in indices] if self._reads_chroma else None
             if length <= fps_limit:
-                probs = self._window_probabilities([features[i].magnitude for i in indices])
+                probs = self._window_probabilities([features[i].magnitude for i in indices], chromas)
             else:
-                probs = np.stack([self._track_probabilities(features[i].magnitude) for i in indices])
+                probs = np.stack([self._track_probabilities(features[i].magnitude, features[i].chroma)
+                                  for i in indices])
             for i, p in zip(indices, probs):
                 f = features[i]
                 results[i] = result_from_probabilities(
@@ -557,22 +588,33 @@ class KeyEstimator:
                     no_key_reason=f.no_key_reason if self.detect_no_key else None)
         return results  # type: ignore[return-value]
 
+    @property
+    def _reads_chroma(self) -> bool:
+        return self._prior_estimator is not None and self._prior_estimator.chroma_source != "cqt"
+
     def local_keys(self, features: KeyFeatures, window_s: float = 20.0, hop_s: float = 5.0) -> list[LocalKey]:
         """Keys of overlapping windows (``window_s`` long, every ``hop_s`` seconds);
         each window is log-compressed on its own, as in training."""
-        return local_keys_of(features, self._window_probabilities, window_s, hop_s)
+        if not self._reads_chroma:
+            return local_keys_of(features, self._window_probabilities, window_s, hop_s)
+        # windows of the CQT and of its chroma frames cut together: stack them, split per window
+        n_bins = features.magnitude.shape[0]
+        stacked = dataclasses.replace(features, magnitude=np.concatenate([features.magnitude, features.chroma]))
+        return local_keys_of(stacked, lambda windows: self._window_probabilities(
+            [w[:n_bins] for w in windows], [w[n_bins:] for w in windows]), window_s, hop_s)
 
     # --- layer 3: audio / files
     def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
                  window_s: float = 20.0, hop_s: float = 5.0) -> KeyResult:
         """Key of ``samples`` ((n,) or (n, channels)) at rate ``sr``."""
-        features = compute_features(samples, self.frontend_config, sr=sr, device=self.device)
+        features = compute_features(samples, self.frontend_config, sr=sr, device=self.device,
+                                    **self.feature_options)
         return self.estimate_features([features], local, window_s, hop_s)[0]
 
     def estimate_file(self, path: str | Path, local: bool = False,
                       window_s: float = 20.0, hop_s: float = 5.0) -> KeyResult:
         """Key of an audio file."""
-        features = compute_features(path, self.frontend_config, device=self.device)
+        features = compute_features(path, self.frontend_config, device=self.device, **self.feature_options)
         return self.estimate_features([features], local, window_s, hop_s)[0]
 
     def estimate_files(self, paths: Iterable[str | Path], **kwargs) -> Iterable[tuple[str, KeyResult | Exception]]:
