@@ -108,31 +108,17 @@ class ClipBank:
 
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-        from safetensors.torch import save
+        from musicssl.outputs import write_tensor_file
 
-        from musicssl.outputs import atomic_open
-
-        meta = {"format": BANK_FORMAT, "version": str(BANK_VERSION),
-                "info": json.dumps({"ids": self.ids, "info": self.info})}
-        data = save({"feats": self.feats.cpu().contiguous(), "rms": self.rms.cpu(), "starts": self.starts.cpu(),
-                     "lengths": self.lengths.cpu()}, metadata=meta)
-        with atomic_open(Path(path), "wb") as f:
-            f.write(data)
-        return Path(path)
+        return write_tensor_file(path, {"feats": self.feats, "rms": self.rms, "starts": self.starts,
+                                        "lengths": self.lengths}, BANK_FORMAT, BANK_VERSION,
+                                 {"ids": self.ids, "info": self.info})
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "ClipBank":
-        from safetensors import SafetensorError, safe_open
+        from musicssl.outputs import read_tensor_file
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != BANK_FORMAT or meta.get("version") != str(BANK_VERSION):
-                    raise ConfigError(f"{path}: not a musicssl ZeroNS clip bank (format {meta.get('format')})")
-                t = {name: f.get_tensor(name) for name in f.keys()}
-            info = json.loads(meta["info"])
-        except (OSError, SafetensorError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: unreadable ZeroNS clip bank ({exc})") from exc
+        t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl ZeroNS clip bank")
         return cls(t["feats"], t["rms"], t["starts"], t["lengths"], info["ids"], info["info"]).to(device)
 
 

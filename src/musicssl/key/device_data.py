@@ -27,7 +27,6 @@ paths), which is what the packed GPU job carries (:mod:`musicssl.gpu_job`).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -141,32 +140,17 @@ class KeyBank:
     # -- files
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-        from safetensors.torch import save
+        from musicssl.outputs import write_tensor_file
 
-        from musicssl.outputs import atomic_open
-
-        meta = {"format": BANK_FORMAT, "version": str(BANK_VERSION),
-                "info": json.dumps({"ids": self.ids, "split": self.split, "frontend": self.frontend})}
-        data = save({"db": self.db.cpu().contiguous(), "starts": self.starts.cpu(), "lengths": self.lengths.cpu(),
-                     "tonic": self.tonic.cpu(), "is_major": self.is_major.cpu()}, metadata=meta)
-        path = Path(path)
-        with atomic_open(path, "wb") as f:
-            f.write(data)
-        return path
+        return write_tensor_file(path, {"db": self.db, "starts": self.starts, "lengths": self.lengths,
+                                        "tonic": self.tonic, "is_major": self.is_major}, BANK_FORMAT, BANK_VERSION,
+                                 {"ids": self.ids, "split": self.split, "frontend": self.frontend})
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "KeyBank":
-        from safetensors import SafetensorError, safe_open
+        from musicssl.outputs import read_tensor_file
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != BANK_FORMAT or meta.get("version") != str(BANK_VERSION):
-                    raise ConfigError(f"{path}: not a musicssl key bank (format {meta.get('format')})")
-                t = {name: f.get_tensor(name) for name in f.keys()}
-            info = json.loads(meta["info"])
-        except (OSError, SafetensorError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: unreadable key bank ({exc})") from exc
+        t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl key bank")
         return cls(t["db"], t["starts"], t["lengths"], t["tonic"], t["is_major"], info["ids"], info["split"],
                    info["frontend"]).to(device)
 
