@@ -103,13 +103,14 @@ def estimator_report(files: list[str]) -> None:
     for spec in ("skey-debian", "default", str(CHECKPOINT)):
         estimators = {n: load_estimator(spec, transpositions=n) for n in (1, 12)}
         config = estimators[1].frontend_config
+        options = getattr(estimators[1], "feature_options", {})   # e.g. the default's chroma for its prior
         clock, duration = Clock(), 0.0
-        warm = compute_features(files[0], config)                # CQT kernels, network set-up: not timed
+        warm = compute_features(files[0], config, **options)     # CQT kernels, network set-up: not timed
         for est in estimators.values():
             est.estimate_features([warm])
         keys: dict[int, list] = {1: [], 12: []}
         for path in files:
-            features = clock.run("features", compute_features, path, config)
+            features = clock.run("features", compute_features, path, config, **options)
             duration += features.duration_s
             for n, est in estimators.items():
                 keys[n].append(clock.run(f"network {n}", est.estimate_features, [features])[0].key)

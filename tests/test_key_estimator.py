@@ -122,6 +122,8 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     assert isinstance(default, est.KeyEstimator) and est.DEFAULT_MODEL == "skey-debian"
     assert (default.name, default.prior) == ("skey-debian+kostka-payne", "kostka-payne")  # with its prior
     assert default.feature_options == {"chroma": True}                # which reads librosa chroma
+    assert default.temperature == est.FITTED_TEMPERATURES[("skey-debian", "kostka-payne")] > 1
+    assert est.load_estimator("skey-debian").temperature == 1.0
     assert default.frontend_config.hop_length == 2048           # the hop it was trained at
     alone = est.load_estimator("default", prior="none")
     assert (alone.name, alone.prior) == ("skey-debian", None)

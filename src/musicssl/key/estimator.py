@@ -37,6 +37,11 @@ DEFAULT_MODEL = "skey-debian"
 #: Template prior that ``"default"`` multiplies the shipped model's probabilities by
 #: (see :func:`combine_with_prior`; README, "Key: accuracy", for the figures with and without it).
 DEFAULT_PRIOR = "kostka-payne"
+#: Temperatures (:func:`apply_temperature`) of shipped model × prior pairs, fitted by
+#: minimum NLL on dev-synth (``benchmarks/key_calibration.py --fit-on dev-synth``): the
+#: product of two experts is over-confident (ECE 11 % on dev-synth at T = 1, 3.7 % at 1.83;
+#: on render24, not used in the fit, 23.7 % and 18.3 %).
+FITTED_TEMPERATURES: dict[tuple[str, str | None], float] = {("skey-debian", "kostka-payne"): 1.83}
 #: ``prior`` value that turns a spec's prior off (``"default"`` then means the network alone).
 NO_PRIOR = "none"
 #: Crop offsets whose outputs a :class:`KeyEstimator` averages by default (one per
@@ -735,6 +740,7 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
         estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen,
                                                  backend=backend)
         estimator.name = name if chosen is None else f"{name}+{chosen}"
+        estimator.temperature = FITTED_TEMPERATURES.get((name, chosen), 1.0)
         return estimator
     path = Path(name)
     if not path.is_file():
