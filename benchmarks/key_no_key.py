@@ -87,10 +87,12 @@ def main(argv=None) -> int:
         by_config = {}
         answers = []
         for e in estimators:
-            config = e.frontend_config
+            options = getattr(e, "feature_options", {})
+            config = (e.frontend_config, tuple(sorted(options.items())))
             if config not in by_config:
-                by_config[config] = (compute_features(source, config, sr=SR) if isinstance(source, np.ndarray)
-                                     else compute_features(source, config))
+                by_config[config] = (compute_features(source, e.frontend_config, sr=SR, **options)
+                                     if isinstance(source, np.ndarray)
+                                     else compute_features(source, e.frontend_config, **options))
             r = e.estimate_features([by_config[config]])[0]
             answers.append(f"{format_key(r.key):<9} {r.confidence:5.3f}")
         features = next(iter(by_config.values()))

@@ -33,7 +33,7 @@ from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key, summarize
 from musicssl.frontend.audio import load_audio, prepare_audio
 from musicssl.frontend.tuning import estimate_tuning_cents
-from musicssl.key.estimator import KeyFeatures, load_estimator, magnitude_cqt
+from musicssl.key.estimator import compute_features, load_estimator
 
 DEFAULT_ESTIMATORS = ("default", "skey-debian", "../shared/fixtures/skey.pt")
 DEFAULT_SHIFTS = (0.0, -15.0, 15.0, -30.0, 30.0, -45.0, 45.0)
@@ -91,11 +91,9 @@ def main(argv=None) -> int:
             cents = estimate_tuning_cents(x, sr)
             errors.append(cents_error(cents, shift))
             relative.append(cents_error(cents, shift + b))
-            for c in configs:         # what compute_features(tuning="report" / "compensate") computes
-                fps, duration = c.sr / c.hop_length, len(x) / sr
-                plain[c].append(KeyFeatures(magnitude_cqt(x, c), duration, fps, str(item.path), cents, False))
-                tuned[c].append(KeyFeatures(magnitude_cqt(x, c, tuning_cents=cents), duration, fps,
-                                            str(item.path), cents, True))
+            for c in configs:         # without compensation, and compensated by the estimate above
+                plain[c].append(compute_features(x, c, sr=sr, tuning="off", chroma=True))
+                tuned[c].append(compute_features(x, c, sr=sr, tuning=cents, chroma=True))
         errors = np.asarray(errors)
         scores = {}
         for name, estimator in estimators.items():

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     totals = np.zeros(4)
     for clip in clips:
-        features = compute_features(clip, key["torch"].frontend_config)
+        features = compute_features(clip, key["torch"].frontend_config, **key["torch"].feature_options)
         times, outs = [], []
         for b in ("torch", "onnx"):
             t, r = best_time(lambda: key[b].estimate_features([features])[0].probabilities, args.repeat)

@@ -72,7 +72,8 @@ def test_key_probabilities_equal_torch(key_onnx, clips):
     torch_estimator = load_estimator("skey-debian+temperley")
     onnx_estimator = load_estimator(f"{key_onnx}+temperley")
     assert isinstance(onnx_estimator.model, OnnxNetwork)
-    features = [compute_features(c, torch_estimator.frontend_config) for c in clips]
+    features = [compute_features(c, torch_estimator.frontend_config, **torch_estimator.feature_options)
+                for c in clips]
     a = torch_estimator.estimate_features(features)
     b = onnx_estimator.estimate_features(features)
     for x, y in zip(a, b):
