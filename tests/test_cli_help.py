@@ -44,3 +44,18 @@ def test_help_has_no_raw_markup(name, capsys):
         build_parser(name).parse_args([name, "--help"])
     text = capsys.readouterr().out
     assert "``" not in text and not re.search(r"\w::", text) and "(default: None)" not in text, text
+
+
+def test_top_level_help_lists_every_command_and_imports_no_heavy_stack():
+    import subprocess
+    import sys
+
+    from musicssl.cli.main import SUBCOMMANDS
+
+    code = ("import sys\nfrom musicssl.cli.main import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'librosa', 'onnxruntime', 'ray') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert all(name in out for name in SUBCOMMANDS)
+    assert "HEAVY []" in out

@@ -29,8 +29,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; with ``only`` just that subcommand's module is imported."""
+def build_parser(only: str | None = None, full: bool = False) -> argparse.ArgumentParser:
+    """The parser. Only the module of subcommand ``only`` is imported (the others get a
+    stub that lists them in ``musicssl --help``); ``full``: every subcommand's."""
     parser = argparse.ArgumentParser(
         prog="musicssl",
         description="Self-supervised musical key and beat estimation (STONE, S-KEY, Zero-Note Samba).",
@@ -38,7 +39,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"musicssl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        if only is not None and name != only:
+        if not full and name != only:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
         try:
