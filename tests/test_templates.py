@@ -166,3 +166,22 @@ def test_baselines_read_librosa_chroma_and_the_prior_reads_the_cqt(tmp_path):
         baseline.estimate_features([plain])
     with pytest.raises(ConfigError):
         TemplateKeyEstimator("krumhansl", chroma="stft")
+
+
+def test_chroma_of_long_inputs_is_chunked_on_the_same_frame_grid(monkeypatch):
+    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.key import estimator as est
+    from musicssl.key.calibration import reference_signal
+    from musicssl.keys import Key
+
+    config = FrontEndConfig(hop_length=2048)
+    x = np.concatenate([reference_signal(Key(4, "minor"))] * 6).astype(np.float32)
+    n = len(x) // 2048 + 1
+    whole = est.chroma_frames(x, config, 0.0, n)
+    monkeypatch.setattr(est, "CQT_CHUNK_SECONDS", 5.0)
+    chunked = est.chroma_frames(x, config, 0.0, n)
+    assert whole.shape == chunked.shape == (12, n)
+    inner = np.ones(n, bool)
+    inner[::max(1, int(5.0 * 22050) // 2048)] = False   # frames at chunk edges see less context
+    assert np.abs(whole.mean(1) - chunked.mean(1)).max() < 0.05
+    assert np.corrcoef(whole[:, inner].ravel(), chunked[:, inner].ravel())[0, 1] > 0.9

@@ -302,18 +302,35 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     shift = cents if compensate else 0.0
     magnitude = magnitude_cqt(samples, config, device=device, tuning_cents=shift)
     harmonic, contrast = tonality_measurements(samples, config, device, tuning_cents=shift)
-    frames = None
-    if chroma:
-        import librosa
-
-        # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
-        frames = librosa.feature.chroma_cqt(y=samples, sr=config.sr, hop_length=config.hop_length,
-                                            tuning=shift * 36 / 1200.0)
-        if frames.shape[-1] < magnitude.shape[-1]:  # same frames as the CQT
-            frames = np.pad(frames, ((0, 0), (0, magnitude.shape[-1] - frames.shape[-1])), mode="edge")
-        frames = frames[:, :magnitude.shape[-1]].astype(np.float32)
+    frames = chroma_frames(samples, config, shift, magnitude.shape[-1]) if chroma else None
     return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate,
                        harmonic, contrast, frames)
+
+
+def chroma_frames(samples: np.ndarray, frontend_config, tuning_cents: float, n_frames: int) -> np.ndarray:
+    """librosa's ``chroma_cqt`` float32 ``(12, n_frames)`` of mono ``samples`` on the front
+    end's frame grid (hop ``frontend_config.hop_length``), bins moved by ``tuning_cents``.
+    Long inputs are transformed in chunks of about :data:`CQT_CHUNK_SECONDS` whose frames
+    tile that grid (bounded memory)."""
+    import librosa
+
+    hop = frontend_config.hop_length
+    chunk = max(1, int(CQT_CHUNK_SECONDS * frontend_config.sr) // hop) * hop
+    starts = list(range(0, len(samples), chunk))
+    if len(starts) > 1 and len(samples) - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
+        starts.pop()
+    parts = []
+    for i, start in enumerate(starts):
+        last = i == len(starts) - 1
+        stop = len(samples) if last else start + chunk
+        # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
+        c = librosa.feature.chroma_cqt(y=samples[start:stop], sr=frontend_config.sr, hop_length=hop,
+                                       tuning=tuning_cents * 36 / 1200.0)
+        parts.append(c if last else c[:, :chunk // hop])   # a centred chunk has one frame too many
+    frames = np.concatenate(parts, axis=1)
+    if frames.shape[-1] < n_frames:
+        frames = np.pad(frames, ((0, 0), (0, n_frames - frames.shape[-1])), mode="edge")
+    return frames[:, :n_frames].astype(np.float32)
 
 
 def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu",
