@@ -35,7 +35,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                "  winterreise  Schubert Winterreise Dataset folder (first 30 s of each piece)\n"
                "models: default, skey-debian, krumhansl, temperley, kostka-payne or a checkpoint path;\n"
                "  a network spec may end in +PROFILE for a template prior (skey-debian+temperley,\n"
-               "  ../shared/fixtures/skey.pt+temperley); default = skey-debian+temperley\n"
+               "  ../shared/fixtures/skey.pt+temperley); default = skey-debian+kostka-payne\n"
                "example:\n"
                "  musicssl evaluate --dataset csv my_labels.csv --model default --model krumhansl --compare")
     p.add_argument("--dataset", required=True, choices=DATASETS,
