@@ -203,7 +203,16 @@ def load_key_estimator(args):
         estimator = load_estimator(spec, args.device, args.transpositions, args.prior, backend=args.backend)
     for warning in caught:
         print(f"musicssl key: note: {warning.message}", file=sys.stderr)
+    estimator.detect_no_key = args.no_key == "auto"
     return estimator
+
+
+def prepare_function(estimator, args, device: str):
+    """The model-free, picklable ``path -> KeyFeatures`` step for ``estimator`` and the options."""
+    from musicssl.key.estimator import compute_features
+
+    return functools.partial(compute_features, frontend_config=estimator.frontend_config, device=device,
+                             tuning=args.tuning, **getattr(estimator, "feature_options", {}))
 
 
 def make_finish(estimator, args):
@@ -254,15 +263,10 @@ def run(args) -> int:
         csv_columns=key_csv_columns(args.probabilities, args.local, args.write_tags))
     output = RecordOutput(args.output, fmt, resume=args.skip_existing)  # validates; writes nothing yet
     estimator = load_key_estimator(args)
-    estimator.detect_no_key = args.no_key == "auto"
     todo = files_to_do(files, output, args, "key")
 
-    from musicssl.key.estimator import compute_features
-
     # workers compute spectrograms on the CPU; in this process the front end may use the GPU
-    prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
-                                device="cpu" if args.jobs > 1 else args.device, tuning=args.tuning,
-                                **getattr(estimator, "feature_options", {}))
+    prepare = prepare_function(estimator, args, "cpu" if args.jobs > 1 else args.device)
     try:
         failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "key",
                              jobs=args.jobs, batch_size=args.batch_size)
@@ -275,14 +279,11 @@ def run(args) -> int:
 
 
 def _run_on_ray(files: list[str], args) -> int:
-    from musicssl.key.estimator import compute_features
-
     if args.write_tags:
         return usage_error(args, "key", "--write-tags is not available with --ray")
     estimator = load_key_estimator(args)      # here too: bad options fail before the cluster starts
-    prepare = functools.partial(compute_features, frontend_config=estimator.frontend_config,
-                                device="cpu", tuning=args.tuning, **getattr(estimator, "feature_options", {}))
-    return run_on_ray(files, prepare, functools.partial(_ray_finish, options_of(args)), args, "key")
+    return run_on_ray(files, prepare_function(estimator, args, "cpu"),
+                      functools.partial(_ray_finish, options_of(args)), args, "key")
 
 
 def _ray_finish(options: dict):

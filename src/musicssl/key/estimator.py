@@ -91,21 +91,24 @@ def combine_with_prior(probabilities: np.ndarray, prior: np.ndarray, weight: flo
     """
     if not weight >= 0:
         raise ConfigError(f"prior weight must be >= 0, got {weight}")
-    log_p = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12))
-    log_q = np.log(np.maximum(np.asarray(prior, dtype=np.float64), 1e-12))
-    z = log_p + weight * log_q
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return _normalise_log(_safe_log(probabilities) + weight * _safe_log(prior))
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """``p^(1/temperature)`` renormalised over the last axis (24 keys); 1 returns ``p`` unchanged."""
     if temperature == 1.0:
         return probabilities
-    z = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-12)) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
+    return _normalise_log(_safe_log(probabilities) / temperature)
+
+
+def _safe_log(p) -> np.ndarray:
+    """``log(max(p, 1e-12))`` in float64."""
+    return np.log(np.maximum(np.asarray(p, dtype=np.float64), 1e-12))
+
+
+def _normalise_log(z: np.ndarray) -> np.ndarray:
+    """``exp(z)`` normalised over the last axis (a softmax)."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -401,8 +404,6 @@ def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu",
     """CQT magnitude float32 ``(n_bins, T)`` of mono ``samples`` at ``frontend_config.sr``;
     long inputs are transformed in chunks with the same result. ``tuning_cents``
     (rounded to whole cents) moves every bin's frequency by that much."""
-    import dataclasses
-
     from musicssl.frontend.cqt import cqt_chunked
     from musicssl.frontend.tuning import tuned_fmin
 
@@ -534,22 +535,17 @@ class KeyEstimator:
 
         return to_canonical(self.native_probabilities(logcqt), self.calibration)
 
-    def _finish(self, network: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    def probabilities(self, logcqt: torch.Tensor, chromas: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``, times the template
+        prior's when the estimator has one; a librosa-chroma prior (the default) reads
+        ``chromas`` (B × ``(12, T)``, :attr:`KeyFeatures.chroma`)."""
+        prior = None
+        if self._prior_estimator is not None:
+            prior = self._prior_estimator.prior_probabilities(logcqt, chromas)
+        network = self.network_probabilities(logcqt)
         if prior is not None:
             network = combine_with_prior(network, prior, self.prior_weight)
         return apply_temperature(network, self.temperature)
-
-    def probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
-        """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``, times the template
-        prior's when the estimator has one that reads the CQT (``prior_chroma="cqt"``; a
-        librosa-chroma prior needs the audio's chroma: use :meth:`estimate_features`)."""
-        prior = None
-        if self._prior_estimator is not None:
-            if self._prior_estimator.chroma_source != "cqt":
-                raise ConfigError("this estimator's prior reads librosa chroma, which a log-CQT does not hold; "
-                                  "use estimate_features() with compute_features(..., chroma=True)")
-            prior = self._prior_estimator.probabilities(logcqt)
-        return self._finish(self.network_probabilities(logcqt), prior)
 
     def _window_probabilities(self, magnitudes: Sequence[np.ndarray],
                               chromas: Sequence[np.ndarray] | None = None) -> np.ndarray:
@@ -558,17 +554,7 @@ class KeyEstimator:
         from musicssl.frontend.cqt import log_compress
 
         batch = torch.as_tensor(np.stack([loop_to_min_frames(m) for m in magnitudes]))[:, None]
-        logcqt = log_compress(batch.to(self.device), self.frontend_config.top_db)
-        prior = None
-        if self._prior_estimator is not None:
-            if self._prior_estimator.chroma_source == "cqt":
-                prior = self._prior_estimator.probabilities(logcqt)
-            else:
-                if chromas is None or any(c is None for c in chromas):
-                    raise ConfigError("this estimator's prior reads librosa chroma: compute the features with "
-                                      "compute_features(..., chroma=True) (its feature_options)")
-                prior = np.stack([self._prior_estimator.probabilities_from_chroma(c) for c in chromas])
-        return self._finish(self.network_probabilities(logcqt), prior)
+        return self.probabilities(log_compress(batch.to(self.device), self.frontend_config.top_db), chromas)
 
     def _track_probabilities(self, magnitude: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities (24,) of a whole track, in bounded pieces if long."""
@@ -576,13 +562,13 @@ class KeyEstimator:
         max_frames = int(self.max_window_s * fps)
         n = magnitude.shape[-1]
         if n <= max_frames:
-            return self._window_probabilities([magnitude], None if chroma is None else [chroma])[0]
+            return self._window_probabilities([magnitude], [chroma])[0]
         pieces = int(np.ceil(n / max_frames))
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         total = np.zeros(24)
         for a, b in zip(bounds[:-1], bounds[1:]):
-            part = None if chroma is None else [chroma[:, a:b]]
-            total += (b - a) * self._window_probabilities([magnitude[:, a:b]], part)[0]
+            part = None if chroma is None else chroma[:, a:b]
+            total += (b - a) * self._window_probabilities([magnitude[:, a:b]], [part])[0]
         return total / n
 
     # --- layer 2: features -> results (batched)
@@ -595,7 +581,7 @@ class KeyEstimator:
             by_length.setdefault(f.magnitude.shape[-1], []).append(i)
         fps_limit = int(self.max_window_s * self.frontend_config.sr / self.frontend_config.hop_length)
         for length, indices in by_length.items():
-            chromas = [features[i].chroma for i in indices] if self._reads_chroma else None
+            chromas = [features[i].chroma for i in indices]
             if length <= fps_limit:
                 probs = self._window_probabilities([features[i].magnitude for i in indices], chromas)
             else:
@@ -610,14 +596,10 @@ class KeyEstimator:
                     no_key_reason=f.no_key_reason if self.detect_no_key else None)
         return results  # type: ignore[return-value]
 
-    @property
-    def _reads_chroma(self) -> bool:
-        return self._prior_estimator is not None and self._prior_estimator.chroma_source != "cqt"
-
     def local_keys(self, features: KeyFeatures, window_s: float = 20.0, hop_s: float = 5.0) -> list[LocalKey]:
         """Keys of overlapping windows (``window_s`` long, every ``hop_s`` seconds);
         each window is log-compressed on its own, as in training."""
-        if not self._reads_chroma:
+        if not self.feature_options.get("chroma"):
             return local_keys_of(features, self._window_probabilities, window_s, hop_s)
         # windows of the CQT and of its chroma frames cut together: stack them, split per window
         n_bins = features.magnitude.shape[0]

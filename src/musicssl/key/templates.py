@@ -119,6 +119,14 @@ def template_probabilities(chroma: np.ndarray, profile: str = "krumhansl",
     return scores_to_probabilities(correlation_scores(chroma, key_templates(profile)), temperature)
 
 
+def _require_chroma(chroma: np.ndarray | None) -> np.ndarray:
+    """``chroma`` frames, or a ``ConfigError`` saying how to get them."""
+    if chroma is None:
+        raise ConfigError("these estimates read librosa chroma: compute the features with "
+                          "compute_features(..., chroma=True) (the estimator's feature_options)")
+    return chroma
+
+
 def _magnitude_from_logcqt(logcqt: np.ndarray, top_db: float) -> np.ndarray:
     """Undo ``log_compress`` up to a scale: magnitude relative to the loudest bin."""
     return 10.0 ** ((np.asarray(logcqt, dtype=np.float64) - 1.0) * top_db / 10.0)
@@ -213,15 +221,16 @@ class TemplateKeyEstimator:
         chroma = np.asarray(frames, dtype=np.float64).mean(axis=-1)
         return scores_to_probabilities(correlation_scores(chroma, self.templates), self.temperature)
 
-    def _chroma_frames(self, features):
-        if features.chroma is None:
-            raise ConfigError("this template estimator reads librosa chroma: compute the features with "
-                              "compute_features(..., chroma=True) (its feature_options)")
-        return features.chroma
+    def prior_probabilities(self, logcqt, chromas: Sequence[np.ndarray | None] | None) -> np.ndarray:
+        """Canonical probabilities ``(B, 24)`` as a network's prior: from the log-CQT
+        ``(B, 1, F, T)`` it reads, or, with librosa chroma, from ``chromas`` (B × ``(12, T)``)."""
+        if self.chroma_source == "cqt":
+            return self.probabilities(logcqt)
+        return np.stack([self.probabilities_from_chroma(_require_chroma(c)) for c in chromas or [None]])
 
     def _feature_probabilities(self, features) -> np.ndarray:
         if self.chroma_source == "librosa":
-            return self.probabilities_from_chroma(self._chroma_frames(features))
+            return self.probabilities_from_chroma(_require_chroma(features.chroma))
         return self.probabilities_from_magnitude(features.magnitude)
 
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
@@ -231,7 +240,7 @@ class TemplateKeyEstimator:
         from musicssl.key.estimator import local_keys_of
 
         if self.chroma_source == "librosa":
-            frames = dataclasses.replace(features, magnitude=self._chroma_frames(features))
+            frames = dataclasses.replace(features, magnitude=_require_chroma(features.chroma))
             return local_keys_of(frames, lambda windows: self.probabilities_from_chroma(np.stack(windows)),
                                  window_s, hop_s)
         return local_keys_of(features, lambda windows: self.probabilities_from_magnitude(np.stack(windows)),
