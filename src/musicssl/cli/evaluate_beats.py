@@ -50,8 +50,8 @@ BUILTIN_TRACKERS = ("onset", "zerons", "zerons-librosa", "librosa", "librosa-dbn
 
 #: librosa tracker settings: analysis rate and hop (librosa's defaults).
 LIBROSA_SR, LIBROSA_HOP = 22050, 512
-#: librosa-dbn: onset envelope at 16 kHz / hop 256 = 62.5 frames/s, the ZeroNS rate.
-ONSET_SR, ONSET_HOP = 16000, 256
+#: librosa-dbn: the onset tracker with the DBN's SPEC defaults (no tempo prior, 1/16-beat window).
+SPEC_DBN_PARAMS = {"observation_lambda": 16.0, "prior_bpm": None}
 
 Tracker = Callable[[Path], np.ndarray]  # audio path -> beat times (n,) in seconds
 
@@ -135,18 +135,6 @@ def _librosa_beats(path: Path) -> np.ndarray:
     return np.asarray(beats, dtype=np.float64)
 
 
-def onset_activation(path: Path) -> tuple[np.ndarray, float]:
-    """librosa's onset-strength envelope scaled to [0, 1]: ((T,), frames per second)."""
-    import librosa
-
-    from musicssl.frontend.audio import load_audio
-
-    y = load_audio(path, sr=ONSET_SR)
-    env = librosa.onset.onset_strength(y=y, sr=ONSET_SR, hop_length=ONSET_HOP)
-    peak = float(env.max()) if env.size else 0.0
-    return (env / peak if peak > 0 else np.zeros_like(env)).astype(np.float64), ONSET_SR / ONSET_HOP
-
-
 def _load_estimator(checkpoint: str | None, device: str):
     from musicssl.beat.estimator import BeatEstimator
 
@@ -185,16 +173,11 @@ def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None 
     ``checkpoint``: the model of ``zerons``/``zerons-librosa`` (None: the shipped one)."""
     if name == "librosa":
         return _librosa_beats
-    if name == "onset":
+    if name in ("onset", "librosa-dbn"):
         from musicssl.beat.estimator import OnsetBeatEstimator
 
-        onset = OnsetBeatEstimator()
+        onset = OnsetBeatEstimator(tracker_params=SPEC_DBN_PARAMS if name == "librosa-dbn" else None)
         return lambda path: np.asarray(onset.estimate_file(path, keep_activation=False).beats)
-    if name == "librosa-dbn":
-        from musicssl.beat.dbn import DBNBeatTracker
-
-        dbn = DBNBeatTracker(fps=ONSET_SR / ONSET_HOP)
-        return lambda path: dbn.decode(onset_activation(path)[0]).beats
     zerons = zerons or _ZeroNSTrackers(device)
     if name == "zerons":
         return zerons.tracker(checkpoint, "dbn")
