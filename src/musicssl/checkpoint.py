@@ -153,6 +153,22 @@ def read_model_file_metadata(path: str | os.PathLike, format_name: str,
     return out
 
 
+def write_tensor_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], kind: str, version: int,
+                      info: Mapping[str, Any]) -> Path:
+    """:func:`save_model_file` for data files (training banks): ``info`` in one metadata field."""
+    return save_model_file(path, tensors, kind, version, {"info": dict(info)})
+
+
+def read_tensor_file(path: str | os.PathLike, kind: str, version: int, what: str) -> tuple[dict, dict]:
+    """``(tensors, info)`` of a file written by :func:`write_tensor_file`; anything else
+    raises ``ConfigError`` naming ``what`` (no pickle)."""
+    try:
+        tensors, meta = load_model_file(path, kind, version)
+        return tensors, meta["info"]
+    except (CheckpointError, KeyError) as exc:
+        raise ConfigError(f"{path}: not a readable {what} ({exc})") from exc
+
+
 def load_model_file(path: str | os.PathLike, format_name: str, format_version: int
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(tensors on CPU, decoded metadata)`` of a file written by :func:`save_model_file`."""

@@ -476,33 +476,3 @@ def write_records(path: str | Path, records: Iterable[dict], fmt: RecordFormat) 
     entries = [Entry(r["path"], is_ok(r), record=r) for r in records]
     atomic_write_text(path, fmt.render_document(entries))
 
-
-def write_tensor_file(path: str | Path, tensors: dict, kind: str, version: int, info: dict) -> Path:
-    """Write ``tensors`` (name -> torch tensor) and JSON ``info`` to one ``.safetensors``
-    file atomically, tagged with ``kind``/``version`` (data files such as training banks;
-    models go through :mod:`musicssl.checkpoint`)."""
-    from safetensors.torch import save
-
-    meta = {"format": kind, "version": str(version), "info": json.dumps(info)}
-    data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, metadata=meta)
-    with atomic_open(Path(path), "wb") as f:
-        f.write(data)
-    return Path(path)
-
-
-def read_tensor_file(path: str | Path, kind: str, version: int, what: str) -> tuple[dict, dict]:
-    """``(tensors, info)`` of a file written by :func:`write_tensor_file` with the same
-    ``kind``/``version``; anything else raises ``ConfigError`` naming ``what`` (no pickle)."""
-    from safetensors import SafetensorError, safe_open
-
-    from musicssl.errors import ConfigError
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != kind or meta.get("version") != str(version):
-                raise ConfigError(f"{path}: not a {what} (format {meta.get('format')})")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        return tensors, json.loads(meta["info"])
-    except (OSError, SafetensorError, KeyError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable {what} ({exc})") from exc

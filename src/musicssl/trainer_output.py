@@ -5,7 +5,8 @@ Lightning's progress bar goes to standard error, and Lightning's tips that
 advertise services ("install litlogger ...") are dropped.
 
 ``trainer_callbacks(progress)`` -> the callbacks a ``Trainer`` needs for that;
-pass ``enable_progress_bar=progress`` beside them.
+pass ``enable_progress_bar=progress`` beside them. ``final_checkpoint(path)``:
+the ``last.ckpt`` writer both trainers use.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def stderr_progress_bar():
             return self._bar("Testing", 2 * self.process_position, True)
 
     return StderrProgressBar()
+
+
+def final_checkpoint(path):
+    """A callback that writes the full training state to ``path`` when training ends
+    (also after a time budget or early stopping), so ``--resume last`` continues there."""
+    import lightning.pytorch as pl
+
+    class FinalCheckpoint(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            trainer.save_checkpoint(path, weights_only=False)
+
+    return FinalCheckpoint()
 
 
 def trainer_callbacks(progress: bool) -> list:

@@ -108,7 +108,7 @@ class ClipBank:
 
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-        from musicssl.outputs import write_tensor_file
+        from musicssl.checkpoint import write_tensor_file
 
         return write_tensor_file(path, {"feats": self.feats, "rms": self.rms, "starts": self.starts,
                                         "lengths": self.lengths}, BANK_FORMAT, BANK_VERSION,
@@ -116,7 +116,7 @@ class ClipBank:
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "ClipBank":
-        from musicssl.outputs import read_tensor_file
+        from musicssl.checkpoint import read_tensor_file
 
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl ZeroNS clip bank")
         return cls(t["feats"], t["rms"], t["starts"], t["lengths"], info["ids"], info["info"]).to(device)
@@ -149,7 +149,7 @@ class DeviceClipLoader:
         self.min_db, self.min_variation_db = float(min_percussive_db), float(min_percussive_variation_db)
         self.step_source = step_source
         self._passes = 0
-        self.skipped = 0
+        self._lengths, self._starts = lengths, bank.starts.cpu()   # host copies: no device sync per draw
         # prefix sums over the bank (float64) for the silence test of any window in O(1)
         r = bank.rms.double()
         db = 20 * torch.log10(r + 1e-6)
@@ -177,14 +177,13 @@ class DeviceClipLoader:
         b, tries = self.batch_size, self.max_tries
         pick = torch.multinomial(self.weights, b * tries, replacement=True, generator=gen).view(b, tries)
         track = self.tracks[pick]
-        positions = self.bank.lengths.cpu()[track] - self.clip_frames + 1
+        positions = self._lengths[track] - self.clip_frames + 1
         u = torch.rand(b, tries, generator=gen, dtype=torch.float64)
-        first = self.bank.starts.cpu()[track] + torch.floor(u * positions).long()
+        first = self._starts[track] + torch.floor(u * positions).long()
         first = first.to(self.bank.device)
         ok = ~self.silent(first)
         # the first non-silent try, else the last try (as ClipDataset.draw)
         choice = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0], tries - 1, dtype=torch.long))
-        self.skipped += int(torch.where(ok.any(1), choice, torch.full_like(choice, tries)).sum())
         return first.gather(1, choice[:, None])[:, 0]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

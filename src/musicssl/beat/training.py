@@ -250,10 +250,10 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module = make_module(config)
-    from musicssl.key.training import _FinalCheckpoint
+    from musicssl.trainer_output import final_checkpoint
 
     last = out_dir / "checkpoints" / "last.ckpt"
-    trainer = build_trainer(config, out_dir, progress, [*callbacks, _FinalCheckpoint(last)])
+    trainer = build_trainer(config, out_dir, progress, [*callbacks, final_checkpoint(last)])
     if config.data_pipeline == "device" or Path(cache_dir).is_file():
         loader = make_device_loader(cache_dir, config, trainer.strategy.root_device, trainer.global_rank,
                                     step_source=lambda: trainer.global_step)
@@ -261,7 +261,6 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
         loader = make_dataloader(cache_dir, config)
     ckpt_path = None
     if resume == "last":
-        last = out_dir / "checkpoints" / "last.ckpt"
         ckpt_path = str(last) if last.is_file() else None
     elif resume:
         ckpt_path = str(resume)

@@ -29,12 +29,6 @@ def _load_yaml(path: str | None) -> dict:
     return data
 
 
-#: CLI option -> PretrainConfig field (only when given)
-_OVERRIDES = ("width", "batch_size", "lr", "max_steps", "max_minutes", "clip_seconds",
-              "clips_per_epoch", "max_seconds_per_track", "temperature", "num_workers", "seed",
-              "accelerator", "devices", "precision", "threads", "checkpoint_every", "separator")
-
-
 _DESCRIPTION = "Pretrain Zero-Note Samba (ZeroNS) beat networks from unlabeled audio, or fine-tune them."
 
 _EPILOG = """pretraining:
@@ -74,6 +68,10 @@ _SETTINGS = {
     "separator": (str, "NAME", "percussive/non-percussive separator: hpss or an import path "
                                "package.module:name"),
 }
+
+
+#: PretrainConfig fields that a given flag overrides
+_OVERRIDES = tuple(flag.replace("-", "_") for flag in _SETTINGS)
 
 
 def _default(field_name: str) -> str:

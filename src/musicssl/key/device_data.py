@@ -132,15 +132,16 @@ class KeyBank:
     def from_cache(cls, cache, tracks: Sequence, split: str | Sequence[str] = "train",
                    max_seconds: float | None = None) -> "KeyBank":
         """The cached tracks of a :class:`musicssl.key.data.FeatureCache` (uncached ones are left out)."""
-        tracks = [t for t in tracks if t.path in cache]
         splits = [split] * len(tracks) if isinstance(split, str) else list(split)
+        kept = [(t, s) for t, s in zip(tracks, splits) if t.path in cache]   # a split stays with its track
+        tracks, splits = [t for t, _ in kept], [s for _, s in kept]
         return cls.from_arrays([cache.array(t.path) for t in tracks], cache.frontend_config.to_dict(),
                                [t.key for t in tracks], splits, max_seconds)
 
     # -- files
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-        from musicssl.outputs import write_tensor_file
+        from musicssl.checkpoint import write_tensor_file
 
         return write_tensor_file(path, {"db": self.db, "starts": self.starts, "lengths": self.lengths,
                                         "tonic": self.tonic, "is_major": self.is_major}, BANK_FORMAT, BANK_VERSION,
@@ -148,7 +149,7 @@ class KeyBank:
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "KeyBank":
-        from musicssl.outputs import read_tensor_file
+        from musicssl.checkpoint import read_tensor_file
 
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl key bank")
         return cls(t["db"], t["starts"], t["lengths"], t["tonic"], t["is_major"], info["ids"], info["split"],

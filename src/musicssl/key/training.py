@@ -644,22 +644,12 @@ def _precision(config: TrainConfig, accelerator: str) -> str:
     return "32-true"
 
 
-class _FinalCheckpoint(pl.Callback):
-    """Writes ``last.ckpt`` when training ends (also after ``max_minutes`` or early stopping)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_train_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path, weights_only=False)
-
-
 def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), loggers=None) -> pl.Trainer:
     """A Lightning Trainer for ``config`` (checkpoints in OUT/checkpoints, logs in OUT/logs)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from musicssl.trainer_output import trainer_callbacks
+    from musicssl.trainer_output import final_checkpoint, trainer_callbacks
 
     out = Path(config.out)
     if loggers is None:
@@ -683,7 +673,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), lo
         precision=_precision(config, config.accelerator), max_epochs=config.epochs if config.epochs > 0 else -1,
         max_steps=config.max_steps, gradient_clip_val=config.grad_clip or None,
         check_val_every_n_epoch=config.val_every, log_every_n_steps=config.log_every,
-        callbacks=[checkpoint, _FinalCheckpoint(out / "checkpoints" / "last.ckpt"), *callbacks,
+        callbacks=[checkpoint, final_checkpoint(out / "checkpoints" / "last.ckpt"), *callbacks,
                    *trainer_callbacks(config.progress)], logger=loggers, use_distributed_sampler=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0, deterministic=False,
         enable_model_summary=config.progress, default_root_dir=str(out),
