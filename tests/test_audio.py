@@ -441,3 +441,28 @@ def test_mp3_without_a_length_header_is_not_called_truncated(tmp_path):
 
     assert _mp3_has_length_header(whole) and not _mp3_has_length_header(plain)
     assert len(load_audio(plain, SR)) > SR  # libsndfile decodes up to its own estimate; no error
+
+
+def test_quiet_stderr_is_safe_across_threads():
+    """musicssl serve opens files in worker threads: fd 2 must come back to the real stderr."""
+    import os
+    import threading
+
+    from musicssl.frontend.audio import _QuietStderr
+
+    before = os.fstat(2)
+    barrier = threading.Barrier(4)
+
+    def work():
+        barrier.wait()
+        for _ in range(50):
+            with _QuietStderr():
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

@@ -44,6 +44,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,16 +256,23 @@ def _ogg_has_end(path: Path) -> bool:
         return True
 
 
+#: fd 2 is one per process: only one _QuietStderr may swap it at a time (threads of musicssl serve)
+_STDERR_LOCK = threading.RLock()
+
+
 class _QuietStderr:
     """Captures what native code writes on file descriptor 2 while active, then
-    writes back every line except known decoder noise (:data:`_DECODER_NOISE`)."""
+    writes back every line except known decoder noise (:data:`_DECODER_NOISE`).
+    Holds a process-wide lock meanwhile, so threads never interleave the swaps."""
 
     def __enter__(self):
+        _STDERR_LOCK.acquire()
         try:
             sys.stderr.flush()
             self._saved = os.dup(2)
         except (OSError, ValueError, AttributeError):
             self._saved = None
+            _STDERR_LOCK.release()
             return self
         self._capture = tempfile.TemporaryFile()
         os.dup2(self._capture.fileno(), 2)
@@ -273,8 +281,11 @@ class _QuietStderr:
     def __exit__(self, *exc):
         if self._saved is None:
             return False
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
+        try:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        finally:
+            _STDERR_LOCK.release()
         self._capture.seek(0)
         text = self._capture.read().decode("utf-8", "replace")
         self._capture.close()
