@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from musicssl.backends import BACKENDS
 from musicssl.errors import CheckpointError, ConfigError
 from musicssl.frontend.cqt import CQT, FrontEndConfig
 from musicssl.key.model import ChromaNet
@@ -695,11 +696,17 @@ def load_onnx_zerons_model(path: str | os.PathLike) -> tuple[OnnxNetwork, dict]:
     return OnnxNetwork(data, meta), meta
 
 
-def onnx_cache_dir() -> Path:
-    """Where ``--backend onnx`` keeps the ONNX graphs it exported from torch checkpoints."""
+def cache_dir(kind: str) -> Path:
+    """The project's cache folder for ``kind`` (``calibration``, ``onnx``): under
+    ``$MUSICSSL_CACHE``, else ``$XDG_CACHE_HOME/musicssl`` or ``~/.cache/musicssl``."""
     base = os.environ.get("MUSICSSL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "musicssl")
-    return Path(base) / "onnx"
+    return Path(base) / kind
+
+
+def onnx_cache_dir() -> Path:
+    """Where ``--backend onnx`` keeps the ONNX graphs it exported from torch checkpoints."""
+    return cache_dir("onnx")
 
 
 def cached_onnx(source: str | os.PathLike, make_bytes) -> bytes:
@@ -722,9 +729,6 @@ def cached_onnx(source: str | os.PathLike, make_bytes) -> bytes:
 
 
 #: inference backends of the network models (``None`` in the APIs: as the file is)
-BACKENDS = ("torch", "onnx")
-
-
 def check_backend(path: str | os.PathLike, backend: str | None) -> str:
     """The backend a model file runs on: ``backend``, or by default ``onnx`` for ``.onnx``
     files and ``torch`` for the others; a ``.onnx`` file cannot run on torch."""

@@ -35,23 +35,17 @@ def add_prior_argument(parser) -> None:
 
     parser.add_argument("--prior", choices=(NO_PRIOR, *PROFILES), default=None,
                         help="multiply a key network's probabilities by a template's (default: as the "
-                             "model spec says; the default model uses temperley; none: the network alone)")
+                             "model spec says; the default model uses kostka-payne; none: the network alone)")
 
 
 def tuning_setting(text: str):
     """argparse type of ``--tuning``: a mode (``compensate``, ``report``, ``off``) or cents."""
-    from musicssl.key.estimator import TUNING_MODES
+    from musicssl.frontend.tuning import check_tuning
 
-    if text in TUNING_MODES:
-        return text
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be {', '.join(TUNING_MODES)} or a number of cents, got {text!r}") from None
-    if not -100.0 < value < 100.0:
-        raise argparse.ArgumentTypeError(f"must lie between -100 and 100 cents, got {text!r}")
-    return value
+        return check_tuning(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("tuning ")) from None
 
 
 def add_tuning_argument(parser) -> None:
@@ -65,7 +59,7 @@ def add_tuning_argument(parser) -> None:
 
 def add_backend_argument(parser) -> None:
     """``--backend torch|onnx``: what runs the networks (``.onnx`` files: onnx)."""
-    from musicssl.checkpoint import BACKENDS
+    from musicssl.backends import BACKENDS
 
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="run the network on torch or on onnxruntime (needs musicssl[onnx]; a torch "

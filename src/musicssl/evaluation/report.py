@@ -183,13 +183,16 @@ def evaluate(dataset: Dataset, estimators: Mapping[str, Any], *, jobs: int = 1, 
     names = list(estimators)
     if not names:
         raise ValueError("no estimators to evaluate")
-    configs: list = []
+    # one feature set per front end, with every option any of its estimators needs
+    front_ends: list = []
+    options: dict = {}
     config_of: dict[str, int] = {}
     for name, est in estimators.items():
-        config = (est.frontend_config, tuple(sorted(getattr(est, "feature_options", {}).items())))
-        if config not in configs:
-            configs.append(config)
-        config_of[name] = configs.index(config)
+        if est.frontend_config not in front_ends:
+            front_ends.append(est.frontend_config)
+        options.setdefault(est.frontend_config, {}).update(getattr(est, "feature_options", {}))
+        config_of[name] = front_ends.index(est.frontend_config)
+    configs = [(fe, tuple(sorted(options[fe].items()))) for fe in front_ends]
     items = list(dataset.items)
     by_path = {str(i.path): i for i in items}
     spans = {str(i.path): (i.offset, i.duration) for i in items}

@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 
+from musicssl.errors import ConfigError
+
 __all__ = ["estimate_tuning_cents", "tuned_fmin", "TUNING_MAX_SECONDS"]
 
 #: Longest stretch of audio (s) the estimate looks at; longer recordings are
@@ -70,3 +72,24 @@ def estimate_tuning_cents(samples: np.ndarray, sr: float, *, max_seconds: float 
 def tuned_fmin(fmin: float, tuning_cents: float) -> float:
     """``fmin`` (Hz) moved by ``tuning_cents``: ``fmin * 2 ** (cents / 1200)``."""
     return float(fmin) * 2.0 ** (float(tuning_cents) / 1200.0)
+
+
+#: ``tuning`` settings of the key front end besides a number of cents.
+TUNING_MODES = ("compensate", "report", "off")
+
+
+def check_tuning(value: str | float) -> str | float:
+    """A valid ``tuning`` setting: one of :data:`TUNING_MODES`, or cents in (-100, 100)
+    (a number or its text); else ``ConfigError``."""
+    if isinstance(value, str):
+        if value in TUNING_MODES:
+            return value
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"tuning must be {', '.join(TUNING_MODES)} or a number of cents, "
+                              f"got {value!r}") from None
+    cents = float(value)
+    if not -100.0 < cents < 100.0:
+        raise ConfigError(f"tuning must lie between -100 and 100 cents, got {value!r}")
+    return cents

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -264,10 +263,6 @@ class KeyFeatures:
         return tonality.no_key_reason(self.harmonic_fraction, self.peak_contrast)
 
 
-#: ``tuning`` values of :func:`compute_features` besides a number of cents.
-TUNING_MODES = ("compensate", "report", "off")
-
-
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
                      device: str = "cpu", offset: float = 0.0, duration: float | None = None,
                      tuning: str | float = "compensate", chroma: bool = False) -> KeyFeatures:
@@ -352,19 +347,14 @@ def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "c
 
 def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float | None, bool]:
     """(deviation in cents or None, whether to compensate) for a ``tuning`` setting."""
-    from musicssl.frontend.tuning import estimate_tuning_cents
+    from musicssl.frontend.tuning import check_tuning, estimate_tuning_cents
 
+    tuning = check_tuning(tuning)
+    if tuning == "off":
+        return None, False
     if isinstance(tuning, str):
-        if tuning not in TUNING_MODES:
-            raise ConfigError(f"tuning must be a number of cents or one of {', '.join(TUNING_MODES)}, "
-                              f"got {tuning!r}")
-        if tuning == "off":
-            return None, False
         return estimate_tuning_cents(samples, sr), tuning == "compensate"
-    cents = float(tuning)
-    if not -100.0 < cents < 100.0:
-        raise ConfigError(f"tuning must be between -100 and 100 cents, got {tuning}")
-    return cents, True
+    return tuning, True
 
 
 #: Fewest CQT frames a ChromaNet with the default 7 stages accepts; shorter
@@ -633,9 +623,9 @@ class KeyEstimator:
 
 
 def _calibration_cache_dir() -> Path:
-    base = os.environ.get("MUSICSSL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "musicssl")
-    return Path(base) / "calibration"
+    from musicssl.checkpoint import cache_dir
+
+    return cache_dir("calibration")
 
 
 def _cached_calibration(path: Path, loaded, device: str) -> dict:
