@@ -611,9 +611,9 @@ def export_onnx_file(path: str | os.PathLike, onnx_bytes: bytes) -> Path:
 
 def read_onnx_metadata(source: str | os.PathLike | bytes) -> dict[str, Any]:
     """JSON-decoded ``metadata_props`` of a musicssl ONNX file (or bytes)."""
+    _require_onnx("reading an ONNX model")
     import onnx
 
-    _require_onnx("reading an ONNX model")
     try:
         proto = (onnx.load_from_string(source) if isinstance(source, bytes)
                  else onnx.load(str(source), load_external_data=False))
@@ -634,13 +634,11 @@ class OnnxNetwork(torch.nn.Module):
     replaces: tensors in, tensors out (CPU float32 numpy inside). ``n_rows`` (key
     networks) and ``percussive.input_norm`` (ZeroNS) are set from the metadata."""
 
-    def __init__(self, onnx_bytes: bytes, metadata: Mapping[str, Any], threads: int | None = None):
+    def __init__(self, onnx_bytes: bytes, metadata: Mapping[str, Any]):
         super().__init__()
         ort = _require_onnx("--backend onnx")
         options = ort.SessionOptions()
-        if threads is None:
-            threads = torch.get_num_threads()
-        options.intra_op_num_threads = max(1, int(threads))
+        options.intra_op_num_threads = max(1, torch.get_num_threads())   # as torch would run it
         options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
@@ -650,7 +648,6 @@ class OnnxNetwork(torch.nn.Module):
         self.input_names = [i.name for i in self.session.get_inputs()]
         arch = self.metadata.get("architecture") or {}
         self.n_rows = int(arch.get("n_rows", 2))
-        self.min_frames = 2 ** len(arch.get("channels", ())) if "channels" in arch else 1
         norm = bool(arch.get("input_norm", False))
         self.percussive = self.non_percussive = type("Branch", (), {"input_norm": norm})()
 

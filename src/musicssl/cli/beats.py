@@ -38,14 +38,16 @@ PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
 
 _EPILOG = """examples:
-  musicssl beats song.mp3
+  musicssl beats song.mp3                                      (onset strength + DBN, the default)
   musicssl beats music/ --format jsonl -o beats.jsonl --beats-dir beats/ --jobs 2
   musicssl beats music/ -o beats.jsonl --skip-existing        (resume)
-  musicssl beats song.flac --activations act/ --plot plots/
-  musicssl beats song.flac --tracker librosa
+  musicssl beats song.flac --activations act/ --plot plots/ --plot-window 60:90
+  musicssl beats song.flac --activation zerons                 (the Zero-Note Samba model)
+  musicssl beats song.flac --tracker librosa                   (librosa's DP decoder)
 
 Output per file: text "path<TAB>tempo BPM<TAB>n beats" and an indented line
-of beat times in seconds, or CSV / JSON / JSONL records (beats as a list).
+of beat times in seconds, or CSV / JSON / JSONL records (beats as a list;
+tracker names the activation and decoder, e.g. onset+dbn).
 A file that cannot be analysed gives an error record and the run goes on.
 
 exit status: 0 all files analysed, 1 some files failed, 2 usage error, 130 interrupted"""

@@ -61,11 +61,12 @@ _EPILOG = """examples:
   musicssl evaluate-beats --dataset csv list.csv --tracker my_model.safetensors --limit 20
   musicssl evaluate-beats --dataset dev-synth ../shared/data/dev-synth --tracker librosa
 
-trackers (--tracker, repeatable; each becomes a row of the table):
+trackers (--tracker, repeatable; each becomes a row of the table; default: onset):
+  onset           musicssl beats' default: onset strength + the DBN with a tempo prior
   zerons          the Zero-Note Samba model (shipped, or --checkpoint) + the project's DBN
   zerons-librosa  the same ZeroNS activation + librosa's dynamic-programming tracker
   librosa         librosa.beat.beat_track on the audio (onset envelope + DP)
-  librosa-dbn     librosa's onset envelope (62.5 frames/s) + the project's DBN
+  librosa-dbn     the same onset strength + the DBN with its SPEC defaults (no tempo prior)
   PATH            a ZeroNS checkpoint + the DBN
 
 Scores (mir_eval.beat, beats before --trim ignored): F-measure (70 ms window), CMLc,
