@@ -376,3 +376,21 @@ class BeatEstimator(_Estimator):
         tracker = tracker or self.tracker
         merged = dict(self.tracker_params if tracker == self.tracker else {}, **params)
         return track_beats(activation, FPS, tracker, **merged)
+
+
+def load_beat_estimator(activation: str | None = None, checkpoint: str | os.PathLike | None = None, *,
+                        device: str = "cpu", tracker: str = "dbn", tracker_params: Mapping | None = None,
+                        backend: str | None = None, **zerons_options):
+    """The beat estimator ``musicssl beats`` and ``musicssl serve`` run: ``activation``
+    ``"onset"`` (:class:`OnsetBeatEstimator`) or ``"zerons"`` (:class:`BeatEstimator` of
+    ``checkpoint``, None: the shipped model); None means ``zerons`` when a checkpoint is
+    given, else ``onset``. ``zerons_options`` (``combine``, ``separator``) go to ZeroNS."""
+    activation = activation or ("zerons" if checkpoint else "onset")
+    if activation == "onset":
+        if checkpoint or backend:
+            raise ConfigError("--checkpoint and --backend apply to ZeroNS models: add --activation zerons")
+        return OnsetBeatEstimator(tracker=tracker, tracker_params=tracker_params)
+    if activation != "zerons":
+        raise ConfigError(f"unknown beat activation {activation!r}; choose onset or zerons")
+    return BeatEstimator.from_checkpoint(checkpoint, device=device, backend=backend, tracker=tracker,
+                                         tracker_params=tracker_params, **zerons_options)

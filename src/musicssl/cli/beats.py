@@ -270,24 +270,21 @@ def plot_beats(path: str | Path, waveform: np.ndarray | None, activation: np.nda
 
 def build_estimator(args):
     """``(estimator, separator or None)`` chosen by the model options."""
-    from musicssl.beat.estimator import BeatEstimator, OnsetBeatEstimator
+    from musicssl.beat.estimator import BeatEstimator, load_beat_estimator
     from musicssl.beat.separation import get_separator
-    from musicssl.errors import ConfigError
 
     params = {}
     if args.tracker == "dbn":
         params = {"min_bpm": args.min_bpm, "max_bpm": args.max_bpm,
                   "transition_lambda": args.transition_lambda}
-    activation = args.activation or ("zerons" if args.checkpoint else "onset")
-    if activation == "onset":
-        if args.checkpoint or args.backend:
-            raise ConfigError("--checkpoint and --backend apply to ZeroNS models: add --activation zerons")
-        return OnsetBeatEstimator(tracker=args.tracker, tracker_params=params), None
-    separator = None if args.separator == "hpss" else get_separator(args.separator)
-    estimator = BeatEstimator.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
-                                              combine=args.combine, tracker=args.tracker,
-                                              tracker_params=params, separator=separator)
-    return estimator, estimator.separator
+    zerons = args.activation == "zerons" or (args.activation is None and args.checkpoint)
+    options = {}
+    if zerons:
+        options = {"combine": args.combine,
+                   "separator": None if args.separator == "hpss" else get_separator(args.separator)}
+    estimator = load_beat_estimator(args.activation, args.checkpoint, device=args.device, tracker=args.tracker,
+                                    tracker_params=params, backend=args.backend, **options)
+    return estimator, (estimator.separator if isinstance(estimator, BeatEstimator) else None)
 
 
 def _ray_finish(options: dict):

@@ -46,7 +46,8 @@ def add_parser(subparsers, name: str = "serve", help_text: str = "serve a local 
                         help="key model, as in musicssl key --model (default: skey-debian+kostka-payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None, help="a key checkpoint file")
     model.add_argument("--beats-checkpoint", metavar="PATH", default=None,
-                       help="a ZeroNS beat model (default: the shipped one)")
+                       help="a ZeroNS beat model, then the default activation of POST /v1/beats "
+                            "(default: none: onset strength, and the shipped ZeroNS model for activation=zerons)")
     model.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",

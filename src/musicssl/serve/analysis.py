@@ -122,17 +122,14 @@ class Analyzer:
         """The beat estimator for ``activation`` (``onset`` or ``zerons``; None: ``zerons`` when
         a beats checkpoint is configured, else ``onset``, as ``musicssl beats``) decoding with
         ``tracker`` (``dbn`` or ``librosa``); cached."""
-        activation = activation or ("zerons" if self.config.beats_checkpoint else "onset")
         with self._lock:
             if (activation, tracker) not in self._beat_estimators:
-                from musicssl.beat.estimator import BeatEstimator, OnsetBeatEstimator
+                from musicssl.beat.estimator import load_beat_estimator
 
-                if activation == "onset":
-                    estimator = OnsetBeatEstimator(tracker=tracker)
-                else:
-                    estimator = BeatEstimator.from_checkpoint(
-                        self.config.beats_checkpoint, device=self.config.device, tracker=tracker)
-                self._beat_estimators[(activation, tracker)] = estimator
+                checkpoint = self.config.beats_checkpoint
+                self._beat_estimators[(activation, tracker)] = load_beat_estimator(
+                    activation, None if activation == "onset" else checkpoint,
+                    device=self.config.device, tracker=tracker)
             return self._beat_estimators[(activation, tracker)]
 
     def describe(self) -> dict:
@@ -149,13 +146,9 @@ class Analyzer:
     def key(self, upload: BinaryIO, name: str, *, notation: str = "standard", local: bool = False,
             window_s: float = 20.0, hop_s: float = 5.0, transpositions: int | None = None) -> tuple[int, dict]:
         """``(HTTP status, record)``: the key record of an upload, or its error record."""
-        from musicssl.key.estimator import compute_features
-
         def analyse(path: str) -> dict:
-            estimator = self.key_estimator(transpositions)
-            features = compute_features(path, frontend_config=estimator.frontend_config, device=self.config.device,
-                                        **getattr(estimator, "feature_options", {}))
-            result = estimator.estimate_features([features], local=local, window_s=window_s, hop_s=hop_s)[0]
+            result = self.key_estimator(transpositions).estimate_file(path, local=local, window_s=window_s,
+                                                                      hop_s=hop_s)
             return key_record(name, result, notation, local=local)
         return self._with_temp_file(upload, name, analyse)
 
