@@ -183,15 +183,17 @@ class Analyzer:
                 pass
 
     def _check_duration(self, path: str) -> None:
-        """Raise :class:`AudioTooLongError` when the header says the audio is too long.
-        Files whose header cannot be read go on to the analysis, which gives the
-        CLI's error for them."""
-        from musicssl.frontend.audio import audio_info
+        """Raise :class:`AudioTooLongError` when the header says the audio is too long (read
+        without decoding: a file whose header states no length is not decoded twice). Files
+        whose header cannot be read go on to the analysis, which gives the CLI's error for them."""
+        from musicssl.frontend.audio import iter_audio_blocks
 
         try:
-            duration = audio_info(path).duration_s
+            blocks = iter_audio_blocks(path)
         except MusicsslError:
             return
+        duration = blocks.expected_seconds()
+        blocks.close()
         if duration is not None and duration > self.config.max_duration_s:
             raise AudioTooLongError(f"audio is {duration:.1f} s long; this server accepts at most "
                                     f"{self.config.max_duration_s:g} s (musicssl serve --max-duration)")
