@@ -19,7 +19,7 @@ AMLt, first 5 s trimmed):
 Datasets: ``dev-synth`` (../shared/data/dev-synth: rendered scores, no drums,
 a hard case), ``csv`` (any manifest folder with ``labels.csv`` holding ``path``
 and ``beats_path`` columns, e.g. the LMMS demo renders of
-``benchmarks/render_lmms.py``: ``--dataset csv --root work-data/lmms-beats``)
+``scripts/render_lmms.py``: ``--dataset csv --root work-data/lmms-beats``)
 and ``synthetic-drums`` (drum + chord mixes generated here at
 random tempi: an easy sanity check, not music).
 
@@ -103,7 +103,7 @@ def cached_features(items, cache_dir: Path, separator) -> dict[str, tuple[np.nda
 def librosa_on_audio(path: Path) -> np.ndarray:
     import librosa
 
-    from musicssl.frontend.audio import load_audio
+    from musicssl.io.audio import load_audio
 
     y = load_audio(path, sr=22050)
     _, beats = librosa.beat.beat_track(y=y, sr=22050, units="time")
@@ -168,7 +168,7 @@ def run_eval(args) -> dict:
 
     from musicssl.beat.estimator import OnsetBeatEstimator
     from musicssl.beat.onset import onset_envelope
-    from musicssl.frontend.audio import load_audio
+    from musicssl.io.audio import load_audio
 
     onset = OnsetBeatEstimator()
     systems = ["onset + DBN (default)", "onset + DBN, SPEC params", "librosa beat_track",

@@ -32,8 +32,9 @@ def main(argv=None) -> int:
     import librosa
     import mir_eval
 
-    from musicssl.key.estimator import compute_features
-    from musicssl.key.templates import PROFILES, TemplateKeyEstimator, key_templates
+    from musicssl.key.features import compute_features
+    from musicssl.key.templates import key_templates, PROFILES
+    from musicssl.key.estimator import TemplateKeyEstimator
     from musicssl.keys import KEY_LABELS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

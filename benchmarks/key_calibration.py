@@ -27,7 +27,9 @@ GRID = np.round(np.exp(np.linspace(np.log(0.25), np.log(8.0), 41)), 4)
 
 def main(argv=None) -> int:
     from musicssl.evaluation.key_metrics import calibration_scores
-    from musicssl.key.estimator import apply_temperature, compute_features, load_estimator
+    from musicssl.key.estimator import apply_temperature
+    from musicssl.key.features import compute_features
+    from musicssl.key.registry import load_estimator
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", action="append", required=True, help="CSV with path and key columns")

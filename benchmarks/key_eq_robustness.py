@@ -23,7 +23,8 @@ import numpy as np
 
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key, summarize
-from musicssl.key.estimator import compute_features, load_estimator
+from musicssl.key.features import compute_features
+from musicssl.key.registry import load_estimator
 
 
 def eq_curves(n_bins: int, bins_per_octave: int = 12) -> dict[str, np.ndarray]:

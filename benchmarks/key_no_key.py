@@ -56,7 +56,7 @@ def made_signals(seconds: float = 30.0, seed: int = 0) -> dict[str, np.ndarray]:
 def speech_signal() -> np.ndarray | None:
     if shutil.which("espeak-ng") is None:
         return None
-    from musicssl.frontend.audio import load_audio
+    from musicssl.io.audio import load_audio
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speech.wav"
@@ -67,7 +67,8 @@ def speech_signal() -> np.ndarray | None:
 
 def main(argv=None) -> int:
     from musicssl.key import tonality
-    from musicssl.key.estimator import compute_features, load_estimator
+    from musicssl.key.features import compute_features
+    from musicssl.key.registry import load_estimator
     from musicssl.keys import format_key
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
 
         with open(dev / "labels.csv", newline="") as f:
             groups["dev-synth"] = [dev / r["path"] for r in csv.DictReader(f)]
-    from musicssl.frontend.audio import find_audio_files
+    from musicssl.io.files import find_audio_files
 
     for folder in args.folder:
         groups[Path(folder).name] = find_audio_files([folder])

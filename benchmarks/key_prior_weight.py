@@ -21,8 +21,11 @@ import numpy as np
 
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key, summarize
-from musicssl.key.estimator import combine_with_prior, compute_features, load_estimator
-from musicssl.key.templates import PROFILES, TemplateKeyEstimator
+from musicssl.key.estimator import combine_with_prior
+from musicssl.key.features import compute_features
+from musicssl.key.registry import load_estimator
+from musicssl.key.templates import PROFILES
+from musicssl.key.estimator import TemplateKeyEstimator
 from musicssl.keys import Key
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)

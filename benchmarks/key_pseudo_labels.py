@@ -43,9 +43,10 @@ import numpy as np
 import torch
 
 from musicssl.evaluation.datasets import load_dataset
-from musicssl.frontend.cqt import crop_bins, log_compress
+from musicssl.dsp.cqt import crop_bins, log_compress
 from musicssl.key import losses
-from musicssl.key.estimator import KeyEstimator, compute_features
+from musicssl.key.estimator import KeyEstimator
+from musicssl.key.features import compute_features
 from musicssl.key.losses import PROFILE_EXPONENTS, magnitude_profile, pitch_class_profile
 from musicssl.keys import cqt_bin_pitch_class
 
@@ -107,8 +108,10 @@ def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: in
                  data: str = "work-data/corpus/manifest.csv") -> dict[int, int]:
     """How often each shift ``δ`` wins the ``thirds`` rule's batch vote over ``batches`` training
     batches of ``data`` (the configs name no data)."""
-    from musicssl.checkpoint import load_key_model
-    from musicssl.key.training import KeyDataModule, TrainConfig, prepare_data
+    from musicssl.key.checkpoint import load_key_model
+    from musicssl.key.lightning import KeyDataModule
+    from musicssl.key.config import TrainConfig
+    from musicssl.key.train import prepare_data
 
     config = TrainConfig.from_yaml(config_path, {"data": [data]})
     data = prepare_data(config, log=lambda *a: None)

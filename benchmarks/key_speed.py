@@ -3,8 +3,8 @@
 Single thread. For each dev clip: decode, resample, CQT (+ log compression),
 network, timed separately for
 
-* **musicssl**: ``frontend.audio.load_audio`` (decode + soxr HQ resample +
-  mono + peak normalisation), ``frontend.cqt.KeyFrontEnd``, ``ChromaNet``;
+* **musicssl**: ``io.audio.load_audio`` (decode + soxr HQ resample +
+  mono + peak normalisation), ``dsp.cqt.KeyFrontEnd``, ``ChromaNet``;
 * **reference**: the authors' pipeline rebuilt from its parts: libsndfile
   decode, soxr HQ resample, mean of channels, peak normalisation, nnAudio
   0.3.3 ``VQT`` (the "reference" extra), the same log compression and the
@@ -95,7 +95,8 @@ def dev_files(limit: int) -> list[str]:
 
 def estimator_report(files: list[str]) -> None:
     """Seconds per 30 s clip of ``compute_features`` and ``estimate_features``, per model and crop count."""
-    from musicssl.key.estimator import compute_features, load_estimator
+    from musicssl.key.features import compute_features
+    from musicssl.key.registry import load_estimator
 
     print(f"\n{len(files)} files; seconds per 30 s clip, 1 thread, wall; "
           f"machine load average {os.getloadavg()[0]:.1f}\n")
@@ -145,9 +146,9 @@ def main() -> None:
         return
     from nnAudio.features.vqt import VQT
 
-    from musicssl.checkpoint import load_key_model
-    from musicssl.frontend.audio import load_audio
-    from musicssl.frontend.cqt import KeyFrontEnd, crop_bins, log_compress
+    from musicssl.key.checkpoint import load_key_model
+    from musicssl.io.audio import load_audio
+    from musicssl.dsp.cqt import crop_bins, KeyFrontEnd, log_compress
 
     files = dev_files(args.limit)
     model = load_key_model(CHECKPOINT).model
@@ -254,22 +255,22 @@ def memory_report(seconds: float) -> None:
 
 def memory_child(mode: str, path: str) -> None:
     t = time.perf_counter()
-    from musicssl.checkpoint import IMPORTED_SKEY_CALIBRATION, load_key_model
+    from musicssl.key.checkpoint import IMPORTED_SKEY_CALIBRATION, load_key_model
 
     loaded = load_key_model(CHECKPOINT)
     if mode == "baseline":
         label, result = "imports + model only (baseline)", "-"
     elif mode == "stream-cqt":
-        from musicssl.frontend.audio import iter_audio_blocks
-        from musicssl.frontend.cqt import CQT, cqt_stream
+        from musicssl.io.audio import iter_audio_blocks
+        from musicssl.dsp.cqt import CQT, cqt_stream
 
         blocks = iter_audio_blocks(path, SR, 30.0)
         pieces = [piece for _, piece in cqt_stream(CQT(), blocks, chunk_seconds=60.0)]
         magnitude = torch.cat(pieces, dim=-1)
         label, result = "stream CQT only: blocks -> cqt_stream", f"CQT {tuple(magnitude.shape)}"
     elif mode == "stream":
-        from musicssl.frontend.audio import iter_audio_blocks
-        from musicssl.frontend.cqt import CQT, cqt_stream, crop_bins, log_compress
+        from musicssl.io.audio import iter_audio_blocks
+        from musicssl.dsp.cqt import CQT, cqt_stream, crop_bins, log_compress
         from musicssl.key.calibration import to_canonical
         from musicssl.keys import KEY_LABELS
 

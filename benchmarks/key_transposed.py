@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
     import soxr
 
-    from musicssl.frontend.audio import load_audio
-    from musicssl.key.estimator import load_estimator
+    from musicssl.io.audio import load_audio
+    from musicssl.key.registry import load_estimator
     from musicssl.keys import Key, format_key, parse_key
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,7 +3,7 @@
 Each labelled clip is resampled so that its pitch moves by ``c`` cents
 (played back at the original rate: ``c = +30`` sounds 30 cents sharp) for
 every shift (0, ±15, ±30, ±45 by default). Per clip and shift the tuning is
-estimated once (``musicssl.frontend.tuning``) and two CQTs are computed: the
+estimated once (``musicssl.dsp.tuning``) and two CQTs are computed: the
 plain one (A = 440 Hz grid) and the compensated one (bins moved by the
 estimate), exactly as ``compute_features(tuning="report"|"compensate")``
 does. Every estimator scores both, side by side. The tuning estimate counts
@@ -31,9 +31,10 @@ import numpy as np
 
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key, summarize
-from musicssl.frontend.audio import load_audio, prepare_audio
-from musicssl.frontend.tuning import estimate_tuning_cents
-from musicssl.key.estimator import compute_features, load_estimator
+from musicssl.io.audio import load_audio, prepare_audio
+from musicssl.dsp.tuning import estimate_tuning_cents
+from musicssl.key.features import compute_features
+from musicssl.key.registry import load_estimator
 
 DEFAULT_ESTIMATORS = ("default", "skey-debian", "../shared/fixtures/skey.pt")
 DEFAULT_SHIFTS = (0.0, -15.0, 15.0, -30.0, 30.0, -45.0, 45.0)

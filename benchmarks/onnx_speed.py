@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from musicssl.beat.estimator import BeatEstimator
-from musicssl.frontend.audio import load_audio
-from musicssl.key.estimator import compute_features, load_estimator
+from musicssl.io.audio import load_audio
+from musicssl.key.features import compute_features
+from musicssl.key.registry import load_estimator
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "musicssl" / "data" / "examples" / "ode_to_joy_d_major.ogg"
 

@@ -2,7 +2,7 @@
 
 One item = two segments of one track -> three views (A, B at offset o; A at o'),
 forward + backward + AdamW step, exactly the training step of
-``musicssl.key.training.KeyTrainingModule`` (without Lightning's bookkeeping).
+``musicssl.key.train.KeyTrainingModule`` (without Lightning's bookkeeping).
 
 Prints, for each setting:
   * network only (views already in memory): items/s;
@@ -76,7 +76,8 @@ def synth_tracks(folder: Path, n: int, seconds: float, sr: int = 22050) -> list[
 
 
 def make_module(hop: int, channels_last: bool, objective: str, segment_seconds: float):
-    from musicssl.key.training import KeyTrainingModule, TrainConfig
+    from musicssl.key.lightning import KeyTrainingModule
+    from musicssl.key.config import TrainConfig
 
     cfg = TrainConfig(data=["x"], hop_length=hop, channels_last=channels_last, objective=objective,
                       segment_seconds=segment_seconds, progress=False)
@@ -138,9 +139,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from musicssl.frontend.cqt import FrontEndConfig
-    from musicssl.key.data import (FeatureCache, PairDataset, SegmentConfig, gather_tracks, make_loader,
-                                   scan_tracks)
+    from musicssl.dsp.cqt import FrontEndConfig
+    from musicssl.key.dataset import FeatureCache, make_loader, PairDataset, SegmentConfig
+    from musicssl.io.tracks import gather_tracks, scan_tracks
 
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)
@@ -229,7 +230,7 @@ def _print_pair(title: str, batch: int, times: dict[str, list[float]]) -> None:
 
 def compare_key_pipelines(tracks, fe, seg, module, bf16: bool, args, root: Path, name: str) -> None:
     """S-KEY: DataLoader items vs device-resident batches, data only and whole training steps."""
-    from musicssl.key.data import FeatureCache, PairDataset, make_loader
+    from musicssl.key.dataset import FeatureCache, make_loader, PairDataset
     from musicssl.key.device_data import DeviceBatchLoader, KeyBank
 
     cache = FeatureCache(Path(args.cache_dir or root / "cache") / f"hop{fe.hop_length}", fe)
@@ -275,7 +276,9 @@ def synth_drum_tracks(folder: Path, n: int, seconds: float, sr: int = 16000) -> 
 def compare_zerons_pipelines(root: Path, args) -> None:
     """ZeroNS: DataLoader clips vs device-resident clips, data only and whole training steps."""
     from musicssl.beat.data import CacheSettings, build_cache
-    from musicssl.beat.training import PretrainConfig, make_dataloader, make_device_loader, make_module
+    from musicssl.beat.config import PretrainConfig
+    from musicssl.beat.train import make_dataloader, make_device_loader
+    from musicssl.beat.lightning import make_module
 
     folder = root / "zerons-audio"
     folder.mkdir(exist_ok=True)

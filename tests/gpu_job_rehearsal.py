@@ -52,8 +52,9 @@ def make_caches(root: Path, n_key: int = 8, key_seconds: float = 20.0, n_beat: i
                 beat_seconds: float = 12.0) -> tuple[Path, Path, Path]:
     """Synthetic audio + both feature caches under ``root``; returns (key cache, beat cache, a test WAV)."""
     from musicssl.beat.data import CacheSettings, build_cache
-    from musicssl.frontend.cqt import FrontEndConfig
-    from musicssl.key.data import FeatureCache, Track
+    from musicssl.dsp.cqt import FrontEndConfig
+    from musicssl.key.dataset import FeatureCache
+    from musicssl.io.tracks import Track
 
     audio = root / "audio"
     audio.mkdir(parents=True)

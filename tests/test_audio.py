@@ -1,4 +1,4 @@
-"""musicssl.frontend.audio: formats, channels, rates, streaming, bad input."""
+"""musicssl.io.audio: formats, channels, rates, streaming, bad input."""
 
 from __future__ import annotations
 
@@ -31,15 +31,8 @@ from musicssl.errors import (
     SilentAudioError,
     TruncatedAudioError,
 )
-from musicssl.frontend.audio import (
-    AUDIO_EXTENSIONS,
-    AudioInfo,
-    audio_info,
-    find_audio_files,
-    iter_audio_blocks,
-    load_audio,
-    prepare_audio,
-)
+from musicssl.io.files import AUDIO_EXTENSIONS, find_audio_files
+from musicssl.io.audio import audio_info, AudioInfo, iter_audio_blocks, load_audio, prepare_audio
 
 SR = 22050
 LOSSY = {"ogg", "opus", "mp3", "mp3_pyav", "m4a", "mkv", "webm", "wma", "mp4_video", "aac_adts",
@@ -364,7 +357,7 @@ def test_truncated_m4a_is_a_decode_error(tmp_path):
 
 
 def test_quiet_stderr_keeps_other_native_messages(capfd):
-    from musicssl.frontend.audio import _QuietStderr
+    from musicssl.io.audio import _QuietStderr
 
     with _QuietStderr():
         os.write(2, b"Warning: Xing stream size off by more than 1%\nsomething else\n")
@@ -409,7 +402,7 @@ def test_streaming_too_long(files):
     ("e.wav", "FLOAT"), ("f.flac", "PCM_24"),
 ])
 def test_both_decoders_agree_bit_for_bit(tmp_path, name, subtype):
-    from musicssl.frontend.audio import _PyAVSource, _SoundfileSource
+    from musicssl.io.audio import _PyAVSource, _SoundfileSource
 
     path = write_samples(tmp_path, name, harmonic_tone(0.3, 44100, 3), 44100, subtype)
     via_sf = np.concatenate(list(_SoundfileSource(path).blocks(0, None, 5000)))
@@ -437,7 +430,7 @@ def test_mp3_without_a_length_header_is_not_called_truncated(tmp_path):
             data[at:at + 4] = b"Junk"
     plain = tmp_path / "plain.mp3"
     plain.write_bytes(bytes(data[: len(data) // 2]))
-    from musicssl.frontend.audio import _mp3_has_length_header
+    from musicssl.io.audio import _mp3_has_length_header
 
     assert _mp3_has_length_header(whole) and not _mp3_has_length_header(plain)
     assert len(load_audio(plain, SR)) > SR  # libsndfile decodes up to its own estimate; no error
@@ -448,7 +441,7 @@ def test_quiet_stderr_is_safe_across_threads():
     import os
     import threading
 
-    from musicssl.frontend.audio import _QuietStderr
+    from musicssl.io.audio import _QuietStderr
 
     before = os.fstat(2)
     barrier = threading.Barrier(4)

@@ -1,4 +1,4 @@
-"""The shared many-file runner (musicssl.batch) and record outputs (musicssl.outputs)."""
+"""The shared many-file runner (musicssl.runner) and record outputs (musicssl.io.records)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import os
 
 import pytest
 
-from musicssl.batch import WorkerCrashedError, expand_inputs, run_batch
+from musicssl.runner import run_batch, WorkerCrashedError
+from musicssl.io.files import expand_inputs
 from musicssl.errors import AudioDecodeError, ConfigError
-from musicssl.outputs import (JOURNAL_SUFFIX, RecordFormat, RecordOutput, atomic_write_text, error_record,
-                              read_entries)
+from musicssl.io.records import error_record, JOURNAL_SUFFIX, read_entries, RecordFormat, RecordOutput
+from musicssl.io.atomic import atomic_write_text
 
 
 # --- module-level functions: picklable for worker processes ---------------------
@@ -212,7 +213,7 @@ def test_json_document_is_a_list_of_records(tmp_path):
 def test_ctrl_c_during_the_final_write_does_not_cut_it_short(tmp_path, monkeypatch):
     import signal
 
-    import musicssl.outputs as outputs
+    import musicssl.io.records as outputs
 
     out = tmp_path / "o.jsonl"
     real_write = outputs.atomic_write_text

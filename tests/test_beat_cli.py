@@ -13,7 +13,7 @@ import torch
 from beat_synth import SR, click_track, drum_track
 from musicssl.beat.estimator import DEFAULT_CHECKPOINT
 from musicssl.beat.model import ZeroNS
-from musicssl.checkpoint import save_zerons_model
+from musicssl.beat.checkpoint import save_zerons_model
 from musicssl.cli.main import main
 
 

@@ -9,7 +9,7 @@ import torch
 from beat_synth import SR, drum_track
 from musicssl.beat.estimator import BeatEstimator, BeatResult, track_beats
 from musicssl.beat.model import ZeroNS
-from musicssl.checkpoint import save_zerons_model
+from musicssl.beat.checkpoint import save_zerons_model
 from musicssl.errors import AudioError, ConfigError
 
 

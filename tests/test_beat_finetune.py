@@ -11,7 +11,7 @@ from beat_synth import SR, drum_track
 from musicssl.beat.finetune import FinetuneConfig, SongExample, finetune_model, read_labelled_songs
 from musicssl.beat.losses import widened_beat_targets
 from musicssl.beat.model import ZeroNS
-from musicssl.checkpoint import load_zerons_model, save_zerons_model
+from musicssl.beat.checkpoint import load_zerons_model, save_zerons_model
 from musicssl.cli.main import main
 
 

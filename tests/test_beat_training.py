@@ -12,8 +12,10 @@ import torch
 from beat_synth import SR, chord_track, drum_track
 from musicssl.beat.data import ClipDataset, ClipSettings, CacheSettings, build_cache, percussive_is_silent
 from musicssl.beat.model import ZeroNS
-from musicssl.checkpoint import load_zerons_model, save_zerons_model
-from musicssl.beat.training import PretrainConfig, make_module, pretrain
+from musicssl.beat.checkpoint import load_zerons_model, save_zerons_model
+from musicssl.beat.config import PretrainConfig
+from musicssl.beat.lightning import make_module
+from musicssl.beat.train import pretrain
 from musicssl.errors import CheckpointError, ConfigError
 
 
@@ -123,7 +125,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_beat_trainer_draws_its_progress_bar_on_stderr(tmp_path, capsys):
-    from musicssl.beat.training import build_trainer
+    from musicssl.beat.train import build_trainer
 
     trainer = build_trainer(PretrainConfig(width=1 / 16, batch_size=2), tmp_path, progress=True)
     bars = [c for c in trainer.callbacks if type(c).__name__ == "StderrProgressBar"]

@@ -87,8 +87,8 @@ def test_validate_rejects_nonsense():
 
 
 def test_released_checkpoint_calibrates_to_the_spec_mapping(shared_fixtures):
-    from musicssl.checkpoint import load_key_model
-    from musicssl.key.estimator import calibrate_model
+    from musicssl.key.checkpoint import load_key_model
+    from musicssl.key.calibration import calibrate_model
 
     loaded = load_key_model(shared_fixtures / "skey.pt")
     assert loaded.calibration is None  # never hard-coded for imported checkpoints

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from musicssl.checkpoint import (
-    IMPORTED_SKEY_CALIBRATION,
-    LoadedKeyModel,
-    convert_skey_checkpoint,
-    load_key_model,
-    read_metadata,
-    save_key_model,
-)
+from musicssl.key.checkpoint import convert_skey_checkpoint, IMPORTED_SKEY_CALIBRATION, load_key_model, LoadedKeyModel, read_metadata, save_key_model
 from musicssl.errors import CheckpointError
-from musicssl.frontend.cqt import CQT, KEY_FRONTEND, FrontEndConfig
+from musicssl.dsp.cqt import CQT, FrontEndConfig, KEY_FRONTEND
 from musicssl.key.model import ChromaNet
 
 
@@ -224,7 +217,7 @@ def test_released_checkpoint_imports(shared_fixtures):
 
 
 def test_generic_model_file_roundtrip(tmp_path):
-    from musicssl.checkpoint import load_model_file, save_model_file
+    from musicssl.io.model_file import load_model_file, save_model_file
 
     tensors = {"conv.weight": torch.arange(6.0).view(2, 3).t(), "n": torch.tensor(3)}  # non-contiguous ok
     path = save_model_file(tmp_path / "beat.safetensors", tensors, "musicssl-other", 2,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from musicssl.cli.main import main
-from musicssl.frontend.audio import find_audio_files
+from musicssl.io.files import find_audio_files
 
 from test_cli_key import fake, music, run_cli, tone  # noqa: F401  (fixtures)
 

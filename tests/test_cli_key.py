@@ -34,8 +34,8 @@ class FakeFeatures:
 
 
 def fake_compute_features(source, frontend_config=None, *, device="cpu", **_):
-    """Real decoding (musicssl.frontend.audio) + the pitch class of the strongest FFT peak."""
-    from musicssl.frontend.audio import load_audio
+    """Real decoding (musicssl.io.audio) + the pitch class of the strongest FFT peak."""
+    from musicssl.io.audio import load_audio
 
     samples = load_audio(source, sr=SR)
     spectrum = np.abs(np.fft.rfft(samples))
@@ -55,7 +55,7 @@ class FakeEstimator:
         self.interrupt_after = interrupt_after
 
     def estimate_features(self, features, local=False, window_s=20.0, hop_s=5.0):
-        from musicssl.key.estimator import LocalKey, result_from_probabilities
+        from musicssl.key.results import LocalKey, result_from_probabilities
 
         self.calls.append(len(features))
         if self.interrupt_after is not None and sum(self.calls) > self.interrupt_after:
@@ -79,7 +79,7 @@ class FakeEstimator:
 def fake(monkeypatch):
     estimator = FakeEstimator()
     monkeypatch.setattr("musicssl.cli.key.load_key_estimator", lambda args: estimator)
-    monkeypatch.setattr("musicssl.key.estimator.compute_features", fake_compute_features)
+    monkeypatch.setattr("musicssl.key.analysis.compute_features", fake_compute_features)
     return estimator
 
 
@@ -256,7 +256,7 @@ def test_interrupted_run_loses_nothing_and_resumes(monkeypatch, tmp_path, capsys
     for i in range(6):
         tone(folder / f"t{i}.wav", 60 + i, seconds=0.5)
     out_file = tmp_path / f"keys.{fmt}"
-    monkeypatch.setattr("musicssl.key.estimator.compute_features", fake_compute_features)
+    monkeypatch.setattr("musicssl.key.analysis.compute_features", fake_compute_features)
 
     interrupted = FakeEstimator(interrupt_after=2)
     monkeypatch.setattr("musicssl.cli.key.load_key_estimator", lambda args: interrupted)
@@ -317,7 +317,7 @@ def test_output_file_is_replaced_atomically(fake, music, tmp_path, capsys, monke
 # --- tags --------------------------------------------------------------------------
 
 def test_write_tags_and_dry_run(fake, tmp_path, capsys):
-    from musicssl.tags import read_key_tag
+    from musicssl.io.tags import read_key_tag
 
     folder = tmp_path / "tagged"
     folder.mkdir()
@@ -357,19 +357,6 @@ def test_tag_failure_is_reported_and_exit_1(fake, tmp_path, capsys):
 
 # --- through the real estimators ----------------------------------------------------------
 
-def _has_front_end() -> bool:
-    try:
-        from musicssl.key.estimator import compute_features  # noqa: F401
-        from musicssl.frontend.cqt import CQT  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_front_end = pytest.mark.skipif(not _has_front_end(), reason="key front end not importable")
-
-
-@needs_front_end
 def test_krumhansl_on_the_shipped_example_in_two_worker_processes(tmp_path, capsys):
     example_copy = tmp_path / "ex"
     example_copy.mkdir()
@@ -386,7 +373,6 @@ def test_krumhansl_on_the_shipped_example_in_two_worker_processes(tmp_path, caps
     assert records["bad.wav"]["error"] == "AudioDecodeError"
 
 
-@needs_front_end
 def test_default_model_path_on_the_example(capsys):
     code, out, err = run_cli(capsys, EXAMPLE, "--format", "json")
     assert code == 0, err
@@ -396,7 +382,6 @@ def test_default_model_path_on_the_example(capsys):
     assert 0.0 <= record["confidence"] <= 1.0
 
 
-@needs_front_end
 def test_transpositions_reach_the_estimator(capsys):
     code, out, err = run_cli(capsys, EXAMPLE, "--format", "json", "--transpositions", "1", "--probabilities")
     assert code == 0, err
@@ -409,7 +394,6 @@ def test_transpositions_reach_the_estimator(capsys):
     assert code == 2 and "transpositions must be between 1 and 16" in err
 
 
-@needs_front_end
 def test_prior_option_and_model_spec_reach_the_estimator(capsys):
     def probabilities(*args):
         code, out, err = run_cli(capsys, EXAMPLE, "--format", "json", "--transpositions", "1", *args)
@@ -434,9 +418,8 @@ def test_failed_model_load_leaves_no_files(music, capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["music"]
 
 
-@needs_front_end
 def test_released_checkpoint_on_the_example_and_its_tag(shared_fixtures, tmp_path, capsys):
-    from musicssl.tags import read_key_tag
+    from musicssl.io.tags import read_key_tag
 
     copy = tmp_path / "ode.ogg"
     copy.write_bytes(EXAMPLE.read_bytes())

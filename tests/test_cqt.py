@@ -8,18 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from musicssl.errors import AudioTooShortError, ConfigError
-from musicssl.frontend.cqt import (
-    CQT,
-    KEY_FRONTEND,
-    FrontEndConfig,
-    KeyFrontEnd,
-    cqt_chunked,
-    cqt_stream,
-    crop_bins,
-    log_compress,
-    lowpass_filter,
-    nnaudio_early_downsample_count,
-)
+from musicssl.dsp.cqt import CQT, cqt_chunked, cqt_stream, crop_bins, FrontEndConfig, KEY_FRONTEND, KeyFrontEnd, log_compress, lowpass_filter, nnaudio_early_downsample_count
 
 from conftest import harmonic_tone
 

@@ -254,7 +254,7 @@ def test_limit_keeps_first_items(tmp_path):
         ds.limit(-1)
 
 
-# --- benchmarks/render_symbolic.py: reading the key the file states -------------------------
+# --- scripts/render_symbolic.py: reading the key the file states -------------------------
 
 def _render_module():
     import importlib.util
@@ -262,7 +262,7 @@ def _render_module():
 
     if "render_symbolic" in sys.modules:
         return sys.modules["render_symbolic"]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "render_symbolic.py"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "render_symbolic.py"
     spec = importlib.util.spec_from_file_location("render_symbolic", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["render_symbolic"] = module

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from musicssl.errors import ConfigError
-from musicssl.frontend.cqt import FrontEndConfig, compress_db
-from musicssl.key.data import SegmentConfig, choose_segments, make_views, random_eq_db, segment_frames
+from musicssl.dsp.cqt import compress_db, FrontEndConfig
+from musicssl.key.dataset import choose_segments, make_views, random_eq_db, segment_frames, SegmentConfig
 from musicssl.key.device_data import (
     DeviceBatchLoader, KeyBank, assemble_batch, batch_generator, draw_eq_db, draw_segments,
 )

@@ -90,9 +90,8 @@ def test_librosa_tracker(folder, capsys):
 
 def test_zerons_checkpoint_tracker_runs(folder, capsys):
     """An (untrained) ZeroNS checkpoint as tracker: the pipeline runs and is scored."""
-    pytest.importorskip("musicssl.beat.estimator")
     from musicssl.beat.model import ZeroNS
-    from musicssl.checkpoint import save_zerons_model
+    from musicssl.beat.checkpoint import save_zerons_model
 
     checkpoint = save_zerons_model(folder / "tiny.safetensors", ZeroNS(width=0.25))
     rc = main(["evaluate-beats", "--dataset", "folder", str(folder / "audio"),

@@ -10,8 +10,9 @@ import soundfile as sf
 
 from musicssl.cli.main import main
 from musicssl.evaluation.datasets import load_manifest
-from musicssl.evaluation.report import evaluate, format_markdown
-from musicssl.key.templates import TemplateKeyEstimator
+from musicssl.key.evaluate import evaluate
+from musicssl.evaluation.key_report import format_markdown
+from musicssl.key.estimator import TemplateKeyEstimator
 from musicssl.keys import Key
 
 from conftest import harmonic_tone

@@ -79,16 +79,16 @@ def test_pack_is_keyed_by_content_and_respects_the_size_limit(caches, tmp_path):
 
 def test_zerons_export_on_precomputed_reference_matches_the_separating_export(tmp_path):
     from musicssl.beat.model import ZeroNS
-    from musicssl.beat.training import PretrainConfig, model_polarity
-    from musicssl.checkpoint import load_zerons_model
+    from musicssl.beat.config import PretrainConfig
+    from musicssl.beat.train import model_polarity
+    from musicssl.beat.checkpoint import load_zerons_model
     from musicssl.gpu_job import export_zerons, zerons_reference_features
 
     torch.manual_seed(0)
     config = PretrainConfig(width=1 / 16, center_outputs=True)
     model = ZeroNS(width=config.width, dropout=config.dropout).eval()
-    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 12}
     perc, rest = zerons_reference_features()
-    path, half = export_zerons(ckpt, config, perc, rest, tmp_path / "z.safetensors")
+    path, half = export_zerons(model.state_dict(), 12, config, perc, rest, tmp_path / "z.safetensors")
     loaded, meta = load_zerons_model(path)
     assert not half and meta["provenance"]["steps"] == 12
     assert meta["polarity"] == model_polarity(model, config)        # the same calibration as with HPSS
@@ -113,9 +113,9 @@ def test_gpu_job_configs_parse_and_the_zerons_state_fits_one_returned_file():
     import yaml
 
     from musicssl.beat.model import ZeroNS
-    from musicssl.beat.training import PretrainConfig
+    from musicssl.beat.config import PretrainConfig
     from musicssl.gpu_job import MAX_OUT_FILE
-    from musicssl.key.training import TrainConfig
+    from musicssl.key.config import TrainConfig
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     key = TrainConfig.from_mapping({**yaml.safe_load((configs / "gpu_job_skey.yaml").read_text()), "data": []})

@@ -10,8 +10,9 @@ import soundfile as sf
 import torch
 
 from musicssl.errors import AnnotationError, ConfigError
-from musicssl.frontend.cqt import CQT, FrontEndConfig, compress_db, crop_bins, log_compress
-from musicssl.key import data as D
+from musicssl.dsp.cqt import compress_db, CQT, crop_bins, FrontEndConfig, log_compress
+from musicssl.io import tracks as T
+from musicssl.key import dataset as D
 
 SR = 22050
 
@@ -36,21 +37,21 @@ def corpus(tmp_path_factory):
 
 def test_manifest_csv_txt_and_errors(tmp_path):
     (tmp_path / "m.csv").write_text("path,key,split\nx.wav,A minor,val\nsub/y.wav,,\n")
-    tracks = D.read_manifest(tmp_path / "m.csv")
+    tracks = T.read_manifest(tmp_path / "m.csv")
     assert [t.path for t in tracks] == [str(tmp_path / "x.wav"), str(tmp_path / "sub/y.wav")]
     assert tracks[0].key == "A minor" and tracks[0].split == "val" and tracks[1].key is None
     (tmp_path / "m.txt").write_text("# comment\n/abs/z.wav\nrel.ogg\n")
-    assert [t.path for t in D.read_manifest(tmp_path / "m.txt")] == ["/abs/z.wav", str(tmp_path / "rel.ogg")]
+    assert [t.path for t in T.read_manifest(tmp_path / "m.txt")] == ["/abs/z.wav", str(tmp_path / "rel.ogg")]
     (tmp_path / "bad.csv").write_text("file,key\nx.wav,C major\n")
     with pytest.raises(AnnotationError):
-        D.read_manifest(tmp_path / "bad.csv")
+        T.read_manifest(tmp_path / "bad.csv")
 
 
 def test_scan_rejects_with_reason_and_caches(corpus, tmp_path):
-    tracks = D.gather_tracks([corpus])
+    tracks = T.gather_tracks([corpus])
     assert len(tracks) == 5
     cache_file = tmp_path / "scan.json"
-    report = D.scan_tracks(tracks, cache_file, min_duration_s=3.0)
+    report = T.scan_tracks(tracks, cache_file, min_duration_s=3.0)
     usable = sorted(p.rsplit("/", 1)[-1] for p in (t.path for t in report.usable))
     assert usable == ["t0.wav", "t1.wav", "t2.wav"]
     reasons = dict((p.rsplit("/", 1)[-1], r) for p, r in report.rejected)
@@ -60,23 +61,23 @@ def test_scan_rejects_with_reason_and_caches(corpus, tmp_path):
     cached = json.loads(cache_file.read_text())
     assert len(cached) == 5
     # second scan uses the cache: same answer even if the checker would now fail
-    original = D._check_track
+    original = T._check_track
     try:
-        D._check_track = lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached"))
-        again = D.scan_tracks(tracks, cache_file, min_duration_s=3.0)
+        T._check_track = lambda *a, **k: (_ for _ in ()).throw(AssertionError("not cached"))
+        again = T.scan_tracks(tracks, cache_file, min_duration_s=3.0)
     finally:
-        D._check_track = original
+        T._check_track = original
     assert len(again.usable) == 3
 
 
 def test_split_by_track_is_stable_and_honours_split_column():
-    tracks = [D.Track(path=f"/x/{i}.wav") for i in range(200)]
-    train, val = D.split_tracks(tracks, 0.1, seed=3)
+    tracks = [T.Track(path=f"/x/{i}.wav") for i in range(200)]
+    train, val = T.split_tracks(tracks, 0.1, seed=3)
     assert not {t.path for t in train} & {t.path for t in val}
     assert 8 <= len(val) <= 35
-    train2, val2 = D.split_tracks(tracks + [D.Track(path="/x/new.wav")], 0.1, seed=3)
+    train2, val2 = T.split_tracks(tracks + [T.Track(path="/x/new.wav")], 0.1, seed=3)
     assert {t.path for t in val} <= {t.path for t in val2}          # adding a file moves no other
-    forced = D.split_tracks([D.Track(path="/a", split="val"), D.Track(path="/b", split="train")], 0.0)
+    forced = T.split_tracks([T.Track(path="/a", split="val"), T.Track(path="/b", split="train")], 0.0)
     assert [t.path for t in forced[1]] == ["/a"] and [t.path for t in forced[0]] == ["/b"]
 
 
@@ -132,14 +133,14 @@ def test_compress_db_equals_frontend_log_compress():
 
 def test_feature_cache_segments_equal_direct_cqt(corpus, tmp_path):
     fe = FrontEndConfig(hop_length=1024)
-    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    report = T.scan_tracks(T.gather_tracks([corpus]), min_duration_s=3.0)
     cache = D.FeatureCache(tmp_path / "cache", fe)
     failed = cache.build(report.usable, progress=False)
     assert failed == {}
     track = next(t for t in report.usable if t.path.endswith("t0.wav"))
     db = cache.array(track.path)
     assert db.dtype == np.float16 and db.shape[0] == 99
-    from musicssl.frontend.audio import load_audio
+    from musicssl.io.audio import load_audio
 
     audio = load_audio(track.path, sr=SR)
     mag = CQT(hop_length=1024)(torch.from_numpy(audio))[0]
@@ -156,7 +157,7 @@ def test_feature_cache_segments_equal_direct_cqt(corpus, tmp_path):
 
 
 def test_feature_cache_derived_at_coarser_hop_equals_built(corpus, tmp_path):
-    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    report = T.scan_tracks(T.gather_tracks([corpus]), min_duration_s=3.0)
     fine = D.FeatureCache(tmp_path / "h512", FrontEndConfig(hop_length=512))
     fine.build(report.usable, progress=False)
     built = D.FeatureCache(tmp_path / "built", FrontEndConfig(hop_length=1024))
@@ -179,8 +180,8 @@ def test_feature_cache_derived_at_coarser_hop_equals_built(corpus, tmp_path):
 
 def test_pair_dataset_deterministic_per_epoch_and_labels(corpus, tmp_path):
     fe = FrontEndConfig(hop_length=1024)
-    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
-    tracks = [D.Track(t.path, t.duration_s, t.samplerate, key="E minor") for t in report.usable]
+    report = T.scan_tracks(T.gather_tracks([corpus]), min_duration_s=3.0)
+    tracks = [T.Track(t.path, t.duration_s, t.samplerate, key="E minor") for t in report.usable]
     cache = D.FeatureCache(tmp_path / "c", fe)
     cache.build(tracks, progress=False)
     seg = D.SegmentConfig(segment_seconds=2.0, seed=5)
@@ -201,7 +202,7 @@ def test_pair_dataset_deterministic_per_epoch_and_labels(corpus, tmp_path):
     ds_audio = D.PairDataset(tracks, fe, seg, None)
     item = ds_audio[1]
     assert item["audio"].shape == (2, int(2.0 * SR))
-    fe_module = __import__("musicssl.frontend.cqt", fromlist=["KeyFrontEnd"]).KeyFrontEnd(fe)
+    fe_module = __import__("musicssl.dsp.cqt", fromlist=["KeyFrontEnd"]).KeyFrontEnd(fe)
     views, profile = D.audio_batch_views(fe_module, item["audio"][None], torch.tensor([item["o"]]),
                                          torch.tensor([item["o2"]]))
     assert views.shape == (1, 3, 84, D.segment_frames(2.0, SR, 1024)) and profile.shape == (1, 12)
@@ -220,7 +221,7 @@ def test_random_eq_is_smooth_bounded_and_seeded():
 
 def test_pair_dataset_eq_changes_segments_not_positions(corpus, tmp_path):
     fe = FrontEndConfig(hop_length=1024)
-    report = D.scan_tracks(D.gather_tracks([corpus]), min_duration_s=3.0)
+    report = T.scan_tracks(T.gather_tracks([corpus]), min_duration_s=3.0)
     cache = D.FeatureCache(tmp_path / "c", fe)
     cache.build(report.usable, progress=False)
     seg = D.SegmentConfig(segment_seconds=2.0, seed=5)

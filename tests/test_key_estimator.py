@@ -62,7 +62,7 @@ def test_bad_input_is_reported(released):
 
 
 def test_short_clips_are_looped_to_the_network_minimum(released):
-    from musicssl.key.estimator import MIN_FRAMES, loop_to_min_frames
+    from musicssl.key.features import loop_to_min_frames, MIN_FRAMES
 
     short = np.arange(3 * 50, dtype=np.float32).reshape(3, 50)
     looped = loop_to_min_frames(short)
@@ -74,7 +74,7 @@ def test_short_clips_are_looped_to_the_network_minimum(released):
 
 
 def test_features_batch_equals_single(released, shared_fixtures):
-    from musicssl.key.estimator import compute_features
+    from musicssl.key.features import compute_features
 
     x = reference_signal(Key(5, "major"))
     features = [compute_features(np.concatenate([x, x]), sr=22050),
@@ -88,7 +88,7 @@ def test_features_batch_equals_single(released, shared_fixtures):
 def test_end_to_end_parity_with_authors_code(released, shared_fixtures):
     """Same arg-max on all 40 files, probabilities within 2e-3 (fixtures README);
     the authors' pipeline has no tuning compensation, so it is off here."""
-    from musicssl.key.estimator import compute_features
+    from musicssl.key.features import compute_features
 
     rows = list(csv.DictReader(open(shared_fixtures / "skey_reference" / "dev-synth-official.csv")))
     assert len(rows) == 40
@@ -107,8 +107,8 @@ def test_end_to_end_parity_with_authors_code(released, shared_fixtures):
 
 def test_model_names_resolve(monkeypatch, tmp_path):
     from musicssl.errors import CheckpointError
-    from musicssl.key import estimator as est
-    from musicssl.key.templates import TemplateKeyEstimator
+    from musicssl.key import registry as est
+    from musicssl.key.estimator import KeyEstimator, TemplateKeyEstimator
 
     names = est.model_names()
     assert names[0] == "default" and {"krumhansl", "temperley"} <= set(names)
@@ -119,7 +119,7 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         default = est.load_estimator("default")
-    assert isinstance(default, est.KeyEstimator) and est.DEFAULT_MODEL == "skey-debian"
+    assert isinstance(default, KeyEstimator) and est.DEFAULT_MODEL == "skey-debian"
     assert (default.name, default.prior) == ("skey-debian+kostka-payne", "kostka-payne")  # with its prior
     assert default.feature_options == {"chroma": True}                # which reads librosa chroma
     assert default.temperature == est.FITTED_TEMPERATURES[("skey-debian", "kostka-payne")] > 1
@@ -133,6 +133,7 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     assert {"skey-debian", "skey-debian+krumhansl"} <= set(names)
     # a build without it falls back to the template baseline, and says so
     monkeypatch.setattr(est, "shipped_key_models", lambda: {})
+    monkeypatch.setattr("musicssl.key.checkpoint.shipped_key_models", lambda: {})
     with pytest.warns(UserWarning, match="Krumhansl"):
         assert isinstance(est.load_estimator("default"), TemplateKeyEstimator)
 
@@ -154,7 +155,7 @@ class _PitchClassNet(torch.nn.Module):
 
 
 def _toy_estimator(bias, transpositions, prior=None, prior_chroma="cqt"):
-    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.dsp.cqt import FrontEndConfig
     from musicssl.key.estimator import KeyEstimator
 
     calibration = {"n_rows": 2, "row_modes": ["major", "minor"], "row_offsets": [0, 0]}
@@ -163,7 +164,7 @@ def _toy_estimator(bias, transpositions, prior=None, prior_chroma="cqt"):
 
 
 def test_transposition_averaging_rotates_each_crop_back():
-    from musicssl.frontend.cqt import crop_bins
+    from musicssl.dsp.cqt import crop_bins
 
     torch.manual_seed(0)
     pattern = torch.rand(2, 1, 12, 16)                       # the same in every octave
@@ -198,7 +199,7 @@ def test_transpositions_default_and_bounds():
 
 
 def test_default_model_averages_transpositions_and_keeps_its_answer(shared_fixtures):
-    from musicssl.key.estimator import load_estimator
+    from musicssl.key.registry import load_estimator
 
     one, twelve = load_estimator("default", transpositions=1), load_estimator("default")
     assert (one.transpositions, twelve.transpositions) == (1, 12)
@@ -234,7 +235,7 @@ def test_combine_with_prior_is_a_renormalised_product():
 
 def test_spec_with_a_prior_splits_and_checks():
     from musicssl.errors import ConfigError
-    from musicssl.key.estimator import load_estimator, split_spec
+    from musicssl.key.registry import load_estimator, split_spec
 
     assert split_spec("skey-debian+krumhansl") == ("skey-debian", "krumhansl")
     assert split_spec("a/b+c.pt+temperley") == ("a/b+c.pt", "temperley")
@@ -249,9 +250,9 @@ def test_spec_with_a_prior_splits_and_checks():
 
 
 def test_estimator_prior_multiplies_the_template_probabilities():
-    from musicssl.frontend.cqt import log_compress
+    from musicssl.dsp.cqt import log_compress
     from musicssl.key.estimator import combine_with_prior
-    from musicssl.key.templates import TemplateKeyEstimator
+    from musicssl.key.estimator import TemplateKeyEstimator
 
     torch.manual_seed(1)
     x = log_compress(torch.rand(2, 1, 99, 160) + 0.01)
@@ -264,8 +265,9 @@ def test_estimator_prior_multiplies_the_template_probabilities():
 
 def test_librosa_chroma_prior_reads_the_features_chroma():
     from musicssl.errors import ConfigError
-    from musicssl.key.estimator import combine_with_prior, compute_features
-    from musicssl.key.templates import TemplateKeyEstimator
+    from musicssl.key.estimator import combine_with_prior
+    from musicssl.key.features import compute_features
+    from musicssl.key.estimator import TemplateKeyEstimator
 
     bias = torch.randn(24, generator=torch.Generator().manual_seed(2))
     alone = _toy_estimator(bias, 1)
@@ -288,7 +290,7 @@ def test_librosa_chroma_prior_reads_the_features_chroma():
 
 def test_prior_needs_a_24_key_model():
     from musicssl.errors import ConfigError
-    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.dsp.cqt import FrontEndConfig
     from musicssl.key.estimator import KeyEstimator
 
     class _Signature(torch.nn.Module):
@@ -309,7 +311,8 @@ def test_prior_needs_a_24_key_model():
 def test_default_model_names_the_nocturne_key(shared_fixtures):
     """Regression check on the one real recording: the default (network × Kostka-Payne prior)
     names E-flat major; the network alone names the relative minor (model card)."""
-    from musicssl.key.estimator import compute_features, load_estimator
+    from musicssl.key.features import compute_features
+    from musicssl.key.registry import load_estimator
 
     default, alone = load_estimator("default"), load_estimator("default", prior="none")
     features = compute_features(shared_fixtures / "nocturne_n02_in_e-flat_major.mp3", default.frontend_config,
@@ -320,7 +323,8 @@ def test_default_model_names_the_nocturne_key(shared_fixtures):
 
 def test_temperature_is_validated_and_applied():
     from musicssl.errors import ConfigError
-    from musicssl.key.estimator import KeyEstimator, load_estimator
+    from musicssl.key.estimator import KeyEstimator
+    from musicssl.key.registry import load_estimator
 
     net = load_estimator("skey-debian", transpositions=1)
     with pytest.raises(ConfigError):

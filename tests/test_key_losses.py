@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from musicssl.errors import ConfigError
-from musicssl.frontend.cqt import amplitude_to_db, compress_db
+from musicssl.dsp.cqt import amplitude_to_db, compress_db
 from musicssl.key import losses as L
 
 

@@ -11,7 +11,8 @@ import soundfile as sf
 from beat_synth import chord_track, drum_track
 from musicssl.cli.main import main
 from musicssl.key import tonality
-from musicssl.key.estimator import compute_features, load_estimator
+from musicssl.key.features import compute_features
+from musicssl.key.registry import load_estimator
 
 SR = 22050
 EXAMPLE = "src/musicssl/data/examples/ode_to_joy_d_major.ogg"
@@ -73,7 +74,7 @@ def test_long_inputs_are_measured_on_excerpts():
 
 
 def test_measurements_do_not_depend_on_the_model_hop():
-    from musicssl.frontend.cqt import FrontEndConfig
+    from musicssl.dsp.cqt import FrontEndConfig
 
     x = _noise("white")
     a = compute_features(x, FrontEndConfig(), sr=SR)
@@ -120,6 +121,6 @@ def test_cli_records_text_and_tags(tmp_path, capsys):
     assert main(["key", str(noise), "--write-tags", "--format", "json"]) == 0  # not a failure
     record = json.loads(capsys.readouterr().out)[0]
     assert record["tag"] == {"written": False, "skipped": "no key"}
-    from musicssl.tags import read_key_tag
+    from musicssl.io.tags import read_key_tag
 
     assert read_key_tag(noise) is None

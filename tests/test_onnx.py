@@ -54,8 +54,8 @@ def clips() -> list[Path]:
 
 
 def test_key_metadata_holds_frontend_and_calibration(key_onnx):
-    from musicssl.checkpoint import read_onnx_metadata
-    from musicssl.key.estimator import load_estimator
+    from musicssl.io.model_file import read_onnx_metadata
+    from musicssl.key.registry import load_estimator
 
     meta = read_onnx_metadata(key_onnx)
     torch_estimator = load_estimator("skey-debian", prior="none")
@@ -66,8 +66,9 @@ def test_key_metadata_holds_frontend_and_calibration(key_onnx):
 
 
 def test_key_probabilities_equal_torch(key_onnx, clips):
-    from musicssl.checkpoint import OnnxNetwork
-    from musicssl.key.estimator import compute_features, load_estimator
+    from musicssl.io.model_file import OnnxNetwork
+    from musicssl.key.features import compute_features
+    from musicssl.key.registry import load_estimator
 
     torch_estimator = load_estimator("skey-debian+temperley")
     onnx_estimator = load_estimator(f"{key_onnx}+temperley")
@@ -97,8 +98,8 @@ def test_key_command_runs_an_onnx_file(key_onnx, tmp_path):
 
 def test_zerons_outputs_equal_torch(zerons_onnx, clips):
     from musicssl.beat.estimator import BeatEstimator
-    from musicssl.checkpoint import OnnxNetwork, read_onnx_metadata
-    from musicssl.frontend.audio import load_audio
+    from musicssl.io.model_file import OnnxNetwork, read_onnx_metadata
+    from musicssl.io.audio import load_audio
 
     torch_estimator = BeatEstimator.from_checkpoint()
     onnx_estimator = BeatEstimator.from_checkpoint(zerons_onnx)
@@ -115,7 +116,7 @@ def test_zerons_outputs_equal_torch(zerons_onnx, clips):
 
 
 def test_backend_onnx_exports_once_into_the_cache(tmp_path, monkeypatch):
-    from musicssl import checkpoint
+    from musicssl.io import model_file as checkpoint
 
     monkeypatch.setenv("MUSICSSL_CACHE", str(tmp_path))
     source = tmp_path / "model.bin"
@@ -131,7 +132,8 @@ def test_backend_onnx_exports_once_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_backend_and_export_errors(tmp_path, key_onnx):
-    from musicssl.checkpoint import check_backend, load_onnx_zerons_model
+    from musicssl.io.model_file import check_backend
+    from musicssl.beat.checkpoint import load_onnx_zerons_model
     from musicssl.export import export_onnx
 
     assert check_backend("m.onnx", None) == "onnx" and check_backend("m.safetensors", None) == "torch"

@@ -148,7 +148,7 @@ class _DieOnce:
 
 
 def _make_finish():
-    from musicssl.key.templates import TemplateKeyEstimator
+    from musicssl.key.estimator import TemplateKeyEstimator
 
     estimator = TemplateKeyEstimator("krumhansl")
 
@@ -162,7 +162,7 @@ def test_a_killed_worker_loses_nothing(cluster, clips, tmp_path):
     from ray import cloudpickle
 
     from musicssl.distributed import run_ray_batch
-    from musicssl.key.estimator import compute_features
+    from musicssl.key.features import compute_features
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers cannot import this file
     marker = tmp_path / "killed"

@@ -1,4 +1,4 @@
-"""Pure helpers of benchmarks/render_lmms.py on small hand-written LMMS projects (no lmms needed)."""
+"""Pure helpers of scripts/render_lmms.py on small hand-written LMMS projects (no lmms needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from musicssl.evaluation.beat_annotations import format_beat_annotation, parse_beat_annotation
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "render_lmms.py"
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "render_lmms.py"
 _spec = importlib.util.spec_from_file_location("render_lmms", _SCRIPT)
 render_lmms = importlib.util.module_from_spec(_spec)
 sys.modules["render_lmms"] = render_lmms

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from musicssl.checkpoint import load_key_model
-from musicssl.frontend.cqt import CQT, KeyFrontEnd, crop_bins
+from musicssl.key.checkpoint import load_key_model
+from musicssl.dsp.cqt import CQT, crop_bins, KeyFrontEnd
 
 
 
@@ -34,9 +34,9 @@ def released(shared_fixtures):
 
 
 def test_generated_kernels_equal_stored_buffers(shared_fixtures):
-    from musicssl.checkpoint import _safe_torch_load
+    from musicssl.io.model_file import safe_torch_load
 
-    stone = _safe_torch_load(shared_fixtures / "skey.pt")["stone"]
+    stone = safe_torch_load(shared_fixtures / "skey.pt")["stone"]
     cqt = CQT()
     torch.testing.assert_close(cqt.lowpass, stone["hcqt.lowpass_filter"].view(-1), rtol=0, atol=0)
     torch.testing.assert_close(cqt.bin_scale.pow(2), stone["hcqt.lenghts"], rtol=0, atol=1e-3)
@@ -66,7 +66,7 @@ def test_frontend_and_probabilities_match_reference(reference, released):
 
 
 def test_documented_calibration_maps_to_canonical_order(shared_fixtures, reference):
-    from musicssl.checkpoint import IMPORTED_SKEY_CALIBRATION
+    from musicssl.key.checkpoint import IMPORTED_SKEY_CALIBRATION
     from musicssl.key.calibration import to_canonical
 
     canonical = np.load(shared_fixtures / "skey_reference" / f"{STEM}.probs_canonical_order.npy")

@@ -1,4 +1,4 @@
-"""Writing the key into tags (musicssl.tags) on real files of every supported type.
+"""Writing the key into tags (musicssl.io.tags) on real files of every supported type.
 
 Each file is made in tmp_path (soundfile for WAV/AIFF/FLAC/Ogg/Opus/MP3,
 PyAV for M4A and WMA). After tagging, the audio must decode to exactly the same
@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from musicssl.keys import Key, format_key
-from musicssl.tags import ASF_KEY_FIELD, MP4_KEY_FIELD, TagError, key_tag_field, read_key_tag, write_key_tag
+from musicssl.io.tags import ASF_KEY_FIELD, key_tag_field, MP4_KEY_FIELD, read_key_tag, TagError, write_key_tag
 
 SR = 22050
 E_FLAT_MINOR = Key(3, "minor")

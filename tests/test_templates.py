@@ -7,19 +7,8 @@ import pytest
 import torch
 
 from musicssl.errors import ConfigError
-from musicssl.key.templates import (
-    KRUMHANSL_MAJOR,
-    KRUMHANSL_MINOR,
-    PROFILES,
-    TEMPERLEY_MAJOR,
-    TEMPERLEY_MINOR,
-    TemplateKeyEstimator,
-    chroma_from_cqt,
-    correlation_scores,
-    key_templates,
-    scores_to_probabilities,
-    template_probabilities,
-)
+from musicssl.key.templates import chroma_from_cqt, correlation_scores, key_templates, KRUMHANSL_MAJOR, KRUMHANSL_MINOR, PROFILES, scores_to_probabilities, TEMPERLEY_MAJOR, TEMPERLEY_MINOR, template_probabilities
+from musicssl.key.estimator import TemplateKeyEstimator
 from musicssl.keys import KEYS, Key, parse_key
 
 from conftest import harmonic_tone
@@ -102,7 +91,7 @@ def _cadence(tonic_hz: float, minor: bool, sr: int = SR) -> np.ndarray:
 
 @pytest.mark.parametrize("profile", ["krumhansl", "temperley"])
 def test_estimator_probabilities_on_logcqt_of_cadences(profile):
-    from musicssl.frontend.cqt import KeyFrontEnd
+    from musicssl.dsp.cqt import KeyFrontEnd
 
     front = KeyFrontEnd()
     signals = [_cadence(261.63, False), _cadence(220.0, True), _cadence(392.0, False)]
@@ -128,14 +117,10 @@ def test_log_scale_option_and_bad_settings():
 
 
 def test_estimate_returns_key_result():
-    pytest.importorskip("musicssl.key.estimator")
-    from musicssl.key.estimator import KeyResult
+    from musicssl.key.results import KeyResult
 
     est = TemplateKeyEstimator("temperley")
-    try:
-        result = est.estimate(_cadence(293.66, False), SR, local=True, window_s=4, hop_s=2)
-    except (ImportError, AttributeError) as exc:  # front end helpers not merged yet
-        pytest.skip(f"shared front end incomplete: {exc}")
+    result = est.estimate(_cadence(293.66, False), SR, local=True, window_s=4, hop_s=2)
     assert isinstance(result, KeyResult)
     assert result.key == Key(2, "major")
     assert result.probabilities.shape == (24,) and 0 <= result.confidence <= 1
@@ -147,8 +132,9 @@ def test_baselines_read_librosa_chroma_and_the_prior_reads_the_cqt(tmp_path):
     import soundfile as sf
 
     from musicssl.key.calibration import reference_signal
-    from musicssl.key.estimator import compute_features, load_estimator
-    from musicssl.key.templates import TemplateKeyEstimator
+    from musicssl.key.features import compute_features
+    from musicssl.key.registry import load_estimator
+    from musicssl.key.estimator import TemplateKeyEstimator
     from musicssl.keys import Key
 
     baseline = load_estimator("krumhansl")
@@ -169,8 +155,8 @@ def test_baselines_read_librosa_chroma_and_the_prior_reads_the_cqt(tmp_path):
 
 
 def test_chroma_of_long_inputs_is_chunked_on_the_same_frame_grid(monkeypatch):
-    from musicssl.frontend.cqt import FrontEndConfig
-    from musicssl.key import estimator as est
+    from musicssl.dsp.cqt import FrontEndConfig
+    from musicssl.key import features as est
     from musicssl.key.calibration import reference_signal
     from musicssl.keys import Key
 

@@ -10,8 +10,8 @@ import soundfile as sf
 
 from conftest import harmonic_tone
 from musicssl.errors import ConfigError
-from musicssl.frontend.cqt import KEY_FRONTEND
-from musicssl.frontend.tuning import estimate_tuning_cents, tuned_fmin
+from musicssl.dsp.cqt import KEY_FRONTEND
+from musicssl.dsp.tuning import estimate_tuning_cents, tuned_fmin
 
 SR = 22050
 #: C major scale, MIDI numbers
@@ -51,7 +51,7 @@ def test_tuned_fmin():
 
 
 def test_compensation_puts_a_detuned_recording_back_on_the_grid():
-    from musicssl.key.estimator import compute_features
+    from musicssl.key.features import compute_features
 
     in_tune = compute_features(melody(0.0), KEY_FRONTEND, sr=SR, tuning="off")
     detuned = melody(40.0)
@@ -69,7 +69,7 @@ def test_compensation_puts_a_detuned_recording_back_on_the_grid():
 
 
 def test_bad_tuning_setting_is_a_config_error():
-    from musicssl.key.estimator import compute_features
+    from musicssl.key.features import compute_features
 
     with pytest.raises(ConfigError):
         compute_features(melody(0.0), KEY_FRONTEND, sr=SR, tuning="guess")

@@ -1,6 +1,6 @@
 """Catalog inference on a Ray cluster (optional extra ``musicssl[ray]``).
 
-:func:`run_ray_batch` is :func:`musicssl.batch.run_batch` with Ray Data doing
+:func:`run_ray_batch` is :func:`musicssl.runner.run_batch` with Ray Data doing
 the work: the same ``prepare`` (model-free decoding and features, one file at
 a time, errors become error records) and ``finish`` (the model over a batch of
 payloads; a failing batch is redone file by file) run as two ``map_batches``
@@ -8,9 +8,9 @@ stages: ``prepare`` as Ray tasks on every CPU of the cluster, ``finish`` in a
 pool of actors that each build the model once. Ray retries a task or restarts
 an actor whose worker dies, so a killed worker loses nothing.
 
-Outputs: the inputs (sorted, as :func:`musicssl.batch.expand_inputs` returns
+Outputs: the inputs (sorted, as :func:`musicssl.runner.expand_inputs` returns
 them) are cut into shards of ``shard_size`` files; shard ``k`` is written to
-``OUTPUT_DIR/part-{k:05d}.jsonl`` by :class:`musicssl.outputs.RecordOutput`
+``OUTPUT_DIR/part-{k:05d}.jsonl`` by :class:`musicssl.io.records.RecordOutput`
 (journal while it fills, atomic replace once all its files are done). Records
 stream back to the driver, which is the only process that writes, so only the
 driver needs the output folder; every worker needs to read the audio paths
@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from musicssl.errors import ConfigError
+from musicssl.io.files import path_identity
+from musicssl.io.records import RecordFormat, RecordOutput, is_ok
+from musicssl.runner import _call, _finish_chunk
 
 #: files per output shard by default
 DEFAULT_SHARD_SIZE = 1000
@@ -68,7 +71,6 @@ def _require_ray():
 def _prepare_stage(batch: dict, prepare: Callable[[str], Any]) -> dict:
     """Ray Data batch ``{"path", "shard"}`` → adds ``ok`` and ``payload`` (pickled
     payload, or the error record)."""
-    from musicssl.batch import _call
 
     oks, payloads = [], []
     for path in batch["path"]:
@@ -80,14 +82,12 @@ def _prepare_stage(batch: dict, prepare: Callable[[str], Any]) -> dict:
 
 class _FinishStage:
     """Ray Data actor: builds ``finish`` once (``make_finish()``), then turns batches of
-    prepared payloads into records (JSON text), as :func:`musicssl.batch.run_batch` does."""
+    prepared payloads into records (JSON text), as :func:`musicssl.runner.run_batch` does."""
 
     def __init__(self, make_finish: Callable[[], Callable]):
         self.finish = make_finish()
 
     def __call__(self, batch: dict) -> dict:
-        from musicssl.batch import _finish_chunk
-
         chunk = [(str(p), bool(ok), pickle.loads(payload))
                  for p, ok, payload in zip(batch["path"], batch["ok"], batch["payload"])]
         records = list(_finish_chunk(chunk, self.finish, None))
@@ -110,7 +110,6 @@ def run_ray_batch(paths: Sequence[str | os.PathLike], prepare: Callable[[str], A
     the cluster of ``RAY_ADDRESS`` or starts one on this machine. ``actors``: model
     replicas for ``finish``. ``task_retries``: attempts after a ``prepare`` worker dies.
     """
-    from musicssl.outputs import RecordFormat, RecordOutput, is_ok, path_identity
 
     ray = _require_ray()
     out = Path(output_dir)

@@ -9,7 +9,7 @@
   ``architecture`` and ``provenance``. Transposition averaging and template priors
   stay outside the graph (they are post-processing in ``KeyEstimator``).
 * ZeroNS beat models (``zerons`` = the shipped one, or a ZeroNS ``.safetensors``):
-  both networks in one graph (see :func:`musicssl.checkpoint.zerons_model_onnx`).
+  both networks in one graph (see :func:`musicssl.io.model_file.zerons_model_onnx`).
 
 Files are written atomically; ``musicssl key/beats --checkpoint FILE.onnx`` (or
 ``--backend onnx``) runs them with onnxruntime.
@@ -20,7 +20,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from musicssl.beat.checkpoint import ZERONS_FORMAT, load_zerons_model, zerons_model_onnx
+from musicssl.beat.estimator import DEFAULT_CHECKPOINT
 from musicssl.errors import CheckpointError
+from musicssl.io.model_file import (
+    OnnxNetwork,
+    export_onnx_file,
+    is_safetensors,
+    read_model_file_metadata,
+)
+from musicssl.key.checkpoint import key_model_onnx
+from musicssl.key.estimator import KeyEstimator
+from musicssl.key.registry import load_estimator
 
 #: model spec of the shipped ZeroNS beat model
 ZERONS_SPEC = "zerons"
@@ -28,12 +39,11 @@ ZERONS_SPEC = "zerons"
 
 def model_kind(spec: str | os.PathLike) -> str:
     """``"zerons"`` or ``"key"`` for a model spec (by name or by the file's format)."""
-    from musicssl.checkpoint import ZERONS_FORMAT, _is_safetensors, read_model_file_metadata
 
     if str(spec) == ZERONS_SPEC:
         return "zerons"
     path = Path(spec)
-    if path.is_file() and _is_safetensors(path):
+    if path.is_file() and is_safetensors(path):
         try:
             read_model_file_metadata(path, ZERONS_FORMAT, 1)
             return "zerons"
@@ -44,16 +54,11 @@ def model_kind(spec: str | os.PathLike) -> str:
 
 def export_onnx(spec: str | os.PathLike, destination: str | os.PathLike) -> tuple[Path, str]:
     """Export the network(s) of model ``spec`` to ``destination``; returns ``(path, kind)``."""
-    from musicssl.checkpoint import (OnnxNetwork, export_onnx_file, key_model_onnx, load_zerons_model,
-                                     zerons_model_onnx)
 
     kind = model_kind(spec)
     if kind == "zerons":
-        from musicssl.beat.estimator import DEFAULT_CHECKPOINT
-
         model, meta = load_zerons_model(DEFAULT_CHECKPOINT if str(spec) == ZERONS_SPEC else spec)
         return export_onnx_file(destination, zerons_model_onnx(model, meta)), kind
-    from musicssl.key.estimator import KeyEstimator, load_estimator
 
     estimator = load_estimator(str(spec), prior="none", transpositions=1)
     if not isinstance(estimator, KeyEstimator):

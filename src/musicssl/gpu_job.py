@@ -39,7 +39,25 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from musicssl.beat.checkpoint import (
+    read_training_checkpoint as read_zerons_training_checkpoint,
+)
+from musicssl.beat.checkpoint import save_zerons_model
+from musicssl.beat.config import PretrainConfig
+from musicssl.beat.estimator import (
+    BeatEstimator,
+    calibrate_lag,
+    calibrate_polarity,
+    polarity_reference,
+)
+from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
+from musicssl.beat.model import ZeroNS
+from musicssl.beat.separation import get_separator
 from musicssl.errors import ConfigError, MusicsslError
+from musicssl.io.atomic import atomic_open, atomic_write_text
+from musicssl.io.tracks import Track, read_manifest, split_tracks
+from musicssl.key.config import TrainConfig
+from musicssl.key.dataset import FeatureCache
 
 MIB = 2 ** 20
 #: what the GPU image lacks; the training path must not import them (enforced in the children)
@@ -86,10 +104,6 @@ def zerons_reference_features(separator: str = "hpss") -> tuple:
     (:func:`musicssl.beat.estimator.polarity_reference`), computed here so the job needs no separator."""
     import numpy as np
 
-    from musicssl.beat.estimator import polarity_reference
-    from musicssl.beat.frontend import SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
-    from musicssl.beat.separation import get_separator
-
     x, _ = polarity_reference()
     perc, rest = get_separator(separator)(x, SAMPLE_RATE)
     frontend = ZeroNSFrontEnd()
@@ -97,8 +111,6 @@ def zerons_reference_features(separator: str = "hpss") -> tuple:
 
 
 def _key_tracks(cache, manifest: str | None, val_fraction: float, seed: int):
-    from musicssl.key.data import Track, read_manifest, split_tracks
-
     if manifest:
         tracks = [t for t in read_manifest(manifest)]
         for t in tracks:
@@ -120,10 +132,7 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
     import yaml
 
     from musicssl.beat.device_data import ClipBank
-    from musicssl.beat.training import PretrainConfig
-    from musicssl.key.data import FeatureCache
     from musicssl.key.device_data import KeyBank
-    from musicssl.key.training import TrainConfig
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -163,7 +172,7 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
     if not tracks:
         raise ConfigError(f"no cached key tracks in {key_cache}")
     fe = key_cfg.frontend()
-    fps = fe.sr / fe.hop_length
+    fps = fe.frame_rate
     bytes_per_second = len(tracks) * fe.n_bins * 2 * fps
     seconds = min(key_seconds, 0.6 * budget / bytes_per_second)
     if seconds < key_cfg.segment_seconds:
@@ -173,7 +182,6 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
     key_bank.save(out / "data" / "key_bank.safetensors")
     budget -= (out / "data" / "key_bank.safetensors").stat().st_size
     # ZeroNS bank: the rest of the room (2 x 96 float16 features + 1 float16 RMS per frame)
-    from musicssl.beat.frontend import FPS
 
     zerons_seconds = (budget - 8192) / (2 * 96 * 2 + 2) / FPS
     if zerons_seconds < 2 * beat_cfg.clip_seconds:
@@ -192,10 +200,10 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
     files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     manifest["files"] = {k: v for k, v in files.items() if not k.startswith("src/")}
     manifest["files"]["src/ (package source)"] = sum(v for k, v in files.items() if k.startswith("src/"))
-    (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out / "MANIFEST.json", json.dumps(manifest, indent=1))
     total = _folder_bytes(out)
     manifest["total_mib"] = round(total / MIB, 2)
-    (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out / "MANIFEST.json", json.dumps(manifest, indent=1))
     if total > max_mib * MIB:
         raise ConfigError(f"pack is {total / MIB:.1f} MiB > {max_mib} MiB")
     log(f"packed {out}: {total / MIB:.1f} MiB; key {manifest['key']}; zerons {manifest['zerons']}; "
@@ -324,8 +332,6 @@ def _resolve_device(device: str) -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
-    from musicssl.outputs import atomic_open
-
     with atomic_open(path, "wb") as f:
         f.write(data)
 
@@ -460,12 +466,12 @@ def child(model: str, pack_dir: Path, work: Path, deadline: float, device: str, 
     else:
         summary.update(_train_zerons(pack_dir, work, deadline, device, started))
     summary["total_s"] = time.time() - started
-    (work / "job_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(work / "job_summary.json", json.dumps(summary, indent=1, default=str))
     return 0
 
 
 def _train_key(pack_dir: Path, work: Path, deadline: float, device: str, started: float) -> dict:
-    from musicssl.key.training import TrainConfig, train
+    from musicssl.key.train import train
 
     state = pack_dir / "state" / "skey_state.ckpt"
     config = TrainConfig.from_yaml(pack_dir / "configs" / "skey.yaml", overrides={
@@ -489,10 +495,9 @@ class _TrainerView:
 
 def _train_zerons(pack_dir: Path, work: Path, deadline: float, device: str, started: float) -> dict:
     import numpy as np
-    import torch
     import yaml
 
-    from musicssl.beat.training import PretrainConfig, pretrain
+    from musicssl.beat.train import pretrain
 
     values = yaml.safe_load((pack_dir / "configs" / "zerons.yaml").read_text()) or {}
     values.update(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_minutes=None,
@@ -505,25 +510,22 @@ def _train_zerons(pack_dir: Path, work: Path, deadline: float, device: str, star
     last = pretrain(pack_dir / "data" / "zerons_bank.safetensors", work / "run", config,
                     resume=str(state) if state.is_file() else None, progress=False, callbacks=[meter], export=False)
     shutil.copyfile(last, work / "state.ckpt")
-    ck = torch.load(str(last), map_location="cpu", weights_only=True)
+    _, state_dict, step = read_zerons_training_checkpoint(last)
     reference = np.load(pack_dir / "data" / "zerons_reference.npz")
-    path, half = export_zerons(ck, config, reference["percussive"].astype(np.float32),
+    path, half = export_zerons(state_dict, step, config, reference["percussive"].astype(np.float32),
                                reference["non_percussive"].astype(np.float32), work / "export.safetensors")
-    return {**meter.summary(_TrainerView(int(ck.get("global_step", 0))), started),
+    return {**meter.summary(_TrainerView(step), started),
             "resumed_from_state": state.is_file(), "width": config.width,
             "export": "float16 weights" if half else "float32 weights"}
 
 
-def export_zerons(ckpt: dict, config, perc_reference, rest_reference, path: Path) -> tuple[Path, bool]:
-    """Export the ZeroNS model of a training checkpoint with its polarity and lag calibrated on
+def export_zerons(state_dict: dict, step: int, config, perc_reference, rest_reference,
+                  path: Path) -> tuple[Path, bool]:
+    """Export a trained ZeroNS model (``state_dict`` after ``step`` steps) with its polarity and lag calibrated on
     precomputed reference features (:func:`zerons_reference_features`); float16 when float32 exceeds 16 MiB."""
-    from musicssl.beat.estimator import BeatEstimator, calibrate_lag, calibrate_polarity
-    from musicssl.beat.model import ZeroNS
-    from musicssl.beat.separation import get_separator
-    from musicssl.checkpoint import save_zerons_model
 
     model = ZeroNS(width=config.width, dropout=config.dropout)
-    model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    model.load_state_dict(state_dict)
     model.eval()
     est = BeatEstimator(model, separator=get_separator(config.separator))
     est.separate = lambda samples: (None, None)                           # the reference is precomputed
@@ -533,7 +535,7 @@ def export_zerons(ckpt: dict, config, perc_reference, rest_reference, path: Path
     polarity = {**est.polarity, "lag_frames": calibrate_lag(est)}
     half = sum(p.numel() for p in model.parameters()) * 4 > MAX_OUT_FILE - MIB
     save_zerons_model(path, model, get_separator(config.separator), half=half, polarity=polarity, provenance={
-        "trained_by": "musicssl.gpu_job", "steps": int(ckpt.get("global_step", 0)), "config": config.to_dict(),
+        "trained_by": "musicssl.gpu_job", "steps": step, "config": config.to_dict(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     return path, half
 

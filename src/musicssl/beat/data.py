@@ -16,36 +16,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from musicssl.beat.frontend import FPS, HOP_LENGTH, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
+from musicssl.beat.frontend import (
+    FPS,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    ZeroNSFrontEnd,
+    vqt_features,
+)
 from musicssl.beat.separation import Separator, get_separator, separator_description
 from musicssl.errors import ConfigError, MusicsslError
+from musicssl.io.atomic import atomic_write_text
+from musicssl.io.audio import audio_info, load_audio
+from musicssl.io.tracks import gather_tracks
 
 CACHE_VERSION = 1
 INDEX_NAME = "index.json"
 
 
 # --------------------------------------------------------------------------
-# track lists (the key pipeline's conventions: musicssl.key.data.gather_tracks)
+# track lists (the key pipeline's conventions: musicssl.key.dataset.gather_tracks)
 # --------------------------------------------------------------------------
 def list_tracks(sources: str | os.PathLike | Sequence[str | os.PathLike],
                 include: Sequence[str] | None = None) -> list[Path]:
-    """Folders, audio files and manifests -> sorted audio paths (``musicssl.key.data`` conventions).
+    """Folders, audio files and manifests -> sorted audio paths (``musicssl.key.dataset`` conventions).
 
     ``include``: keep only paths containing one of these substrings (e.g.
     Debian package names of a corpus with drums).
     """
-    from musicssl.key.data import gather_tracks
 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -129,7 +136,6 @@ def build_cache(tracks: Sequence[Path], cache_dir: str | os.PathLike,
     frontend = ZeroNSFrontEnd()
     entries: list[CacheEntry] = []
     start = time.monotonic()
-    from musicssl.frontend.audio import audio_info, load_audio
 
     for i, track in enumerate(tracks):
         try:
@@ -172,8 +178,6 @@ def build_cache(tracks: Sequence[Path], cache_dir: str | os.PathLike,
 
 
 def _write_index(path: Path, index: dict, settings: CacheSettings, separator: Separator) -> None:
-    from musicssl.outputs import atomic_write_text
-
     atomic_write_text(path, json.dumps({"settings": asdict(settings),
                                         "separator": separator_description(separator),
                                         "fps": FPS, "entries": index}, indent=1))

@@ -24,8 +24,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from musicssl.beat.data import load_cache_entries
 from musicssl.beat.frontend import FPS
 from musicssl.errors import ConfigError
+from musicssl.io.model_file import read_tensor_file, write_tensor_file
 
 BANK_FORMAT = "musicssl.zerons-bank"
 BANK_VERSION = 1
@@ -85,7 +87,6 @@ class ClipBank:
                    max_total_seconds: float | None = None) -> "ClipBank":
         """The tracks of a cache built by :func:`musicssl.beat.data.build_cache` (in index order),
         until ``max_total_seconds`` of features are taken."""
-        from musicssl.beat.data import load_cache_entries
 
         cache_dir = Path(cache_dir)
         index = json.loads((cache_dir / "index.json").read_text())
@@ -108,7 +109,6 @@ class ClipBank:
 
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-        from musicssl.checkpoint import write_tensor_file
 
         return write_tensor_file(path, {"feats": self.feats, "rms": self.rms, "starts": self.starts,
                                         "lengths": self.lengths}, BANK_FORMAT, BANK_VERSION,
@@ -116,8 +116,6 @@ class ClipBank:
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "ClipBank":
-        from musicssl.checkpoint import read_tensor_file
-
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl ZeroNS clip bank")
         return cls(t["feats"], t["rms"], t["starts"], t["lengths"], info["ids"], info["info"]).to(device)
 

@@ -24,12 +24,19 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from musicssl.beat.checkpoint import load_zerons_model, zerons_onnx_network
+from musicssl.beat.dbn import DBNBeatTracker
 from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations, standardize
 from musicssl.beat.onset import ONSET_DBN_PARAMS, onset_envelope
-from musicssl.beat.separation import Separator, get_separator, separator_from_description
-from musicssl.checkpoint import load_zerons_model
+from musicssl.beat.separation import (
+    Separator,
+    get_separator,
+    separator_from_description,
+)
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
+from musicssl.io.audio import load_audio, prepare_audio
+from musicssl.io.model_file import check_backend
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "models" / "zerons_default.safetensors"
 TRACKERS = ("dbn", "librosa")
@@ -48,8 +55,6 @@ def track_beats(activation: np.ndarray, fps: float = FPS, tracker: str = "dbn",
     """
     act = np.asarray(activation, dtype=np.float64).reshape(-1)
     if tracker == "dbn":
-        from musicssl.beat.dbn import DBNBeatTracker
-
         res = DBNBeatTracker(fps=fps, **params).decode(act)
         return np.asarray(res.beats, dtype=np.float64), res.tempo
     if tracker == "librosa":
@@ -198,8 +203,6 @@ class _Estimator:
         raise NotImplementedError
 
     def _prepare(self, samples: np.ndarray, sr: float) -> np.ndarray:
-        from musicssl.frontend.audio import prepare_audio
-
         return prepare_audio(samples, sr, SAMPLE_RATE, min_duration=MIN_SECONDS)
 
     def activation(self, samples: np.ndarray, sr: float) -> tuple[np.ndarray, float]:
@@ -221,7 +224,6 @@ class _Estimator:
 
     def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
         """Decode ``path`` (any format musicssl reads) and track its beats."""
-        from musicssl.frontend.audio import load_audio
 
         x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
         return self._estimate16k(x, keep_activation)
@@ -300,7 +302,6 @@ class BeatEstimator(_Estimator):
         """Load a ZeroNS checkpoint (``None``: the model shipped with musicssl) or an
         exported ``.onnx``; ``backend`` ``"torch"``/``"onnx"`` (onnxruntime; a torch
         checkpoint is exported once and cached), ``None``: as the file is."""
-        from musicssl.checkpoint import check_backend, zerons_onnx_network
 
         if path is None:
             if not DEFAULT_CHECKPOINT.is_file():

@@ -19,10 +19,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from musicssl.beat.frontend import FPS
+from musicssl.beat.checkpoint import save_zerons_model
+from musicssl.beat.estimator import BeatEstimator
+from musicssl.beat.frontend import FPS, SAMPLE_RATE
 from musicssl.beat.losses import beat_bce, widened_beat_targets
 from musicssl.beat.model import ZeroNS, combine_activations
 from musicssl.errors import AnnotationError, ConfigError
+from musicssl.evaluation.beat_annotations import (
+    load_beat_dataset,
+    read_beat_annotation,
+)
+from musicssl.io.audio import load_audio
 
 MAX_SONGS = 10
 
@@ -53,7 +60,6 @@ class SongExample:
 def read_labelled_songs(labels: str | os.PathLike) -> list[tuple[Path, np.ndarray]]:
     """(audio path, beat times ``(n,)`` s) pairs from a CSV manifest (audio + beats columns)
     or a folder of audio files with same-stem beat files beside them."""
-    from musicssl.evaluation.beat_annotations import load_beat_dataset, read_beat_annotation
 
     labels = Path(labels)
     if labels.is_dir() and (labels / "labels.csv").is_file():
@@ -71,8 +77,6 @@ def read_labelled_songs(labels: str | os.PathLike) -> list[tuple[Path, np.ndarra
 def prepare_songs(pairs: Sequence[tuple[Path | str, np.ndarray]], estimator, config: FinetuneConfig
                   ) -> list[SongExample]:
     """Separate + VQT each song once with ``estimator``'s separator and front end."""
-    from musicssl.beat.frontend import SAMPLE_RATE
-    from musicssl.frontend.audio import load_audio
 
     out = []
     for path, beats in pairs:
@@ -141,8 +145,6 @@ def finetune_from_labels(labels: str | os.PathLike, out: str | os.PathLike, init
                          config: FinetuneConfig | None = None, device: str = "cpu") -> Path:
     """Fine-tune the model ``init`` (None: shipped default) on annotated songs; writes
     ``out/zerons_finetuned.safetensors`` (or ``out`` itself when it ends in .safetensors)."""
-    from musicssl.beat.estimator import BeatEstimator
-    from musicssl.checkpoint import save_zerons_model
 
     config = config or FinetuneConfig()
     est = BeatEstimator.from_checkpoint(init, device=device)

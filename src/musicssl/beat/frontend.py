@@ -1,6 +1,6 @@
 """The Zero-Note Samba front end (SPEC §2.1): VQT at 16 kHz, C0, 96 bins, hop 256.
 
-Reuses :class:`musicssl.frontend.cqt.CQT` (gamma = 0, i.e. a CQT) and applies
+Reuses :class:`musicssl.dsp.cqt.CQT` (gamma = 0, i.e. a CQT) and applies
 ``log(|X| + 1e-9)``.  Output frame ``t`` is centred on sample ``256 t`` of the
 16 kHz input: 62.5 frames/s, ``T = N // 256 + 1`` frames.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from musicssl.frontend.cqt import CQT
+from musicssl.dsp.cqt import CQT
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 256

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from musicssl.errors import ConfigError
+from musicssl.key.calibration import calibrate_model
+from musicssl.key.checkpoint import load_key_model, save_key_model
+
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=(
@@ -25,12 +29,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args) -> int:
-    from musicssl.checkpoint import load_key_model, save_key_model
-    from musicssl.errors import ConfigError
-    from musicssl.key.estimator import calibrate_model
-
     if str(args.checkpoint).endswith(".ckpt"):
-        from musicssl.key.training import export_training_checkpoint
+        from musicssl.key.train import export_training_checkpoint
 
         if not args.output:
             raise ConfigError("a training .ckpt needs -o OUT.safetensors")

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from musicssl.errors import ConfigError
+from musicssl.io.records import is_ok
 
 
 def positive_int(text: str) -> int:
@@ -30,7 +31,7 @@ def add_transpositions_argument(parser) -> None:
 
 def add_prior_argument(parser) -> None:
     """``--prior PROFILE|none``: template prior of key networks (``KeyEstimator``)."""
-    from musicssl.key.estimator import NO_PRIOR
+    from musicssl.key.registry import NO_PRIOR
     from musicssl.key.templates import PROFILES
 
     parser.add_argument("--prior", choices=(NO_PRIOR, *PROFILES), default=None,
@@ -40,7 +41,7 @@ def add_prior_argument(parser) -> None:
 
 def tuning_setting(text: str):
     """argparse type of ``--tuning``: a mode (``compensate``, ``report``, ``off``) or cents."""
-    from musicssl.frontend.tuning import check_tuning
+    from musicssl.dsp.tuning import check_tuning
 
     try:
         return check_tuning(text)
@@ -70,7 +71,7 @@ def add_batch_arguments(parser, paths_help: str, format_help: str):
     """Add the options every batch subcommand has (``PATH...``, ``--format``,
     ``-o``, ``--skip-existing``, ``--no-progress``); returns the "output" group
     so the caller can add its own output options to it."""
-    from musicssl.outputs import FORMATS
+    from musicssl.io.records import FORMATS
 
     parser.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     out = parser.add_argument_group("output")
@@ -100,8 +101,7 @@ def batch_inputs(args, command: str) -> list[str] | None:
     against ``args.output`` / ``args.skip_existing``; ``None`` after printing a
     usage error (no files found, ``--skip-existing`` without ``-o``, output
     file among the inputs)."""
-    from musicssl.batch import expand_inputs
-    from musicssl.outputs import path_identity
+    from musicssl.io.files import expand_inputs, path_identity
 
     if args.skip_existing and args.output is None:
         usage_error(args, command, "--skip-existing needs an output file (-o FILE)")
@@ -126,9 +126,9 @@ def check_device(device: str) -> None:
 
 
 def files_to_do(files: list[str], output, args, command: str) -> list[str]:
-    """``files`` not yet recorded in ``output`` (a :class:`~musicssl.outputs.RecordOutput`
+    """``files`` not yet recorded in ``output`` (a :class:`~musicssl.io.records.RecordOutput`
     opened with ``resume``); says on stderr how many are skipped."""
-    from musicssl.outputs import path_identity
+    from musicssl.io.files import path_identity
 
     done = output.done()
     todo = [f for f in files if path_identity(f) not in done]
@@ -145,19 +145,14 @@ def show_progress(args, n_files: int) -> bool:
                 and (args.output is not None or not sys.stdout.isatty()))
 
 
-def write_batch(todo: list[str], prepare, finish, output, args, command: str, *,
-                jobs: int, batch_size: int) -> int:
-    """Run :func:`musicssl.batch.run_batch` over ``todo`` and write each record to
-    ``output``; returns the number of failed files (and says so on stderr). On
-    Ctrl-C says which file holds the finished records, then re-raises."""
-    from musicssl.batch import run_batch
-    from musicssl.outputs import is_ok
-
+def write_records(records, n_files: int, output, args, command: str) -> int:
+    """Write each record of ``records`` (an iterator over ``n_files`` files) to ``output``;
+    returns the number of failed files (and says so on stderr). On Ctrl-C says which file
+    holds the finished records, then re-raises."""
     failed = 0
     try:
         with output:
-            for record in run_batch(todo, prepare, finish, jobs=jobs, batch_size=batch_size,
-                                    progress=show_progress(args, len(todo)), description=command):
+            for record in records:
                 output.write(record)
                 failed += not is_ok(record)
     except KeyboardInterrupt:
@@ -166,7 +161,7 @@ def write_batch(todo: list[str], prepare, finish, output, args, command: str, *,
                   f"Rerun with --skip-existing to continue.", file=sys.stderr)
         raise
     if failed:
-        print(f"musicssl {command}: {failed} of {len(todo)} files failed", file=sys.stderr)
+        print(f"musicssl {command}: {failed} of {n_files} files failed", file=sys.stderr)
     return failed
 
 
@@ -188,13 +183,8 @@ def add_ray_arguments(parser) -> None:
                      help="with --ray: model replicas (Ray actors) running the network (default: 1)")
 
 
-def options_of(args) -> dict:
-    """The parsed options as a picklable dict (to rebuild the model on a Ray worker)."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "_parser")}
-
-
 def run_on_ray(files: list[str], prepare, make_finish, args, command: str) -> int:
-    """Run ``prepare``/``make_finish()`` over ``files`` on Ray, shards into the folder
+    """Run the library's ``prepare``/``make_finish()`` steps over ``files`` on Ray, shards into the folder
     ``args.output``; prints a summary on stderr and returns the exit status."""
     import os
 

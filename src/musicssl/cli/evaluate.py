@@ -13,7 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from musicssl.cli.common import add_prior_argument, add_transpositions_argument, add_tuning_argument
+from musicssl.cli.common import (
+    add_prior_argument,
+    add_transpositions_argument,
+    add_tuning_argument,
+)
+from musicssl.errors import ConfigError
+from musicssl.evaluation.datasets import load_dataset
+from musicssl.evaluation.key_report import write_figures, write_results
+from musicssl.key.evaluate import evaluate
+from musicssl.key.registry import load_estimator, model_names, split_spec
+from musicssl.key.templates import PROFILES
 
 DATASETS = ("csv", "dev-synth", "giantsteps", "gtzan", "fmakv2", "winterreise")
 
@@ -80,8 +90,6 @@ def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: in
                        prior: str | None = None) -> dict:
     """``{display name: estimator}`` for model specs; names are made unique.
     ``prior`` (a profile or ``"none"``) applies to the network specs; templates ignore it."""
-    from musicssl.key.estimator import load_estimator, model_names, split_spec
-    from musicssl.key.templates import PROFILES
 
     estimators: dict = {}
     for spec in specs:
@@ -103,10 +111,6 @@ def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: in
 
 
 def run(args: argparse.Namespace) -> int:
-    from musicssl.errors import ConfigError
-    from musicssl.evaluation.datasets import load_dataset
-    from musicssl.evaluation.report import evaluate, write_figures, write_results
-
     if args.limit is not None and args.limit < 0:
         raise ConfigError("--limit must be >= 0")
     if args.jobs < 1:

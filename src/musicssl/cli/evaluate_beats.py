@@ -31,30 +31,21 @@ Exit status: 0 every file scored, 1 some files failed (listed), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import re
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from musicssl.errors import ConfigError, MusicsslError
-from musicssl.evaluation.beat_annotations import BEAT_DATASETS, DEFAULT_EXTENSIONS, load_beat_dataset
-from musicssl.evaluation.beat_metrics import ALL_METRICS, CORE_METRICS, BeatScores, format_table
-
-BUILTIN_TRACKERS = ("onset", "zerons", "zerons-librosa", "librosa", "librosa-dbn")
-
-#: librosa tracker settings: analysis rate and hop (librosa's defaults).
-LIBROSA_SR, LIBROSA_HOP = 22050, 512
-#: librosa-dbn: the onset tracker with the DBN's SPEC defaults (no tempo prior, 1/16-beat window).
-SPEC_DBN_PARAMS = {"observation_lambda": 16.0, "prior_bpm": None}
-
-Tracker = Callable[[Path], np.ndarray]  # audio path -> beat times (n,) in seconds
-
+from musicssl.beat.evaluate import BeatEvaluation
+from musicssl.beat.trackers import BUILTIN_TRACKERS, make_trackers
+from musicssl.errors import ConfigError
+from musicssl.evaluation.beat_annotations import (
+    BEAT_DATASETS,
+    DEFAULT_EXTENSIONS,
+    load_beat_dataset,
+)
+from musicssl.evaluation.beat_metrics import ALL_METRICS, CORE_METRICS, format_table
 
 _EPILOG = """examples:
   musicssl evaluate-beats --dataset folder music/ --annotations beats/ --tracker zerons --tracker librosa --out results/
@@ -126,73 +117,6 @@ def _non_negative_int(text: str) -> int:
 
 # --- trackers ----------------------------------------------------------------------------
 
-def _librosa_beats(path: Path) -> np.ndarray:
-    import librosa
-
-    from musicssl.frontend.audio import load_audio
-
-    y = load_audio(path, sr=LIBROSA_SR)
-    _, beats = librosa.beat.beat_track(y=y, sr=LIBROSA_SR, hop_length=LIBROSA_HOP, units="time")
-    return np.asarray(beats, dtype=np.float64)
-
-
-def _load_estimator(checkpoint: str | None, device: str):
-    from musicssl.beat.estimator import BeatEstimator
-
-    return BeatEstimator.from_checkpoint(checkpoint, device=device)
-
-
-class _ZeroNSTrackers:
-    """ZeroNS estimators by checkpoint, remembering the last activation so that
-    ``zerons`` and ``zerons-librosa`` on the same file run the networks once."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.estimators: dict[str | None, object] = {}
-        self.last: tuple[str | None, Path, np.ndarray] | None = None
-
-    def activation(self, checkpoint: str | None, path: Path) -> np.ndarray:
-        if self.last is not None and self.last[:2] == (checkpoint, path):
-            return self.last[2]
-        if checkpoint not in self.estimators:
-            self.estimators[checkpoint] = _load_estimator(checkpoint, self.device)
-        result = self.estimators[checkpoint].estimate_file(path, keep_activation=True)
-        self.last = (checkpoint, path, result.activation)
-        return result.activation
-
-    def tracker(self, checkpoint: str | None, decoder: str) -> Tracker:
-        if checkpoint not in self.estimators:  # load now: a bad checkpoint is a usage error
-            self.estimators[checkpoint] = _load_estimator(checkpoint, self.device)
-        estimator = self.estimators[checkpoint]
-        return lambda path: np.asarray(
-            estimator.decode(self.activation(checkpoint, path), tracker=decoder)[0], dtype=np.float64)
-
-
-def make_tracker(name: str, device: str = "cpu", zerons: _ZeroNSTrackers | None = None,
-                 checkpoint: str | None = None) -> Tracker:
-    """The beat function of a tracker name (see module docstring) or checkpoint path;
-    ``checkpoint``: the model of ``zerons``/``zerons-librosa`` (None: the shipped one)."""
-    if name == "librosa":
-        return _librosa_beats
-    if name in ("onset", "librosa-dbn"):
-        from musicssl.beat.estimator import OnsetBeatEstimator
-
-        onset = OnsetBeatEstimator(tracker_params=SPEC_DBN_PARAMS if name == "librosa-dbn" else None)
-        return lambda path: np.asarray(onset.estimate_file(path, keep_activation=False).beats)
-    zerons = zerons or _ZeroNSTrackers(device)
-    if name == "zerons":
-        return zerons.tracker(checkpoint, "dbn")
-    if name == "zerons-librosa":
-        return zerons.tracker(checkpoint, "librosa")
-    if Path(name).expanduser().is_file():
-        return zerons.tracker(str(Path(name).expanduser()), "dbn")
-    raise ConfigError(f"unknown tracker {name!r}: not one of {', '.join(BUILTIN_TRACKERS)} "
-                      "and not an existing checkpoint file")
-
-
-def _tracker_label(name: str) -> str:
-    return name if name in BUILTIN_TRACKERS else Path(name).stem
-
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "_"
@@ -201,8 +125,6 @@ def _safe_name(text: str) -> str:
 # --- run -------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    from musicssl.outputs import atomic_write_text
-
     trackers = getattr(args, "tracker", None) or ["onset"]
     annotations = getattr(args, "annotations", None)
     if len(set(trackers)) != len(trackers):
@@ -216,79 +138,31 @@ def run(args: argparse.Namespace) -> int:
     print(dataset.describe(), file=sys.stderr)
     if len(dataset) == 0:
         raise ConfigError(f"no annotated audio files found in {args.path}")
-    labels = [_tracker_label(t) for t in trackers]
-    zerons = _ZeroNSTrackers(args.device)
     checkpoint = getattr(args, "checkpoint", None)
     if checkpoint is not None:
         checkpoint = str(Path(checkpoint).expanduser())
-    functions = {label: make_tracker(t, args.device, zerons, checkpoint)
-                 for label, t in zip(labels, trackers)}
+    evaluation = BeatEvaluation(dataset, make_trackers(trackers, args.device, checkpoint), trim=args.trim)
 
-    out = Path(args.out).expanduser() if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    results = {label: BeatScores() for label in labels}
-    seconds = {label: 0.0 for label in labels}
-    failures: list[tuple[str, str, str]] = []
-    rows: list[dict] = []
-    for n, item in enumerate(dataset, 1):
-        try:
-            reference = item.reference().times
-        except MusicsslError as exc:
-            failures.append((item.id, "annotation", str(exc)))
-            continue
-        for label, track in functions.items():
-            start = time.perf_counter()
-            try:
-                estimated = track(item.audio_path)
-            except MusicsslError as exc:
-                failures.append((item.id, label, str(exc)))
-                continue
-            seconds[label] += time.perf_counter() - start
-            scores = results[label].add(item.id, reference, estimated, trim=args.trim)
-            if scores is None:
-                failures.append((item.id, label, results[label].errors[item.id]))
-                continue
-            rows.append({"id": item.id, "tracker": label, "n_reference": len(reference),
-                         "n_estimated": len(estimated), **scores})
-            if args.per_file:
-                core = "  ".join(f"{m} {scores[m]:.3f}" for m in CORE_METRICS)
-                print(f"{item.id}\t{label}\t{core}")
-            if out:
-                folder = out / _safe_name(label)
-                folder.mkdir(exist_ok=True)
-                atomic_write_text(folder / f"{_safe_name(item.id)}.beats",
-                                  "".join(f"{t:.4f}\n" for t in estimated))
+    for n, rows in evaluation.run():
+        if args.per_file:
+            for row in rows:
+                core = "  ".join(f"{m} {row[m]:.3f}" for m in CORE_METRICS)
+                print(f"{row['id']}\t{row['tracker']}\t{core}")
         if sys.stderr.isatty():
             print(f"\r{n}/{len(dataset)}", end="", file=sys.stderr, flush=True)
     if sys.stderr.isatty():
         print(file=sys.stderr)
 
     metrics = CORE_METRICS if args.metrics == "core" else ALL_METRICS
-    summary = {label: res.mean for label, res in results.items()}
-    print(format_table(summary, metrics, label="tracker"))
-    for label, res in results.items():
-        n_files = len(res.per_file)
-        rate = seconds[label] / n_files if n_files else float("nan")
-        print(f"{label}: {n_files} files scored, {rate:.2f} s per file", file=sys.stderr)
-    for item_id, where, message in failures:
+    print(format_table(evaluation.summary, metrics, label="tracker"))
+    for label, res in evaluation.results.items():
+        rate = evaluation.seconds_per_file(label)
+        print(f"{label}: {len(res.per_file)} files scored, "
+              f"{float('nan') if rate is None else rate:.2f} s per file", file=sys.stderr)
+    for item_id, where, message in evaluation.failures:
         print(f"failed: {item_id} ({where}): {message}", file=sys.stderr)
-
-    if out:
-        buffer = io.StringIO()
-        columns = ["id", "tracker", "n_reference", "n_estimated", *ALL_METRICS]
-        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out / "scores.csv", buffer.getvalue())
-        atomic_write_text(out / "summary.json", json.dumps({
-            "dataset": {"kind": args.dataset, "path": str(args.path), "files": len(dataset)},
-            "trim_s": args.trim,
-            "trackers": {label: {"files": len(results[label].per_file), "mean": summary[label],
-                                 "seconds_per_file": (seconds[label] / len(results[label].per_file)
-                                                      if results[label].per_file else None)}
-                         for label in labels},
-            "failures": [{"id": i, "tracker": w, "message": m} for i, w, m in failures],
-        }, indent=2) + "\n")
-        print(f"wrote {out / 'scores.csv'} and {out / 'summary.json'}", file=sys.stderr)
-    return 1 if failures else 0
+    if args.out:
+        written = evaluation.write(Path(args.out).expanduser(), {
+            "kind": args.dataset, "path": str(args.path), "files": len(dataset)})
+        print(f"wrote {written[0]} and {written[1]}", file=sys.stderr)
+    return 1 if evaluation.failures else 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from musicssl.cli.common import usage_error
+
 
 def add_parser(subparsers, name: str = "export-onnx",
                help_text: str = "export a key or ZeroNS beat network to ONNX"):
@@ -31,7 +33,6 @@ def add_parser(subparsers, name: str = "export-onnx",
 
 
 def run(args) -> int:
-    from musicssl.cli.common import usage_error
     from musicssl.export import export_onnx
 
     if not str(args.output).lower().endswith(".onnx"):

@@ -28,14 +28,35 @@ import functools
 import sys
 import warnings
 
-from musicssl.cli.common import (add_backend_argument, add_batch_arguments, add_prior_argument, add_ray_arguments,
-                                 add_tuning_argument, options_of, run_on_ray, add_transpositions_argument, batch_inputs,
-                                 check_device, files_to_do, positive_int, usage_error, write_batch)
-from musicssl.key.estimator import model_names
-from musicssl.keys import KEY_LABELS, NOTATIONS
-from musicssl.outputs import RecordFormat, RecordOutput, format_from_path, key_record
-from musicssl.tags import ID3_VERSIONS
-
+from musicssl.cli.common import (
+    add_backend_argument,
+    add_batch_arguments,
+    add_prior_argument,
+    add_ray_arguments,
+    add_transpositions_argument,
+    add_tuning_argument,
+    batch_inputs,
+    check_device,
+    files_to_do,
+    positive_int,
+    run_on_ray,
+    show_progress,
+    usage_error,
+    write_records,
+)
+from musicssl.io.records import RecordOutput, format_from_path
+from musicssl.io.tags import ID3_VERSIONS
+from musicssl.key.analysis import (
+    EstimatorSpec,
+    KeyOptions,
+    TagOptions,
+    analyse_files,
+    feature_step,
+    record_step_on_worker,
+)
+from musicssl.key.records import key_format
+from musicssl.key.registry import model_names
+from musicssl.keys import NOTATIONS
 
 EPILOG = """examples:
   musicssl key song.mp3
@@ -128,118 +149,30 @@ def _positive_float(text: str) -> float:
 
 # --- records ------------------------------------------------------------------------
 
-def key_csv_columns(probabilities: bool, local: bool, tags: bool) -> list[str]:
-    """Header of the key CSV for the chosen options."""
-    columns = ["path", "key", "confidence", "duration", "tuning_cents", "no_key_reason"]
-    if probabilities:
-        columns += list(KEY_LABELS)
-    if local:
-        columns.append("segments")
-    if tags:
-        columns += ["tag_field", "tag_value", "tag_written", "tag_error", "tag_skipped"]
-    return columns + ["error", "message"]
-
-
-def key_csv_row(record: dict) -> dict:
-    """Flat CSV row of a key record: one column per probability label,
-    segments as ``start-end key; ...``."""
-    row = {name: record[name] for name in ("path", "key", "confidence", "duration", "tuning_cents",
-                                           "no_key_reason", "error", "message") if name in record}
-    if record.get("no_key"):
-        row["key"] = "no key"
-    row.update(record.get("probabilities", {}))
-    if "segments" in record:
-        row["segments"] = "; ".join(f"{s['start']:g}-{s['end']:g} {s['key']}" for s in record["segments"])
-    tag = record.get("tag")
-    if isinstance(tag, dict):
-        for name in ("field", "value", "written", "error", "skipped"):
-            if name in tag:
-                row[f"tag_{name}"] = tag[name]
-    return row
-
-
-def key_text_block(record: dict, probabilities: bool = False) -> str:
-    """``path<TAB>key<TAB>confidence`` plus indented probability / segment / tag lines."""
-    if record.get("error"):
-        return f"{record['path']}\tERROR\t{record['error']}: {record.get('message', '')}"
-    if record.get("no_key"):
-        lines = [f"{record['path']}\tno key\t{record['confidence']:.3f}\t({record.get('no_key_reason', '')})"]
-    else:
-        lines = [f"{record['path']}\t{record['key']}\t{record['confidence']:.3f}"]
-    probs = record.get("probabilities")
-    if probabilities and probs:
-        labels = list(probs)
-        half = len(labels) // 2
-        for major, minor in zip(labels[:half], labels[half:]):
-            lines.append(f"    {major:<9} {probs[major]:.3f} {_bar(probs[major])}"
-                         f"   {minor:<9} {probs[minor]:.3f} {_bar(probs[minor])}".rstrip())
-    for segment in record.get("segments", []):
-        lines.append(f"    {segment['start']:7.1f} - {segment['end']:7.1f} s  {segment['key']}")
-    tag = record.get("tag")
-    if isinstance(tag, dict):
-        if tag.get("error") or tag.get("skipped"):
-            lines.append(f"    tag not written: {tag.get('error') or tag['skipped']}")
-        else:
-            state = "written" if tag.get("written") else "dry run, not written"
-            lines.append(f"    tag {tag['field']} = {tag['value']!r} ({state}; was {tag.get('previous')!r})")
-    return "\n".join(lines)
-
-
-def _bar(p: float, width: int = 12) -> str:
-    """Probability as a bar of up to ``width`` characters, padded to ``width``."""
-    return ("#" * int(round(p * width))).ljust(width)
-
 
 # --- running -------------------------------------------------------------------------
 
-def load_key_estimator(args):
-    """The estimator chosen by ``--model``/``--checkpoint`` on ``--device``."""
-    from musicssl.key.estimator import load_estimator
+def estimator_spec(args) -> EstimatorSpec:
+    """The estimator chosen by ``--model``/``--checkpoint``, ``--device`` and the model options."""
+    return EstimatorSpec(args.checkpoint if args.checkpoint is not None else args.model, args.device,
+                         args.transpositions, args.prior, args.backend, detect_no_key=args.no_key == "auto")
 
+
+def key_options(args) -> KeyOptions:
+    """What each record holds, from the output and tag options."""
+    tags = (TagOptions(args.tag_notation, args.dry_run, args.id3_version) if args.write_tags else None)
+    return KeyOptions(args.notation, args.local, args.window, args.hop, args.tuning, tags)
+
+
+def load_key_estimator(args):
+    """The estimator of :func:`estimator_spec`; its warnings become notes on stderr."""
     check_device(args.device)
-    spec = args.checkpoint if args.checkpoint is not None else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        estimator = load_estimator(spec, args.device, args.transpositions, args.prior, backend=args.backend)
+        estimator = estimator_spec(args).load()
     for warning in caught:
         print(f"musicssl key: note: {warning.message}", file=sys.stderr)
-    estimator.detect_no_key = args.no_key == "auto"
     return estimator
-
-
-def prepare_function(estimator, args, device: str):
-    """The model-free, picklable ``path -> KeyFeatures`` step for ``estimator`` and the options."""
-    from musicssl.key.estimator import compute_features
-
-    return functools.partial(compute_features, frontend_config=estimator.frontend_config, device=device,
-                             tuning=args.tuning, **getattr(estimator, "feature_options", {}))
-
-
-def make_finish(estimator, args):
-    """``finish`` for :func:`musicssl.batch.run_batch`: a batch of features → records."""
-    def finish(items):
-        results = estimator.estimate_features([payload for _, payload in items], local=args.local,
-                                              window_s=args.window, hop_s=args.hop)
-        records = []
-        for (path, _), result in zip(items, results):
-            record = key_record(path, result, args.notation, local=args.local)
-            if args.write_tags:
-                record["tag"] = ({"written": False, "skipped": "no key"} if result.no_key
-                                 else _tag(path, result.key, args))
-            records.append(record)
-        return records
-    return finish
-
-
-def _tag(path: str, key, args) -> dict:
-    from musicssl.tags import TagError, write_key_tag
-
-    try:
-        return write_key_tag(path, key, args.tag_notation, dry_run=args.dry_run,
-                             id3_version=args.id3_version).to_dict()
-    except TagError as exc:
-        message = str(exc)
-        return {"error": message[len(path) + 2:] if message.startswith(f"{path}: ") else message}
 
 
 def run(args) -> int:
@@ -256,20 +189,14 @@ def run(args) -> int:
     if args.ray is not None:
         return _run_on_ray(files, args)
 
-    fmt = RecordFormat(
-        fmt_name,
-        text_line=functools.partial(key_text_block, probabilities=args.probabilities),
-        csv_row=key_csv_row if args.probabilities else _without_probabilities(key_csv_row),
-        csv_columns=key_csv_columns(args.probabilities, args.local, args.write_tags))
+    fmt = key_format(fmt_name, probabilities=args.probabilities, local=args.local, tags=args.write_tags)
     output = RecordOutput(args.output, fmt, resume=args.skip_existing)  # validates; writes nothing yet
     estimator = load_key_estimator(args)
     todo = files_to_do(files, output, args, "key")
-
-    # workers compute spectrograms on the CPU; in this process the front end may use the GPU
-    prepare = prepare_function(estimator, args, "cpu" if args.jobs > 1 else args.device)
+    records = analyse_files(estimator, todo, key_options(args), jobs=args.jobs, batch_size=args.batch_size,
+                            device=args.device, progress=show_progress(args, len(todo)))
     try:
-        failed = write_batch(todo, prepare, make_finish(estimator, args), output, args, "key",
-                             jobs=args.jobs, batch_size=args.batch_size)
+        failed = write_records(records, len(todo), output, args, "key")
     except BrokenPipeError:  # e.g. `musicssl key music/ | head`: the reader has gone
         _silence_stdout()
         return 1
@@ -282,14 +209,9 @@ def _run_on_ray(files: list[str], args) -> int:
     if args.write_tags:
         return usage_error(args, "key", "--write-tags is not available with --ray")
     estimator = load_key_estimator(args)      # here too: bad options fail before the cluster starts
-    return run_on_ray(files, prepare_function(estimator, args, "cpu"),
-                      functools.partial(_ray_finish, options_of(args)), args, "key")
-
-
-def _ray_finish(options: dict):
-    """``finish`` built on a Ray worker from the parsed options."""
-    args = argparse.Namespace(**options)
-    return make_finish(load_key_estimator(args), args)
+    options = key_options(args)
+    return run_on_ray(files, feature_step(estimator, options, "cpu"),
+                      functools.partial(record_step_on_worker, estimator_spec(args), options), args, "key")
 
 
 def _silence_stdout() -> None:
@@ -301,9 +223,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
-
-
-def _without_probabilities(row_function):
-    def row(record: dict) -> dict:
-        return row_function({k: v for k, v in record.items() if k != "probabilities"})
-    return row

@@ -15,6 +15,7 @@ import sys
 
 from musicssl.cli.common import check_device, positive_int
 from musicssl.errors import ConfigError
+from musicssl.key.registry import model_names
 
 EPILOG = """examples:
   musicssl serve                        # then open http://127.0.0.1:8000/
@@ -27,7 +28,6 @@ needs the optional extra: pip install 'musicssl[serve]'"""
 
 def add_parser(subparsers, name: str = "serve", help_text: str = "serve a local web page and HTTP API for key and beats"):
     """Register ``musicssl serve`` on ``subparsers``."""
-    from musicssl.key.estimator import model_names
     from musicssl.serve.analysis import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_UPLOAD_MB
 
     p = subparsers.add_parser(

@@ -21,6 +21,7 @@ import sys
 import typing
 
 from musicssl.errors import ConfigError
+from musicssl.key.config import TrainConfig
 
 # One sentence per setting, with its unit; the default is appended from TrainConfig
 # (or _DEFAULT_TEXT where the value alone says too little).
@@ -164,7 +165,6 @@ def _bool(text: str) -> bool:
 
 def add_parser(subparsers, name: str = "train", help_text: str = "train a key model from audio"):
     """Register ``musicssl train`` on ``subparsers``."""
-    from musicssl.key.training import TrainConfig
 
     p = subparsers.add_parser(name, help=help_text, description=_DESCRIPTION, epilog=_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,7 +198,6 @@ def add_parser(subparsers, name: str = "train", help_text: str = "train a key mo
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` of a parsed command line (file, then flags)."""
-    from musicssl.key.training import TrainConfig
 
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -214,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not config.data:
         raise ConfigError("no training data: give --data or a config with 'data'")
-    from musicssl.key.training import prepare_data, train
+    from musicssl.key.train import prepare_data, train
 
     if args.prepare_only:
         data = prepare_data(config, log=lambda msg: print(msg, file=sys.stderr))

@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from musicssl.beat.config import PretrainConfig
+from musicssl.beat.data import CacheSettings, build_cache, list_tracks
+from musicssl.beat.finetune import FinetuneConfig, finetune_from_labels
+from musicssl.beat.separation import get_separator
 from musicssl.errors import ConfigError
 
 
@@ -77,8 +81,6 @@ _OVERRIDES = tuple(flag.replace("-", "_") for flag in _SETTINGS)
 def _default(field_name: str) -> str:
     from dataclasses import MISSING, fields
 
-    from musicssl.beat.training import PretrainConfig
-
     f = {f.name: f for f in fields(PretrainConfig)}[field_name]
     value = f.default if f.default is not MISSING else f.default_factory()
     if value is None:
@@ -134,8 +136,6 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def _config_from_args(args) -> "PretrainConfig":
-    from musicssl.beat.training import PretrainConfig
-
     values = _load_yaml(args.config)
     for key in _OVERRIDES:
         v = getattr(args, key, None)
@@ -152,7 +152,7 @@ def _config_from_args(args) -> "PretrainConfig":
 
 def run(args) -> int:
     if args.export:
-        from musicssl.beat.training import export_lightning_checkpoint
+        from musicssl.beat.train import export_lightning_checkpoint
 
         out = Path(args.out)
         out = out if out.suffix == ".safetensors" else out / "zerons.safetensors"
@@ -162,9 +162,7 @@ def run(args) -> int:
         return _run_finetune(args)
     if not args.data and not args.cache:
         raise ConfigError("give --data (audio to train on) or --cache (an existing feature cache)")
-    from musicssl.beat.data import CacheSettings, build_cache, list_tracks
-    from musicssl.beat.separation import get_separator
-    from musicssl.beat.training import pretrain
+    from musicssl.beat.train import pretrain
 
     config = _config_from_args(args)
     out = Path(args.out)
@@ -191,8 +189,6 @@ def run(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    from musicssl.beat.finetune import FinetuneConfig, finetune_from_labels
-
     cfg = FinetuneConfig(epochs=args.epochs)
     if args.lr is not None:
         cfg.lr = args.lr

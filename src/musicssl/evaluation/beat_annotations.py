@@ -37,7 +37,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from musicssl.errors import AnnotationError
-from musicssl.evaluation.annotation_files import existing_path, first_column, read_annotation_text
+from musicssl.evaluation.annotation_files import (
+    existing_path,
+    first_column,
+    read_annotation_text,
+)
 
 __all__ = [
     "BeatAnnotation",

@@ -50,7 +50,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from musicssl.errors import AnnotationError, KeyLabelError
-from musicssl.evaluation.annotation_files import existing_path, first_column, read_annotation_text
+from musicssl.evaluation.annotation_files import (
+    existing_path,
+    first_column,
+    read_annotation_text,
+)
 from musicssl.keys import Key, parse_key
 
 #: Texts that mark an unknown key (compared case-insensitively, stripped).

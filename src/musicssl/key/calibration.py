@@ -18,12 +18,20 @@ row_modes[row])``. One-row (STONE) models predict a key signature only:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
+from musicssl.dsp.cqt import crop_bins, log_compress
 from musicssl.errors import CalibrationError
+from musicssl.io.atomic import atomic_write_text
+from musicssl.io.model_file import cache_dir
+from musicssl.key.features import magnitude_cqt
 from musicssl.keys import Key
 
 # --- reference signals ----------------------------------------------------------
@@ -182,3 +190,39 @@ def calibrate(native_outputs: Callable[[np.ndarray, int], np.ndarray], sr: int =
     calibration = fit_calibration(native, keys)
     calibration["reference_accuracy"] = calibration_accuracy(native, keys, calibration)
     return calibration
+
+
+def calibration_cache_dir() -> Path:
+    return cache_dir("calibration")
+
+
+def cached_calibration(path: Path, loaded, device: str) -> dict:
+    """Calibrate an uncalibrated checkpoint once; the result is cached by file hash."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    cache = calibration_cache_dir() / f"{digest}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    calibration = calibrate_model(loaded.model, loaded.frontend_config, device)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(calibration))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return calibration
+
+
+def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:
+    """Calibrate ``model`` (SPEC §1.6) with the package's reference signals."""
+    from musicssl.key.calibration import calibrate
+
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def native(batch: np.ndarray, sr: int) -> np.ndarray:
+        mags = np.stack([magnitude_cqt(x, frontend_config, device=device) for x in batch])
+        logcqt = log_compress(torch.as_tensor(mags)[:, None].to(device), frontend_config.top_db)
+        return model(crop_bins(logcqt, 0, frontend_config.crop_bins)).float().cpu().numpy()
+
+    return calibrate(native, frontend_config.sr)

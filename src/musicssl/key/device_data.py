@@ -1,20 +1,20 @@
 """Device-resident training data for the key objectives: whole batches drawn by tensor operations.
 
-The DataLoader path (:class:`musicssl.key.data.PairDataset`) assembles every
+The DataLoader path (:class:`musicssl.key.dataset.PairDataset`) assembles every
 item in Python; here the whole feature cache lives in one float16 tensor on
 the training device (:class:`KeyBank`, ``(F, N)`` decibels, tracks side by
 side) and :class:`DeviceBatchLoader` draws a whole batch at once:
 
 * which tracks: the same seeded per-epoch permutation as the DataLoader path
-  (:class:`musicssl.key.data.EpochSampler`, sharded by rank, ``resume_at``);
+  (:class:`musicssl.key.dataset.EpochSampler`, sharded by rank, ``resume_at``);
 * segment starts, transposition ``(o, o', k)``, equaliser curves: the
-  distributions of :func:`~musicssl.key.data.choose_segments`,
-  :func:`~musicssl.key.data.draw_transposition` and
-  :func:`~musicssl.key.data.random_eq_db`, drawn as ``(B,)`` tensors from a
+  distributions of :func:`~musicssl.key.dataset.choose_segments`,
+  :func:`~musicssl.key.dataset.draw_transposition` and
+  :func:`~musicssl.key.dataset.random_eq_db`, drawn as ``(B,)`` tensors from a
   CPU generator seeded by ``(seed, epoch, batch position, rank)`` (the same
   numbers on CPU and GPU; exact resume);
 * gather of the two segments, EQ, per-segment log compression, the three
-  crops and the pitch-class profile (:func:`~musicssl.key.data.make_views`),
+  crops and the pitch-class profile (:func:`~musicssl.key.dataset.make_views`),
   and the labels in the crop frame: tensor operations on the device.
 
 Batches have the keys and shapes of the DataLoader path's (``views``,
@@ -34,10 +34,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from musicssl.dsp.cqt import compress_db
 from musicssl.errors import ConfigError
-from musicssl.frontend.cqt import compress_db
-from musicssl.key.data import (
-    MAX_CROP_OFFSET, EpochSampler, SegmentConfig, make_views, segment_frames, segment_policy_counts,
+from musicssl.io.model_file import read_tensor_file, write_tensor_file
+from musicssl.key.dataset import (
+    MAX_CROP_OFFSET,
+    EpochSampler,
+    SegmentConfig,
+    make_views,
+    segment_frames,
+    segment_policy_counts,
 )
 from musicssl.keys import cqt_bin_pitch_class, parse_key
 
@@ -131,7 +137,7 @@ class KeyBank:
     @classmethod
     def from_cache(cls, cache, tracks: Sequence, split: str | Sequence[str] = "train",
                    max_seconds: float | None = None) -> "KeyBank":
-        """The cached tracks of a :class:`musicssl.key.data.FeatureCache` (uncached ones are left out)."""
+        """The cached tracks of a :class:`musicssl.key.dataset.FeatureCache` (uncached ones are left out)."""
         splits = [split] * len(tracks) if isinstance(split, str) else list(split)
         kept = [(t, s) for t, s in zip(tracks, splits) if t.path in cache]   # a split stays with its track
         tracks, splits = [t for t, _ in kept], [s for _, s in kept]
@@ -141,7 +147,6 @@ class KeyBank:
     # -- files
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-        from musicssl.checkpoint import write_tensor_file
 
         return write_tensor_file(path, {"db": self.db, "starts": self.starts, "lengths": self.lengths,
                                         "tonic": self.tonic, "is_major": self.is_major}, BANK_FORMAT, BANK_VERSION,
@@ -149,8 +154,6 @@ class KeyBank:
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "KeyBank":
-        from musicssl.checkpoint import read_tensor_file
-
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl key bank")
         return cls(t["db"], t["starts"], t["lengths"], t["tonic"], t["is_major"], info["ids"], info["split"],
                    info["frontend"]).to(device)
@@ -165,7 +168,7 @@ def batch_generator(seed: int, *position: int) -> torch.Generator:
 def draw_segments(n_frames: torch.Tensor, seg: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Start frames ``(a, b)`` ``(B,)`` of two ``seg``-frame segments in tracks of ``n_frames (B,)``.
 
-    :func:`musicssl.key.data.choose_segments` as tensors: two disjoint,
+    :func:`musicssl.key.dataset.choose_segments` as tensors: two disjoint,
     uniformly placed segments in random order when ``n ≥ 2·seg``; else the
     two ends of the track in random order (``n ≥ seg`` is required).
     """
@@ -191,7 +194,7 @@ def draw_transpositions(b: int, gen: torch.Generator) -> tuple[torch.Tensor, tor
 
 def draw_eq_db(shape: tuple[int, ...], n_bins: int, max_db: float, gen: torch.Generator,
                bins_per_octave: int = 12) -> torch.Tensor:
-    """Random equaliser curves ``(*shape, n_bins)`` float32 dB: :func:`musicssl.key.data.random_eq_db` batched
+    """Random equaliser curves ``(*shape, n_bins)`` float32 dB: :func:`musicssl.key.dataset.random_eq_db` batched
     (a tilt of up to ``±max_db/2`` plus two bell bands of gain ``±max_db``, width ½–2 octaves, clipped)."""
     if max_db <= 0:
         return torch.zeros(*shape, n_bins)
@@ -212,8 +215,8 @@ def assemble_batch(bank: KeyBank, tracks: torch.Tensor, a: torch.Tensor, b: torc
     """A training batch on ``bank``'s device from drawn parameters (all ``(B,)`` int64; ``eq (B, 2, F)`` dB).
 
     Segments A and B are gathered from the bank, equalised, log-compressed
-    each on its own (:func:`musicssl.frontend.cqt.compress_db`) and cropped
-    by :func:`musicssl.key.data.make_views`.
+    each on its own (:func:`musicssl.dsp.cqt.compress_db`) and cropped
+    by :func:`musicssl.key.dataset.make_views`.
     """
     dev = bank.device
     tracks, a, b, o, o2 = (x.to(dev) for x in (tracks, a, b, o, o2))
@@ -238,7 +241,7 @@ class DeviceBatchLoader:
 
     One pass (epoch) yields ``len(self)`` batches of ``batch_size`` distinct
     tracks (``drop_last``), in the order of ``self.sampler``
-    (:class:`~musicssl.key.data.EpochSampler`: ``set_epoch`` and
+    (:class:`~musicssl.key.dataset.EpochSampler`: ``set_epoch`` and
     ``resume_at`` work as for the DataLoader path). Batch ``j`` of epoch ``e``
     takes its randomness from ``(seed, e, j, rank)`` only; ``fixed_epoch``
     (validation) always draws epoch ``fixed_epoch``'s batches.

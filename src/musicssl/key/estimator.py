@@ -15,70 +15,48 @@ Probabilities are always in the canonical 24-key order of
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import warnings
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
-from musicssl.key import tonality
-from musicssl.keys import KEY_LABELS, Key, format_key
+from musicssl.dsp.cqt import (
+    FrontEndConfig,
+    amplitude_to_db,
+    compress_db,
+    crop_bins,
+    log_compress,
+)
+from musicssl.errors import CheckpointError, ConfigError, MusicsslError
+from musicssl.io.model_file import check_backend
+from musicssl.key.calibration import (
+    cached_calibration,
+    to_canonical,
+    validate_calibration,
+)
+from musicssl.key.checkpoint import default_model_path, key_onnx_network, load_key_model
+from musicssl.key.features import KeyFeatures, compute_features, loop_to_min_frames
+from musicssl.key.results import (
+    KeyResult,
+    LocalKey,
+    local_keys_of,
+    result_from_probabilities,
+)
+from musicssl.key.templates import (
+    CHROMA_SCALES,
+    CHROMA_SOURCES,
+    DEFAULT_TEMPERATURE,
+    chroma_from_cqt,
+    correlation_scores,
+    key_templates,
+    scores_to_probabilities,
+)
+from musicssl.keys import pitch_class_of_frequency
 
-#: Name of the shipped model that ``"default"`` means, when the package has it.
-DEFAULT_MODEL = "skey-debian"
-#: Template prior that ``"default"`` multiplies the shipped model's probabilities by
-#: (see :func:`combine_with_prior`; README, "Key: accuracy", for the figures with and without it).
-DEFAULT_PRIOR = "kostka-payne"
-#: Temperatures (:func:`apply_temperature`) of shipped model × prior pairs, fitted by
-#: minimum NLL on dev-synth (``benchmarks/key_calibration.py --fit-on dev-synth``): the
-#: product of two experts is over-confident (ECE 11 % on dev-synth at T = 1, 3.7 % at 1.83;
-#: on render24, not used in the fit, 23.7 % and 18.3 %).
-FITTED_TEMPERATURES: dict[tuple[str, str | None], float] = {("skey-debian", "kostka-payne"): 1.83}
-#: ``prior`` value that turns a spec's prior off (``"default"`` then means the network alone).
-NO_PRIOR = "none"
 #: Crop offsets whose outputs a :class:`KeyEstimator` averages by default (one per
 #: pitch class; 1 = the SPEC's single crop at offset 0).
 DEFAULT_TRANSPOSITIONS = 12
-
-
-def shipped_key_models() -> dict[str, Path]:
-    """Key models shipped inside the package: ``{name: path}``, e.g.
-    ``{"skey-debian": .../data/models/skey_debian.safetensors}``."""
-    folder = Path(str(resources.files("musicssl") / "data" / "models"))
-    return {p.stem.replace("_", "-"): p for p in sorted(folder.glob("*.safetensors"))
-            if p.stem.startswith(("skey", "stone"))}
-
-
-def default_model_path() -> Path | None:
-    """Path of the shipped default key model, or None if this build has none."""
-    return shipped_key_models().get(DEFAULT_MODEL)
-
-
-def model_names() -> tuple[str, ...]:
-    """Every name :func:`load_estimator` accepts besides a checkpoint path
-    (``CHECKPOINT+PROFILE`` works for paths too)."""
-    from musicssl.key.templates import PROFILES
-
-    shipped = tuple(shipped_key_models())
-    return ("default", *shipped, *PROFILES, *(f"{m}+{p}" for m in shipped for p in PROFILES))
-
-
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """``"MODEL+PROFILE"`` → ``("MODEL", "PROFILE")``; a spec without a known
-    profile after its last ``+`` (or an existing file) → ``(spec, None)``."""
-    from musicssl.key.templates import PROFILES
-
-    model, plus, profile = spec.rpartition("+")
-    if plus and model and profile in PROFILES and not Path(spec).is_file():
-        return model, profile
-    return spec, None
 
 
 def combine_with_prior(probabilities: np.ndarray, prior: np.ndarray, weight: float = 1.0) -> np.ndarray:
@@ -113,300 +91,8 @@ def _normalise_log(z: np.ndarray) -> np.ndarray:
 
 # --- results ---------------------------------------------------------------------
 
-@dataclass
-class LocalKey:
-    """Key of one analysis window: ``start_s``/``end_s`` in seconds."""
-
-    start_s: float
-    end_s: float
-    key: Key
-    confidence: float
-    probabilities: np.ndarray  # (24,) canonical order
-
-    def to_dict(self, notation: str = "standard", probabilities: bool = False) -> dict:
-        out = {"start": round(self.start_s, 3), "end": round(self.end_s, 3),
-               "key": format_key(self.key, notation), "confidence": round(float(self.confidence), 6)}
-        if probabilities:
-            out["probabilities"] = probabilities_dict(self.probabilities)
-        return out
-
-
-@dataclass
-class KeySegment:
-    """A stretch of time over which the local key does not change."""
-
-    start_s: float
-    end_s: float
-    key: Key
-
-    def to_dict(self, notation: str = "standard") -> dict:
-        return {"start": round(self.start_s, 3), "end": round(self.end_s, 3), "key": format_key(self.key, notation)}
-
-
-@dataclass
-class KeyResult:
-    """Global key of a recording, its 24 probabilities and optional local keys.
-
-    ``confidence`` is the top-1 minus the top-2 probability, in [0, 1].
-    ``mode_estimated`` is False for key-signature-only (STONE) models.
-    ``no_key``: the recording has no key (noise, percussion, silence; see
-    :mod:`musicssl.key.tonality`); ``key`` is then still the most probable key,
-    but records print ``"key": null`` with ``no_key_reason``.
-    ``tuning_cents``: the recording's deviation from A = 440 Hz in cents (see
-    :func:`compute_features`); None when not measured.
-    """
-
-    key: Key
-    probabilities: np.ndarray  # (24,) canonical order
-    confidence: float
-    duration_s: float
-    local: list[LocalKey] | None = None
-    path: str | None = None
-    mode_estimated: bool = True
-    estimator: str = ""
-    tuning_cents: float | None = None
-    no_key_reason: str | None = None
-
-    @property
-    def no_key(self) -> bool:
-        """True when the recording has no key (:attr:`no_key_reason` says why)."""
-        return self.no_key_reason is not None
-
-    @property
-    def segments(self) -> list[KeySegment] | None:
-        """Local windows merged into segments with boundaries where the key changes.
-
-        Boundaries are placed halfway between the centres of consecutive
-        windows that disagree.
-        """
-        if not self.local:
-            return None
-        segments: list[KeySegment] = []
-        for i, window in enumerate(self.local):
-            centre = (window.start_s + window.end_s) / 2
-            if segments and segments[-1].key == window.key:
-                continue
-            if segments:
-                previous = self.local[i - 1]
-                boundary = ((previous.start_s + previous.end_s) / 2 + centre) / 2
-                segments[-1].end_s = boundary
-                segments.append(KeySegment(boundary, self.duration_s, window.key))
-            else:
-                segments.append(KeySegment(0.0, self.duration_s, window.key))
-        return segments
-
-    def top(self, k: int = 3) -> list[tuple[Key, float]]:
-        """The ``k`` most probable keys with their probabilities."""
-        order = np.argsort(-self.probabilities)[:k]
-        return [(Key.from_index(int(i)), float(self.probabilities[i])) for i in order]
-
-    def to_dict(self, notation: str = "standard", probabilities: bool = True, local: bool = True) -> dict:
-        """JSON-ready dict: path, key, confidence, probabilities (24 mir_eval labels), local, segments."""
-        out: dict = {}
-        if self.path is not None:
-            out["path"] = self.path
-        out["key"] = None if self.no_key else format_key(self.key, notation)
-        out["confidence"] = round(float(self.confidence), 6)
-        if self.no_key:
-            out["no_key"] = True
-            out["no_key_reason"] = self.no_key_reason
-        out["duration"] = round(float(self.duration_s), 3)
-        if self.tuning_cents is not None:
-            out["tuning_cents"] = round(float(self.tuning_cents), 1)
-        if probabilities:
-            out["probabilities"] = probabilities_dict(self.probabilities)
-        if local and self.local is not None:
-            out["local"] = [w.to_dict(notation) for w in self.local]
-            out["segments"] = [s.to_dict(notation) for s in self.segments or []]
-        return out
-
-
-def probabilities_dict(probabilities: np.ndarray) -> dict[str, float]:
-    """``{"C major": p, ..., "B minor": p}`` in canonical order."""
-    return {label: round(float(p), 6) for label, p in zip(KEY_LABELS, probabilities)}
-
-
-def result_from_probabilities(probabilities: np.ndarray, duration_s: float, **kwargs) -> KeyResult:
-    """A :class:`KeyResult` for canonical ``probabilities`` (24,)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    order = np.argsort(-probabilities)
-    confidence = float(probabilities[order[0]] - probabilities[order[1]])
-    return KeyResult(Key.from_index(int(order[0])), probabilities, confidence, float(duration_s), **kwargs)
-
 
 # --- features ----------------------------------------------------------------------
-
-@dataclass
-class KeyFeatures:
-    """CQT magnitude of one recording: ``magnitude`` float32 (n_bins, T), and its origin.
-
-    ``tuning_cents``: the recording's tuning deviation (cents, None if not measured);
-    ``tuning_compensated``: whether the CQT bins were moved by it. Tonality
-    measurements (:mod:`musicssl.key.tonality`; None when not measured):
-    ``harmonic_fraction`` in [0, 1], ``peak_contrast`` in dB.
-    """
-
-    magnitude: np.ndarray
-    duration_s: float
-    frames_per_second: float
-    path: str | None = None
-    tuning_cents: float | None = None
-    tuning_compensated: bool = False
-    harmonic_fraction: float | None = None
-    peak_contrast: float | None = None
-    #: librosa's ``chroma_cqt`` (12, T') at the same hop, when asked for (template baselines)
-    chroma: np.ndarray | None = None
-
-    @property
-    def no_key_reason(self) -> str | None:
-        """Why this recording has no key, or None (:func:`musicssl.key.tonality.no_key_reason`)."""
-        return tonality.no_key_reason(self.harmonic_fraction, self.peak_contrast)
-
-
-def compute_features(source, frontend_config=None, *, sr: int | None = None,
-                     device: str = "cpu", offset: float = 0.0, duration: float | None = None,
-                     tuning: str | float = "compensate", chroma: bool = False) -> KeyFeatures:
-    """CQT magnitude of an audio file (``source`` a path) or of samples
-    (``source`` an array, with its ``sr``). Model-free and picklable.
-
-    ``offset``/``duration`` (seconds) select part of a file.
-    ``tuning``: ``"compensate"`` estimates the tuning deviation
-    (:func:`musicssl.frontend.tuning.estimate_tuning_cents`) and moves the CQT's
-    reference frequency by it, so the bins sit on the recording's semitones;
-    ``"report"`` estimates it without compensating; ``"off"`` does neither;
-    a number is a known deviation in cents, compensated. ``chroma``: also
-    librosa's ``chroma_cqt`` (36 bins per octave from C1, each frame scaled to a
-    maximum of 1) at the front end's hop, for the template baselines.
-    """
-    from musicssl.frontend.audio import load_audio, prepare_audio
-    from musicssl.frontend.cqt import FrontEndConfig
-
-    config = frontend_config or FrontEndConfig()
-    path = None
-    if isinstance(source, (str, Path)):
-        path = str(source)
-        samples = load_audio(source, sr=config.sr, offset=offset, duration=duration)
-    else:
-        if sr is None:
-            raise TypeError("sr is required when source is an array of samples")
-        samples = prepare_audio(np.asarray(source), sr, config.sr)
-    minimum_s = min_duration_s(config)
-    duration_s = len(samples) / config.sr
-    if duration_s < minimum_s:
-        raise AudioTooShortError(
-            f"audio is {duration_s:.2f} s long; key estimation needs at least {minimum_s:.2f} s",
-            path, duration=duration_s, minimum=minimum_s)
-    cents, compensate = _tuning_of(samples, config.sr, tuning)
-    shift = cents if compensate else 0.0
-    magnitude = magnitude_cqt(samples, config, device=device, tuning_cents=shift)
-    harmonic, contrast = tonality_measurements(samples, config, device, tuning_cents=shift)
-    frames = chroma_frames(samples, config, shift, magnitude.shape[-1]) if chroma else None
-    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate,
-                       harmonic, contrast, frames)
-
-
-def chroma_frames(samples: np.ndarray, frontend_config, tuning_cents: float, n_frames: int) -> np.ndarray:
-    """librosa's ``chroma_cqt`` float32 ``(12, n_frames)`` of mono ``samples`` on the front
-    end's frame grid (hop ``frontend_config.hop_length``), bins moved by ``tuning_cents``.
-    Long inputs are transformed in chunks of about :data:`CQT_CHUNK_SECONDS` whose frames
-    tile that grid (bounded memory)."""
-    import librosa
-
-    hop = frontend_config.hop_length
-    chunk = max(1, int(CQT_CHUNK_SECONDS * frontend_config.sr) // hop) * hop
-    starts = list(range(0, len(samples), chunk))
-    if len(starts) > 1 and len(samples) - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
-        starts.pop()
-    parts = []
-    for i, start in enumerate(starts):
-        last = i == len(starts) - 1
-        stop = len(samples) if last else start + chunk
-        # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
-        c = librosa.feature.chroma_cqt(y=samples[start:stop], sr=frontend_config.sr, hop_length=hop,
-                                       tuning=tuning_cents * 36 / 1200.0)
-        parts.append(c if last else c[:, :chunk // hop])   # a centred chunk has one frame too many
-    frames = np.concatenate(parts, axis=1)
-    if frames.shape[-1] < n_frames:
-        frames = np.pad(frames, ((0, 0), (0, n_frames - frames.shape[-1])), mode="edge")
-    return frames[:, :n_frames].astype(np.float32)
-
-
-def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu",
-                          tuning_cents: float = 0.0) -> tuple[float, float]:
-    """``(harmonic fraction, peak contrast in dB)`` of mono ``samples`` at ``frontend_config.sr``
-    (:mod:`musicssl.key.tonality`): a CQT at the measurements' own hop (bins moved by
-    ``tuning_cents``) of the samples without their constant (DC) offset, on at most
-    :data:`~musicssl.key.tonality.MAX_EXCERPTS` excerpts."""
-    config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
-    samples = samples - np.float32(np.mean(samples, dtype=np.float64))
-    mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents)
-            for part in tonality.excerpts(samples, config.sr)]
-    return (tonality.harmonic_fraction(mags),
-            tonality.peak_contrast(mags, config.sr / config.hop_length))
-
-
-def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float | None, bool]:
-    """(deviation in cents or None, whether to compensate) for a ``tuning`` setting."""
-    from musicssl.frontend.tuning import check_tuning, estimate_tuning_cents
-
-    tuning = check_tuning(tuning)
-    if tuning == "off":
-        return None, False
-    if isinstance(tuning, str):
-        return estimate_tuning_cents(samples, sr), tuning == "compensate"
-    return tuning, True
-
-
-#: Fewest CQT frames a ChromaNet with the default 7 stages accepts; shorter
-#: inputs are looped (their CQT tiled in time) up to this length.
-MIN_FRAMES = 2 ** 7
-#: Shortest audio (s) analysed at all: below this a key is not meaningful.
-MIN_DURATION_S = 1.0
-#: CQT chunk length (s) above which tracks are transformed piecewise (bounded memory).
-CQT_CHUNK_SECONDS = 120.0
-
-
-def min_duration_s(frontend_config=None) -> float:
-    """Shortest audio (seconds) the key estimators accept."""
-    return MIN_DURATION_S
-
-
-def loop_to_min_frames(magnitude: np.ndarray, min_frames: int = MIN_FRAMES) -> np.ndarray:
-    """Tile a short CQT ``(F, T)`` in time until it has at least ``min_frames`` frames."""
-    n = magnitude.shape[-1]
-    if n >= min_frames:
-        return magnitude
-    return np.tile(magnitude, (1, int(np.ceil(min_frames / n))))[:, :min_frames]
-
-
-@lru_cache(maxsize=128)   # one per tuning (1-cent steps) in use
-def _cqt_module(frontend_config, device: str):
-    from musicssl.frontend.cqt import CQT
-
-    c = frontend_config
-    return CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
-               bins_per_octave=c.bins_per_octave).to(device)
-
-
-@torch.inference_mode()
-def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu",
-                  tuning_cents: float = 0.0) -> np.ndarray:
-    """CQT magnitude float32 ``(n_bins, T)`` of mono ``samples`` at ``frontend_config.sr``;
-    long inputs are transformed in chunks with the same result. ``tuning_cents``
-    (rounded to whole cents) moves every bin's frequency by that much."""
-    from musicssl.frontend.cqt import cqt_chunked
-    from musicssl.frontend.tuning import tuned_fmin
-
-    cents = round(float(tuning_cents))
-    if cents:
-        frontend_config = dataclasses.replace(frontend_config, fmin=tuned_fmin(frontend_config.fmin, cents))
-    cqt = _cqt_module(frontend_config, device)
-    x = torch.as_tensor(np.ascontiguousarray(samples, dtype=np.float32), device=device)[None]
-    if x.shape[-1] > CQT_CHUNK_SECONDS * frontend_config.sr:
-        mag = cqt_chunked(cqt, x, CQT_CHUNK_SECONDS)
-    else:
-        mag = cqt(x)
-    return mag[0].float().cpu().numpy()
 
 
 # --- the estimator -------------------------------------------------------------------
@@ -439,8 +125,7 @@ class KeyEstimator:
                  device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0,
                  transpositions: int | None = None, prior: str | None = None, prior_weight: float = 1.0,
                  temperature: float = 1.0, prior_chroma: str = "librosa"):
-        from musicssl.key.calibration import validate_calibration
-        from musicssl.key.templates import TemplateKeyEstimator
+        from musicssl.key.estimator import TemplateKeyEstimator
 
         self.model = model.to(device).eval()
         self.frontend_config = frontend_config
@@ -486,7 +171,6 @@ class KeyEstimator:
         ``backend``: ``"torch"`` or ``"onnx"`` (onnxruntime; a torch checkpoint is
         exported once and cached); ``None``: as the file is.
         """
-        from musicssl.checkpoint import check_backend, key_onnx_network, load_key_model
 
         if path is None:
             path = default_model_path()
@@ -495,7 +179,7 @@ class KeyEstimator:
         loaded = load_key_model(path)
         calibration = loaded.calibration
         if calibration is None:
-            calibration = _cached_calibration(Path(path), loaded, device)
+            calibration = cached_calibration(Path(path), loaded, device)
         model = loaded.model
         if check_backend(path, backend) == "onnx":
             model = key_onnx_network(path, loaded, calibration)
@@ -508,7 +192,6 @@ class KeyEstimator:
     def native_probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
         """Network outputs for log-CQT ``(B, 1, F, T)`` (all bins): ``(B, 12 * n_rows)``,
         in the column frame of crop offset 0, averaged over :attr:`transpositions` crops."""
-        from musicssl.frontend.cqt import crop_bins
 
         x = logcqt.to(self.device)
         total = None
@@ -521,7 +204,6 @@ class KeyEstimator:
 
     def network_probabilities(self, logcqt: torch.Tensor) -> np.ndarray:
         """The network's canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)`` (no prior)."""
-        from musicssl.key.calibration import to_canonical
 
         return to_canonical(self.native_probabilities(logcqt), self.calibration)
 
@@ -541,14 +223,13 @@ class KeyEstimator:
                               chromas: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length (and,
         for a librosa-chroma prior, their chroma frames ``(12, T)``)."""
-        from musicssl.frontend.cqt import log_compress
 
         batch = torch.as_tensor(np.stack([loop_to_min_frames(m) for m in magnitudes]))[:, None]
         return self.probabilities(log_compress(batch.to(self.device), self.frontend_config.top_db), chromas)
 
     def _track_probabilities(self, magnitude: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities (24,) of a whole track, in bounded pieces if long."""
-        fps = self.frontend_config.sr / self.frontend_config.hop_length
+        fps = self.frontend_config.frame_rate
         max_frames = int(self.max_window_s * fps)
         n = magnitude.shape[-1]
         if n <= max_frames:
@@ -569,7 +250,7 @@ class KeyEstimator:
         by_length: dict[int, list[int]] = {}
         for i, f in enumerate(features):
             by_length.setdefault(f.magnitude.shape[-1], []).append(i)
-        fps_limit = int(self.max_window_s * self.frontend_config.sr / self.frontend_config.hop_length)
+        fps_limit = int(self.max_window_s * self.frontend_config.frame_rate)
         for length, indices in by_length.items():
             chromas = [features[i].chroma for i in indices]
             if length <= fps_limit:
@@ -613,7 +294,6 @@ class KeyEstimator:
 
     def estimate_files(self, paths: Iterable[str | Path], **kwargs) -> Iterable[tuple[str, KeyResult | Exception]]:
         """``(path, result or the error)`` for each file, in order; never raises for one bad file."""
-        from musicssl.errors import MusicsslError
 
         for path in paths:
             try:
@@ -622,116 +302,136 @@ class KeyEstimator:
                 yield str(path), exc
 
 
-def _calibration_cache_dir() -> Path:
-    from musicssl.checkpoint import cache_dir
-
-    return cache_dir("calibration")
-
-
-def _cached_calibration(path: Path, loaded, device: str) -> dict:
-    """Calibrate an uncalibrated checkpoint once; the result is cached by file hash."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    cache = _calibration_cache_dir() / f"{digest}.json"
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    calibration = calibrate_model(loaded.model, loaded.frontend_config, device)
-    try:
-        from musicssl.outputs import atomic_write_text
-
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, json.dumps(calibration))
-    except OSError:
-        pass  # a read-only cache only costs time
-    return calibration
+def _require_chroma(chroma: np.ndarray | None) -> np.ndarray:
+    """``chroma`` frames, or a ``ConfigError`` saying how to get them."""
+    if chroma is None:
+        raise ConfigError("these estimates read librosa chroma: compute the features with "
+                          "compute_features(..., chroma=True) (the estimator's feature_options)")
+    return chroma
 
 
-def local_keys_of(features: KeyFeatures, window_probabilities, window_s: float = 20.0,
-                  hop_s: float = 5.0) -> list[LocalKey]:
-    """Local keys of ``features`` for any estimator: ``window_probabilities(list of
-    equal-length CQT magnitudes (F, win)) -> (len, 24)`` scores each window.
+def _magnitude_from_logcqt(logcqt: np.ndarray, top_db: float) -> np.ndarray:
+    """Undo ``log_compress`` up to a scale: magnitude relative to the loudest bin."""
+    return 10.0 ** ((np.asarray(logcqt, dtype=np.float64) - 1.0) * top_db / 10.0)
 
-    Windows are ``window_s`` long every ``hop_s`` seconds, the last one flush
-    with the end; a track shorter than one window gives one window over all of it.
+
+class TemplateKeyEstimator:
+    """Krumhansl–Schmuckler template matching on the shared CQT front end.
+
+    Same interface as :class:`musicssl.key.estimator.KeyEstimator`:
+    ``probabilities(logcqt)``, ``estimate(samples, sr)``, ``estimate_file(path)``,
+    ``estimate_features(features)`` → :class:`~musicssl.key.estimator.KeyResult`.
     """
-    from musicssl.errors import ConfigError
 
-    if window_s <= 0 or hop_s <= 0:
-        raise ConfigError("window and hop must be positive")
-    fps = features.frames_per_second
-    n = features.magnitude.shape[-1]
-    win = min(n, max(1, int(round(window_s * fps))))
-    hop = max(1, int(round(hop_s * fps)))
-    starts = list(range(0, n - win + 1, hop))
-    if starts[-1] + win < n:  # cover the end
-        starts.append(n - win)
-    windows = [features.magnitude[:, s:s + win] for s in starts]
-    probs = np.concatenate([window_probabilities(windows[i:i + 64]) for i in range(0, len(windows), 64)])
-    out = []
-    for s, p in zip(starts, probs):
-        r = result_from_probabilities(p, 0.0)
-        out.append(LocalKey(s / fps, (s + win) / fps, r.key, r.confidence, p))
-    return out
+    def __init__(self, profile: str = "krumhansl", *, scale: str = "linear",
+                 temperature: float = DEFAULT_TEMPERATURE, frontend_config=None, device: str = "cpu",
+                 chroma: str = "cqt"):
+        if scale not in CHROMA_SCALES:
+            raise ConfigError(f"chroma scale must be one of {CHROMA_SCALES}, got {scale!r}")
+        if chroma not in CHROMA_SOURCES:
+            raise ConfigError(f"chroma source must be one of {CHROMA_SOURCES}, got {chroma!r}")
+        self.chroma_source = chroma
+        #: keyword arguments of :func:`~musicssl.key.estimator.compute_features` this estimator needs
+        self.feature_options = {"chroma": True} if chroma == "librosa" else {}
+        self.templates = key_templates(profile)
+        scores_to_probabilities(np.zeros(24), temperature)  # validates temperature
+        self.profile = profile
+        self.scale = scale
+        self.temperature = float(temperature)
+        self.frontend_config = frontend_config or FrontEndConfig()
+        if self.frontend_config.bins_per_octave != 12:
+            raise ConfigError("template matching needs a CQT with 12 bins per octave")
+        self.device = device
+        self.name = profile
+        #: report "no key" (:mod:`musicssl.key.tonality`); False: always name a key
+        self.detect_no_key = True
 
+    def __repr__(self) -> str:
+        return (f"TemplateKeyEstimator(profile={self.profile!r}, scale={self.scale!r}, "
+                f"chroma={self.chroma_source!r})")
 
-def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:
-    """Calibrate ``model`` (SPEC §1.6) with the package's reference signals."""
-    from musicssl.frontend.cqt import crop_bins, log_compress
-    from musicssl.key.calibration import calibrate
+    # --- layer 1: spectrogram -> probabilities
+    def _lowest_pitch_class(self) -> int:
+        return pitch_class_of_frequency(self.frontend_config.fmin)
 
-    model = model.to(device).eval()
+    def chroma(self, magnitude: np.ndarray) -> np.ndarray:
+        """Chroma ``(..., 12)`` of CQT magnitude ``(..., n_bins, T)`` (linear, any scale)."""
+        magnitude = np.asarray(magnitude, dtype=np.float64)
+        if self.scale == "log":
+            magnitude = compress_db(amplitude_to_db(magnitude), self.frontend_config.top_db)
+        return chroma_from_cqt(magnitude.mean(axis=-1), self._lowest_pitch_class())
 
-    @torch.inference_mode()
-    def native(batch: np.ndarray, sr: int) -> np.ndarray:
-        mags = np.stack([magnitude_cqt(x, frontend_config, device=device) for x in batch])
-        logcqt = log_compress(torch.as_tensor(mags)[:, None].to(device), frontend_config.top_db)
-        return model(crop_bins(logcqt, 0, frontend_config.crop_bins)).float().cpu().numpy()
+    def probabilities_from_magnitude(self, magnitude: np.ndarray) -> np.ndarray:
+        """Canonical probabilities ``(..., 24)`` of CQT magnitude ``(..., n_bins, T)``."""
+        return scores_to_probabilities(correlation_scores(self.chroma(magnitude), self.templates),
+                                       self.temperature)
 
-    return calibrate(native, frontend_config.sr)
+    def probabilities(self, logcqt) -> np.ndarray:
+        """Canonical probabilities ``(B, 24)`` of log-CQT ``(B, 1, F, T)`` (as from ``KeyFrontEnd``)."""
+        if torch.is_tensor(logcqt):
+            logcqt = logcqt.detach().cpu().numpy()
+        logcqt = np.asarray(logcqt)
+        if logcqt.ndim != 4 or logcqt.shape[1] != 1:
+            raise ConfigError(f"expected log-CQT of shape (B, 1, F, T), got {logcqt.shape}")
+        magnitude = _magnitude_from_logcqt(logcqt[:, 0], self.frontend_config.top_db)
+        return self.probabilities_from_magnitude(magnitude)
 
+    # --- layer 2: features -> results
+    def estimate_features(self, features: Sequence, local: bool = False,
+                          window_s: float = 20.0, hop_s: float = 5.0) -> list:
+        """Results for :class:`~musicssl.key.estimator.KeyFeatures` (CQT magnitudes)."""
 
-def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
-                   transpositions: int | None = None, prior: str | None = None, backend: str | None = None):
-    """An estimator from a spec: ``"default"``, a shipped model's name (see
-    :func:`shipped_key_models`), a template (``"krumhansl"``, ``"temperley"``,
-    ``"kostka-payne"``) or a checkpoint path; a network spec may end in
-    ``+PROFILE`` (e.g. ``"skey-debian+temperley"``) for a template prior
-    (:class:`KeyEstimator`). Every estimator has
-    ``estimate``/``estimate_file``/``estimate_features``. ``transpositions``
-    applies to network models; templates ignore it.
+        out = []
+        for f in features:
+            p = self._feature_probabilities(f)
+            reason = f.no_key_reason if self.detect_no_key else None
+            out.append(result_from_probabilities(
+                p, f.duration_s, path=f.path, estimator=self.name, mode_estimated=True,
+                tuning_cents=getattr(f, "tuning_cents", None),
+                local=self.local_keys(f, window_s, hop_s) if local else None,
+                no_key_reason=reason))
+        return out
 
-    ``"default"`` is the shipped ``skey-debian`` model with the
-    :data:`DEFAULT_PRIOR` template prior when the package has the model, else the
-    Krumhansl template baseline (with a warning). ``prior`` overrides the spec's:
-    a profile name, or ``"none"`` for the network alone. ``backend`` (``"torch"``,
-    ``"onnx"``, None: as the file is) runs network models on torch or onnxruntime.
-    """
-    from musicssl.key.templates import PROFILES, TemplateKeyEstimator
+    def probabilities_from_chroma(self, frames: np.ndarray) -> np.ndarray:
+        """Canonical probabilities ``(..., 24)`` of chroma frames ``(..., 12, T)`` (time-averaged)."""
+        chroma = np.asarray(frames, dtype=np.float64).mean(axis=-1)
+        return scores_to_probabilities(correlation_scores(chroma, self.templates), self.temperature)
 
-    name, spec_prior = split_spec("default" if spec is None else str(spec))
-    if prior is not None and prior != NO_PRIOR and prior not in PROFILES:
-        raise ConfigError(f"prior must be one of {', '.join((NO_PRIOR, *PROFILES))}, got {prior!r}")
-    if name in PROFILES:
-        if spec_prior is not None or prior not in (None, NO_PRIOR):
-            raise ConfigError(f"{spec}: a template prior applies to network models, not to a template")
-        return TemplateKeyEstimator(name, device=device, chroma="librosa")
-    if name == "default":
-        if default_model_path() is None:
-            warnings.warn("no trained key model is good enough to be the default yet (see README); "
-                          "using the Krumhansl template baseline",
-                          stacklevel=2)
-            return TemplateKeyEstimator("krumhansl", chroma="librosa")
-        name, spec_prior = DEFAULT_MODEL, spec_prior or DEFAULT_PRIOR
-    chosen = spec_prior if prior is None else (None if prior == NO_PRIOR else prior)
-    shipped = shipped_key_models()
-    if name in shipped:
-        estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen,
-                                                 backend=backend)
-        estimator.name = name if chosen is None else f"{name}+{chosen}"
-        estimator.temperature = FITTED_TEMPERATURES.get((name, chosen), 1.0)
-        return estimator
-    path = Path(name)
-    if not path.is_file():
-        raise CheckpointError(f"{spec}: no such checkpoint or model name (names: {', '.join(model_names())})")
-    return KeyEstimator.from_checkpoint(path, device, transpositions, prior=chosen, backend=backend)
+    def prior_probabilities(self, logcqt, chromas: Sequence[np.ndarray | None] | None) -> np.ndarray:
+        """Canonical probabilities ``(B, 24)`` as a network's prior: from the log-CQT
+        ``(B, 1, F, T)`` it reads, or, with librosa chroma, from ``chromas`` (B × ``(12, T)``)."""
+        if self.chroma_source == "cqt":
+            return self.probabilities(logcqt)
+        return np.stack([self.probabilities_from_chroma(_require_chroma(c)) for c in chromas or [None]])
+
+    def _feature_probabilities(self, features) -> np.ndarray:
+        if self.chroma_source == "librosa":
+            return self.probabilities_from_chroma(_require_chroma(features.chroma))
+        return self.probabilities_from_magnitude(features.magnitude)
+
+    def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
+        """Keys of overlapping windows ``window_s`` long every ``hop_s`` seconds."""
+        import dataclasses
+
+        if self.chroma_source == "librosa":
+            frames = dataclasses.replace(features, magnitude=_require_chroma(features.chroma))
+            return local_keys_of(frames, lambda windows: self.probabilities_from_chroma(np.stack(windows)),
+                                 window_s, hop_s)
+        return local_keys_of(features, lambda windows: self.probabilities_from_magnitude(np.stack(windows)),
+                             window_s, hop_s)
+
+    # --- layer 3: audio / files
+    def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
+                 window_s: float = 20.0, hop_s: float = 5.0):
+        """Key of ``samples`` ((n,) or (n, channels)) at rate ``sr``."""
+
+        features = compute_features(samples, self.frontend_config, sr=sr, device=self.device,
+                                    **self.feature_options)
+        return self.estimate_features([features], local, window_s, hop_s)[0]
+
+    def estimate_file(self, path: str | Path, local: bool = False,
+                      window_s: float = 20.0, hop_s: float = 5.0):
+        """Key of an audio file."""
+
+        features = compute_features(path, self.frontend_config, device=self.device, **self.feature_options)
+        return self.estimate_features([features], local, window_s, hop_s)[0]

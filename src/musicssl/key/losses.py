@@ -134,7 +134,7 @@ def magnitude_profile(log_views: Tensor, top_db: float = 80.0, exponent: float =
     """Pitch-class profile of the CQT *magnitude* (``exponent=2``: power), from log-compressed views.
 
     ``log_views``: ``(B, V, 12·O, T)``, ``x = max(dB, peak − top_db)/top_db + 1``
-    (:func:`musicssl.frontend.cqt.compress_db`), so the magnitude is
+    (:func:`musicssl.dsp.cqt.compress_db`), so the magnitude is
     ``10^(top_db·(x − 1)/10)`` (bins below the floor read as the floor). Each view's profile
     (time mean of ``magnitude ** exponent``, octave mean) is normalised to sum 1, then the
     ``V`` views are averaged → ``(B, 12)``.

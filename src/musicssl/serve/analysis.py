@@ -4,8 +4,8 @@ pool, the models (loaded once) and the records.
 An upload arrives as an open binary file; :meth:`Analyzer.key` /
 :meth:`Analyzer.beats` copy it to a temporary file (deleted afterwards), check
 its duration and return the same record ``musicssl key/beats --format json``
-writes for a file (:func:`musicssl.outputs.key_record` /
-:func:`~musicssl.outputs.beats_record`), with ``path`` = the upload's name.
+writes for a file (:func:`musicssl.io.records.key_record` /
+:func:`~musicssl.io.records.beats_record`), with ``path`` = the upload's name.
 A file that cannot be analysed gives the CLI's error record for it
 (:func:`upload_error_record`) and an HTTP status (:func:`http_status`).
 """
@@ -23,8 +23,20 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO, Callable
 
-from musicssl.errors import AudioTooLongError, MusicsslError, ServerBusyError
-from musicssl.outputs import beats_record, error_record, key_record
+from musicssl.beat.estimator import load_beat_estimator
+from musicssl.beat.records import beats_record
+from musicssl.errors import (
+    AudioTooLongError,
+    CheckpointError,
+    ConfigError,
+    MusicsslError,
+    ServerBusyError,
+    UploadTooLargeError,
+)
+from musicssl.io.audio import iter_audio_blocks
+from musicssl.io.records import error_record
+from musicssl.key.records import key_record
+from musicssl.key.registry import load_estimator
 
 log = logging.getLogger("musicssl.serve")
 
@@ -61,7 +73,6 @@ def http_status(exc: MusicsslError) -> int:
     """HTTP status of an analysis that raised ``exc``: 413 upload too large,
     503 busy, 400 bad option, 422 audio that cannot be analysed (bad, empty,
     silent, too short, too long), 500 a server-side model problem."""
-    from musicssl.errors import CheckpointError, ConfigError, UploadTooLargeError
 
     if isinstance(exc, UploadTooLargeError):
         return 413
@@ -106,8 +117,6 @@ class Analyzer:
             if transpositions not in self._key_estimators:
                 import warnings
 
-                from musicssl.key.estimator import load_estimator
-
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     estimator = load_estimator(self.config.key_model, self.config.device, transpositions)
@@ -124,8 +133,6 @@ class Analyzer:
         ``tracker`` (``dbn`` or ``librosa``); cached."""
         with self._lock:
             if (activation, tracker) not in self._beat_estimators:
-                from musicssl.beat.estimator import load_beat_estimator
-
                 checkpoint = self.config.beats_checkpoint
                 self._beat_estimators[(activation, tracker)] = load_beat_estimator(
                     activation, None if activation == "onset" else checkpoint,
@@ -186,7 +193,6 @@ class Analyzer:
         """Raise :class:`AudioTooLongError` when the header says the audio is too long (read
         without decoding: a file whose header states no length is not decoded twice). Files
         whose header cannot be read go on to the analysis, which gives the CLI's error for them."""
-        from musicssl.frontend.audio import iter_audio_blocks
 
         try:
             blocks = iter_audio_blocks(path)

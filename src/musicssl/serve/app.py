@@ -29,7 +29,13 @@ from musicssl import __version__
 from musicssl.beat.estimator import TRACKERS
 from musicssl.errors import MusicsslError, UploadTooLargeError
 from musicssl.keys import KEY_LABELS, KEYS, NOTATIONS, format_key
-from musicssl.serve.analysis import Analyzer, ServeConfig, http_status, upload_error_record, upload_name
+from musicssl.serve.analysis import (
+    Analyzer,
+    ServeConfig,
+    http_status,
+    upload_error_record,
+    upload_name,
+)
 
 STATIC = Path(__file__).with_name("static")
 EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "examples" / "ode_to_joy_d_major.ogg"

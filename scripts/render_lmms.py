@@ -33,7 +33,7 @@ signature ``n/4``; beat-in-bar ``k % n + 1``). This script
 
 Needs Debian's ``lmms`` (``apt-get install lmms``). Example::
 
-    python benchmarks/render_lmms.py --out work-data/lmms-beats \\
+    python scripts/render_lmms.py --out work-data/lmms-beats \\
         /usr/share/lmms/projects/demos /usr/share/lmms/projects/shorties
     musicssl evaluate-beats --dataset csv work-data/lmms-beats/labels.csv \\
         --tracker zerons --tracker librosa

@@ -27,57 +27,20 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from musicssl.errors import ConfigError
+from musicssl.io.atomic import FSYNC_INTERVAL_S, atomic_write_text
+from musicssl.io.files import path_identity
 
 FORMATS: tuple[str, ...] = ("text", "csv", "json", "jsonl")
 JOURNAL_SUFFIX = ".partial"
-#: The journal is flushed after every record and fsynced at most this often (seconds).
-FSYNC_INTERVAL_S = 1.0
 
 
 # --- atomic files ------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
-                newline: str | None = None) -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success fsync it and move it onto
-    ``path`` (``os.replace``). On error the temp file is removed and ``path``
-    is untouched."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        binary = "b" in mode
-        with os.fdopen(fd, mode, encoding=None if binary else encoding,
-                       newline=None if binary else newline) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, path.stat().st_mode & 0o7777)
-        else:
-            with contextlib.suppress(OSError):
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically."""
-    with atomic_open(path, "w", newline="") as handle:
-        handle.write(text)
 
 
 # --- records -------------------------------------------------------------------
@@ -94,37 +57,12 @@ def error_record(path: str, exc: BaseException) -> dict:
     return {"path": str(path), "error": type(exc).__name__, "message": message}
 
 
-def key_record(path: str, result, notation: str = "standard", local: bool = False) -> dict:
-    """The record of one key result (a ``KeyResult`` or anything with its
-    ``to_dict``): ``path`` first, all 24 probabilities, local windows and
-    segments with ``local``, ``"mode_estimated": False`` for key-signature-only
-    models. What ``musicssl key --format json`` prints and ``POST /v1/key`` returns."""
-    record = {"path": str(path)}
-    record.update(result.to_dict(notation, probabilities=True, local=local))
-    record["path"] = str(path)
-    if not getattr(result, "mode_estimated", True):
-        record["mode_estimated"] = False
-    return record
-
-
-def beats_record(path: str, result) -> dict:
-    """The record of one ``BeatResult``: path, then ``result.to_dict()`` (tempo,
-    beat count, duration, tracker, beat times). What ``musicssl beats
-    --format json`` prints and ``POST /v1/beats`` returns."""
-    return {"path": str(path), **result.to_dict()}
-
-
 def is_ok(record: dict) -> bool:
     """True when a record is a success (no ``"error"``, no failed side task)."""
     if record.get("error"):
         return False
     tag = record.get("tag")
     return not (isinstance(tag, dict) and tag.get("error"))
-
-
-def path_identity(path: str | os.PathLike) -> str:
-    """Normalised absolute path used to match inputs with existing records."""
-    return os.path.normcase(os.path.abspath(os.fspath(path)))
 
 
 def format_from_path(path: str | Path | None, default: str = "text") -> str:

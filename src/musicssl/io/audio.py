@@ -38,8 +38,6 @@ what decodes is returned normally.
 
 from __future__ import annotations
 
-import errno
-import glob
 import math
 import os
 import sys
@@ -65,33 +63,18 @@ from musicssl.errors import (
     SilentAudioError,
     TruncatedAudioError,
 )
+from musicssl.io.files import missing_reason
 
 __all__ = [
-    "AUDIO_EXTENSIONS",
     "RESAMPLE_QUALITY",
     "AudioBlocks",
     "AudioInfo",
     "audio_info",
-    "find_audio_files",
     "iter_audio_blocks",
     "load_audio",
     "prepare_audio",
 ]
 
-#: File name extensions (lower case, with the dot) treated as audio when
-#: searching folders. Video containers are included: their first audio stream
-#: is used.
-AUDIO_EXTENSIONS: frozenset[str] = frozenset({
-    # read by libsndfile
-    ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus",
-    ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
-    # read by FFmpeg (PyAV)
-    ".m4a", ".m4b", ".aac", ".alac", ".wma", ".ac3", ".eac3", ".amr", ".ape",
-    ".wv", ".mka", ".mp2", ".mpc", ".tta",
-    # video containers
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".3gp", ".mpg",
-    ".mpeg", ".ts",
-})
 
 #: libsoxr quality recipe used for every resampling (the S-KEY reference used HQ).
 RESAMPLE_QUALITY = "HQ"
@@ -150,33 +133,13 @@ def _seconds(value, name: str, *, optional: bool = False) -> float | None:
 def _check_path(path) -> Path:
     p = Path(path)
     if not p.exists():
-        raise AudioFileNotFoundError(_missing_reason(p), p)
+        raise AudioFileNotFoundError(missing_reason(p), p)
     if not p.is_file():
         kind = "a directory" if p.is_dir() else "not a regular file"
         raise AudioFileNotFoundError(f"is {kind}, not an audio file", p)
     if not os.access(p, os.R_OK):
         raise AudioDecodeError("permission denied: the file is not readable", p)
     return p
-
-
-def _missing_reason(p: Path) -> str:
-    """Why ``p``, which does not exist as far as ``stat`` can tell, cannot be opened."""
-    try:
-        os.stat(p)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "symbolic link loop: the link never reaches a file"
-    if p.is_symlink():
-        return f"broken symbolic link (it points to {os.readlink(p)!r}, which does not exist)"
-    return "no such file"
-
-
-def _identity(p: Path) -> Path:
-    """``p`` with symbolic links resolved; a link loop resolves to its absolute path."""
-    try:
-        return p.resolve()
-    except (OSError, RuntimeError):  # RuntimeError: symlink loop (Python < 3.13)
-        return Path(os.path.abspath(p))
 
 
 # ----------------------------------------------------------------------------
@@ -846,63 +809,3 @@ def audio_info(path) -> AudioInfo:
         source.close()
 
 
-# ----------------------------------------------------------------------------
-# finding files
-# ----------------------------------------------------------------------------
-def _is_audio_name(p: Path) -> bool:
-    return p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")
-
-
-def _search_folder(folder: Path, recursive: bool) -> Iterator[Path]:
-    if not recursive:
-        yield from (p for p in folder.iterdir() if not p.is_dir() and _is_audio_name(p))
-        return
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            p = Path(root) / name
-            if _is_audio_name(p):
-                yield p
-
-
-def find_audio_files(paths, recursive: bool = True) -> list[Path]:
-    """Files, folders and glob patterns -> sorted, de-duplicated audio files.
-
-    ``paths``: one path or an iterable of them. A file is taken as given
-    (whatever its extension); a folder is searched (recursively by default)
-    for files whose extension is in :data:`AUDIO_EXTENSIONS`; a string with
-    ``*``, ``?`` or ``[`` that is not an existing path is a glob pattern
-    (``**`` allowed) whose matching audio files and folders are used. Hidden
-    files and folders (names starting with ``.``) are skipped when searching.
-    Raises :class:`AudioFileNotFoundError` for a path that does not exist or a
-    pattern that matches nothing.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    found: dict[Path, Path] = {}
-
-    def add(p: Path) -> None:
-        found.setdefault(_identity(p), p)
-
-    for item in paths:
-        p = Path(item)
-        if p.is_file():
-            add(p)
-        elif p.is_dir():
-            for f in _search_folder(p, recursive):
-                add(f)
-        elif any(ch in str(item) for ch in "*?["):
-            matches = sorted(glob.glob(str(item), recursive=True))
-            if not matches:
-                raise AudioFileNotFoundError("no file matches this pattern", str(item))
-            for m in map(Path, matches):
-                if m.is_dir():
-                    for f in _search_folder(m, recursive):
-                        add(f)
-                elif _is_audio_name(m):
-                    add(m)
-        else:
-            reason = _missing_reason(p)
-            raise AudioFileNotFoundError("no such file or folder" if reason == "no such file"
-                                         else reason, p)
-    return sorted(found.values(), key=lambda q: str(q))

@@ -29,7 +29,7 @@ Needs: ``pip install music21`` and Debian ``fluidsynth`` + a soundfont
 
 Example (the render24 set)::
 
-    python benchmarks/render_symbolic.py work-data/render24 --count 48 --transpose even \\
+    python scripts/render_symbolic.py work-data/render24 --count 48 --transpose even \\
         --tempo 90:140 --seconds 30 --exclude ../shared/data/dev-synth/labels.csv
 """
 

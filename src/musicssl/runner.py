@@ -13,7 +13,7 @@ The work per file is split in two:
   (``prepare`` maps a path to a result dict).
 
 Any ``Exception`` raised for one file becomes an error record
-(:func:`musicssl.outputs.error_record`) and the run goes on; a worker that
+(:func:`musicssl.io.records.error_record`) and the run goes on; a worker that
 dies (e.g. a decoder crash) is detected and only the file that killed it
 gets an error record. ``KeyboardInterrupt`` stops the run.
 """
@@ -25,17 +25,14 @@ import os
 import signal
 import sys
 from collections import deque
-from pathlib import Path
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from musicssl.outputs import error_record, path_identity
+from musicssl.io.records import error_record, is_ok
 
 Prepare = Callable[[str], Any]
 Finish = Callable[[list[tuple[str, Any]]], list[dict]]
-
-_GLOB_CHARS = set("*?[")
 
 
 class WorkerCrashedError(RuntimeError):
@@ -43,37 +40,6 @@ class WorkerCrashedError(RuntimeError):
 
 
 # --- inputs ----------------------------------------------------------------------
-
-def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> list[str]:
-    """Files to analyse for command-line ``inputs``, in order, without duplicates.
-
-    Folders and glob patterns are searched with
-    :func:`musicssl.frontend.audio.find_audio_files` (audio extensions only,
-    hidden files skipped); a pattern that matches nothing contributes nothing.
-    Any other argument is kept as given, even if it does not exist (or is a
-    symbolic link loop), so that it gets an error record instead of vanishing;
-    so is a folder named like an audio file (``song.mp3/``) holding no audio.
-    """
-    from musicssl.errors import AudioFileNotFoundError
-    from musicssl.frontend.audio import AUDIO_EXTENSIONS, find_audio_files
-
-    files: list[str] = []
-    seen: set[str] = set()
-    for raw in inputs:
-        text = os.fspath(raw)
-        try:
-            found = [str(p) for p in find_audio_files([text], recursive=recursive)]
-        except AudioFileNotFoundError:
-            is_pattern = not os.path.exists(text) and bool(_GLOB_CHARS & set(text))
-            found = [] if is_pattern else [text]
-        if not found and os.path.isdir(text) and Path(text).suffix.lower() in AUDIO_EXTENSIONS:
-            found = [text]  # a folder named like an audio file: its error record says so
-        for path in found:
-            identity = path_identity(path)
-            if identity not in seen:
-                seen.add(identity)
-                files.append(path)
-    return files
 
 
 # --- running ---------------------------------------------------------------------
@@ -232,6 +198,5 @@ def _finish_chunk(chunk: list[tuple[str, bool, Any]], finish: Finish | None, bar
 
 def count_failures(records: Iterable[dict]) -> int:
     """Number of records that are not successes."""
-    from musicssl.outputs import is_ok
 
     return sum(not is_ok(r) for r in records)

@@ -228,6 +228,12 @@ class CQT(nn.Module):
         self.register_buffer("_lowpass_poly", _polyphase_weights(self.lowpass, 32), persistent=False)
 
     # -- helpers ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: "FrontEndConfig") -> "CQT":
+        """The CQT of a front-end configuration (rate, hop, fmin, bins)."""
+        return cls(sr=config.sr, hop_length=config.hop_length, fmin=config.fmin, n_bins=config.n_bins,
+                   bins_per_octave=config.bins_per_octave)
     def n_frames(self, n_samples: int) -> int:
         """Number of output frames for ``n_samples`` input samples."""
         return int(n_samples) // self.hop_length + 1
@@ -517,8 +523,7 @@ class KeyFrontEnd(nn.Module):
         self.config = config or FrontEndConfig()
         self.chunk_seconds = chunk_seconds
         c = self.config
-        self.cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
-                       bins_per_octave=c.bins_per_octave)
+        self.cqt = CQT.from_config(c)
 
     def n_frames(self, n_samples: int) -> int:
         """Frames produced for ``n_samples`` samples."""

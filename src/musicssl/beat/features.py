@@ -1,0 +1,36 @@
+"""Audio → beat activation inputs, model-free and picklable (worker processes): the
+onset strength of the default tracker, or separation + log-VQT of both parts for ZeroNS."""
+
+from __future__ import annotations
+
+import functools
+
+from musicssl.beat.estimator import MIN_SECONDS
+from musicssl.beat.frontend import SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
+from musicssl.beat.onset import onset_envelope
+from musicssl.io.audio import load_audio
+
+PLOT_RATE = 1000  # Hz of the waveform kept for plots
+
+
+def prepare_file(path: str, separator=None, keep_waveform: bool = False) -> dict:
+    """Model-free part (picklable): decode at 16 kHz, then the onset activation
+    (``separator`` None) or separation + VQT of both parts (ZeroNS)."""
+
+    x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
+    payload = {"duration_s": len(x) / SAMPLE_RATE}
+    if separator is None:
+        payload["onset"] = onset_envelope(x)
+    else:
+        perc, rest = separator(x, SAMPLE_RATE)
+        frontend = _frontend()
+        payload.update(perc=vqt_features(frontend, perc), rest=vqt_features(frontend, rest))
+    if keep_waveform:
+        step = SAMPLE_RATE // PLOT_RATE
+        payload["waveform"] = x[: len(x) // step * step].reshape(-1, step).max(axis=1)
+    return payload
+
+
+@functools.lru_cache(maxsize=1)
+def _frontend():
+    return ZeroNSFrontEnd()

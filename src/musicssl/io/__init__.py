@@ -1,0 +1,1 @@
+"""Shared input/output plumbing: audio decoding, finding files, atomic writes, records, model files, tags, track lists."""
