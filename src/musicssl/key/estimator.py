@@ -511,11 +511,15 @@ class KeyEstimator:
         from musicssl.frontend.cqt import crop_bins
 
         x = logcqt.to(self.device)
+        offsets = range(self.transpositions)
+        if hasattr(self.model, "forward_crops"):        # ChromaNet: crops batched, bounded memory
+            crops = self.model.forward_crops(x, offsets).float().unbind(1)
+        else:                                           # e.g. the ONNX network: one crop at a time
+            crops = [self.model(crop_bins(x, o, self.frontend_config.crop_bins)).float() for o in offsets]
         total = None
-        for offset in range(self.transpositions):      # one crop at a time: bounded memory on long tracks
-            out = self.model(crop_bins(x, offset, self.frontend_config.crop_bins)).float()
+        for offset, out in zip(offsets, crops):
             # crop offset o shows the music o semitones lower: column c + o of offset 0 is column c here
-            out = out.view(out.shape[0], -1, 12).roll(offset, dims=-1).flatten(1)
+            out = out.reshape(out.shape[0], -1, 12).roll(offset, dims=-1).flatten(1)
             total = out if total is None else total + out
         return (total / self.transpositions).cpu().numpy()
 
