@@ -265,7 +265,8 @@ class KeyFeatures:
 
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
                      device: str = "cpu", offset: float = 0.0, duration: float | None = None,
-                     tuning: str | float = "compensate", chroma: bool = False) -> KeyFeatures:
+                     tuning: str | float = "compensate", chroma: bool = False,
+                     stream: bool = False) -> KeyFeatures:
     """CQT magnitude of an audio file (``source`` a path) or of samples
     (``source`` an array, with its ``sr``). Model-free and picklable.
 
@@ -277,6 +278,9 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     a number is a known deviation in cents, compensated. ``chroma``: also
     librosa's ``chroma_cqt`` (36 bins per octave from C1, each frame scaled to a
     maximum of 1) at the front end's hop, for the template baselines.
+    ``stream``: a file longer than :data:`STREAM_MIN_SECONDS` is never held whole
+    (:func:`streamed_features`: ``magnitude`` is then a :class:`~musicssl.frontend.cqt.FileCQT`,
+    which :class:`KeyEstimator` reads chunk by chunk).
     """
     from musicssl.frontend.audio import load_audio, prepare_audio
     from musicssl.frontend.cqt import FrontEndConfig
@@ -285,6 +289,9 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     path = None
     if isinstance(source, (str, Path)):
         path = str(source)
+        if stream and _header_seconds(source, offset, duration) > STREAM_MIN_SECONDS:
+            return streamed_features(path, config, device=device, offset=offset, duration=duration,
+                                     tuning=tuning, chroma=chroma)
         samples = load_audio(source, sr=config.sr, offset=offset, duration=duration)
     else:
         if sr is None:
@@ -310,21 +317,35 @@ def chroma_frames(samples: np.ndarray, frontend_config, tuning_cents: float, n_f
     end's frame grid (hop ``frontend_config.hop_length``), bins moved by ``tuning_cents``.
     Long inputs are transformed in chunks of about :data:`CQT_CHUNK_SECONDS` whose frames
     tile that grid (bounded memory)."""
-    import librosa
+    parts = [_chroma_chunk(samples[start:stop], frontend_config, tuning_cents, keep)
+             for start, stop, keep in _chroma_grid(len(samples), frontend_config)]
+    return _joined_chroma(parts, n_frames)
 
+
+def _chroma_grid(n_samples: int, frontend_config) -> list[tuple[int, int, int | None]]:
+    """``(start, stop, frames kept or None for all)`` of the chunks :func:`chroma_frames` transforms."""
     hop = frontend_config.hop_length
     chunk = max(1, int(CQT_CHUNK_SECONDS * frontend_config.sr) // hop) * hop
-    starts = list(range(0, len(samples), chunk))
-    if len(starts) > 1 and len(samples) - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
+    starts = list(range(0, n_samples, chunk))
+    if len(starts) > 1 and n_samples - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
         starts.pop()
-    parts = []
-    for i, start in enumerate(starts):
-        last = i == len(starts) - 1
-        stop = len(samples) if last else start + chunk
-        # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
-        c = librosa.feature.chroma_cqt(y=samples[start:stop], sr=frontend_config.sr, hop_length=hop,
-                                       tuning=tuning_cents * 36 / 1200.0)
-        parts.append(c if last else c[:, :chunk // hop])   # a centred chunk has one frame too many
+    # a centred chunk has one frame too many: all but the last keep chunk // hop frames
+    return [(start, n_samples if i == len(starts) - 1 else start + chunk,
+             None if i == len(starts) - 1 else chunk // hop) for i, start in enumerate(starts)]
+
+
+def _chroma_chunk(samples: np.ndarray, frontend_config, tuning_cents: float, keep: int | None) -> np.ndarray:
+    """librosa's ``chroma_cqt`` (12, t) of one chunk of :func:`_chroma_grid`, its first ``keep`` frames."""
+    import librosa
+
+    # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
+    c = librosa.feature.chroma_cqt(y=samples, sr=frontend_config.sr, hop_length=frontend_config.hop_length,
+                                   tuning=tuning_cents * 36 / 1200.0)
+    return c if keep is None else c[:, :keep]
+
+
+def _joined_chroma(parts: list[np.ndarray], n_frames: int) -> np.ndarray:
+    """Chunks of :func:`_chroma_chunk` → float32 (12, n_frames) (edge-padded or cut)."""
     frames = np.concatenate(parts, axis=1)
     if frames.shape[-1] < n_frames:
         frames = np.pad(frames, ((0, 0), (0, n_frames - frames.shape[-1])), mode="edge")
@@ -337,12 +358,86 @@ def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "c
     (:mod:`musicssl.key.tonality`): a CQT at the measurements' own hop (bins moved by
     ``tuning_cents``) of the samples without their constant (DC) offset, on at most
     :data:`~musicssl.key.tonality.MAX_EXCERPTS` excerpts."""
-    config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
     samples = samples - np.float32(np.mean(samples, dtype=np.float64))
-    mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents)
-            for part in tonality.excerpts(samples, config.sr)]
+    return _tonality_of_excerpts(tonality.excerpts(samples, frontend_config.sr), frontend_config,
+                                 device, tuning_cents)
+
+
+def _tonality_of_excerpts(parts: Sequence[np.ndarray], frontend_config, device: str,
+                          tuning_cents: float) -> tuple[float, float]:
+    """:func:`tonality_measurements` of its excerpts (DC offset already removed)."""
+    config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
+    mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents) for part in parts]
     return (tonality.harmonic_fraction(mags),
             tonality.peak_contrast(mags, config.sr / config.hop_length))
+
+
+def _header_seconds(path, offset: float, duration: float | None) -> float:
+    """Length (s) of the requested span of a file by its header; 0 when the header does not say."""
+    from musicssl.frontend.audio import audio_info
+
+    total = max(0.0, audio_info(path).duration_s - offset)
+    return total if duration is None else min(total, duration)
+
+
+def streamed_features(path, frontend_config, *, device: str = "cpu", offset: float = 0.0,
+                      duration: float | None = None, tuning: str | float = "compensate",
+                      chroma: bool = False) -> KeyFeatures:
+    """:func:`compute_features` of a long file without holding its samples or its CQT.
+
+    One pass (:func:`~musicssl.frontend.audio.scan_audio`) finds length, peak and the
+    excerpts that tuning and tonality look at; with ``chroma`` a second pass computes
+    the chroma frames (12 values per frame, kept); ``magnitude`` is a
+    :class:`~musicssl.frontend.cqt.FileCQT` that decodes the file again when read.
+    Same values as the in-memory path up to float rounding (the DC offset removed
+    before the tonality measurements is a float64 mean of the raw samples over the peak).
+    """
+    from musicssl.frontend.audio import iter_audio_blocks, scan_audio
+    from musicssl.frontend.cqt import FileCQT
+    from musicssl.frontend.tuning import tuned_fmin, tuning_excerpt_spans
+
+    config = frontend_config
+    n_tuning = []
+
+    def spans(n: int) -> list[tuple[int, int]]:
+        wanted = tuning_excerpt_spans(n, config.sr)
+        n_tuning[:] = [len(wanted)]
+        return wanted + tonality.excerpt_spans(n, config.sr)
+
+    scan = scan_audio(path, config.sr, spans, offset=offset, duration=duration)
+    duration_s = scan.n_samples / config.sr
+    if duration_s < min_duration_s(config):
+        raise AudioTooShortError(f"audio is {duration_s:.2f} s long; key estimation needs at least "
+                                 f"{min_duration_s(config):.2f} s", path, duration=duration_s,
+                                 minimum=min_duration_s(config))
+    tuning_part, tonality_parts = scan.excerpts[:n_tuning[0]], scan.excerpts[n_tuning[0]:]
+    cents, compensate = _tuning_of(np.concatenate(tuning_part), config.sr, tuning)
+    shift = cents if compensate else 0.0
+    dc = np.float32(scan.mean)
+    harmonic, contrast = _tonality_of_excerpts([part - dc for part in tonality_parts], config, device, shift)
+    cqt_config = config
+    if round(float(shift)):
+        cqt_config = dataclasses.replace(config, fmin=tuned_fmin(config.fmin, round(float(shift))))
+    magnitude = FileCQT(path, cqt_config, scan.peak, scan.n_samples, offset, duration, device)
+    frames = None
+    if chroma:
+        peak = np.float32(scan.peak)
+        grid = iter(_chroma_grid(scan.n_samples, config))
+        start, stop, keep = next(grid)
+        held, position, parts = [], 0, []
+        for block in iter_audio_blocks(path, config.sr, block_seconds=10.0, offset=offset, duration=duration):
+            block = block / peak
+            while len(block):
+                take = min(len(block), stop - position)
+                held.append(block[:take])
+                block, position = block[take:], position + take
+                if position == stop:
+                    parts.append(_chroma_chunk(np.concatenate(held), config, shift, keep))
+                    held = []
+                    start, stop, keep = next(grid, (stop, stop + 1, None))
+        frames = _joined_chroma(parts, magnitude.shape[-1])
+    return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate,
+                       harmonic, contrast, frames)
 
 
 def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float | None, bool]:
@@ -364,6 +459,9 @@ MIN_FRAMES = 2 ** 7
 MIN_DURATION_S = 1.0
 #: CQT chunk length (s) above which tracks are transformed piecewise (bounded memory).
 CQT_CHUNK_SECONDS = 120.0
+#: Files longer than this (s, by their header) are analysed without holding their samples
+#: or CQT when :func:`compute_features` is asked to ``stream`` (as :class:`KeyEstimator` does).
+STREAM_MIN_SECONDS = 1200.0
 
 
 def min_duration_s(frontend_config=None) -> float:
@@ -474,6 +572,7 @@ class KeyEstimator:
             self._prior_estimator = TemplateKeyEstimator(prior, frontend_config=frontend_config, device=device,
                                                          chroma=prior_chroma)
             self.feature_options = dict(self._prior_estimator.feature_options)
+        self.feature_options["stream"] = True   # long files: read chunk by chunk (FileCQT)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",
@@ -555,14 +654,13 @@ class KeyEstimator:
         fps = self.frontend_config.sr / self.frontend_config.hop_length
         max_frames = int(self.max_window_s * fps)
         n = magnitude.shape[-1]
-        if n <= max_frames:
-            return self._window_probabilities([magnitude], [chroma])[0]
         pieces = int(np.ceil(n / max_frames))
         bounds = np.linspace(0, n, pieces + 1).astype(int)
+        spans = list(zip(bounds[:-1], bounds[1:]))
         total = np.zeros(24)
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for (a, b), window in zip(spans, frame_spans(magnitude, spans)):
             part = None if chroma is None else chroma[:, a:b]
-            total += (b - a) * self._window_probabilities([magnitude[:, a:b]], [part])[0]
+            total += (b - a) * self._window_probabilities([window], [part])[0]
         return total / n
 
     # --- layer 2: features -> results (batched)
@@ -576,7 +674,7 @@ class KeyEstimator:
         fps_limit = int(self.max_window_s * self.frontend_config.sr / self.frontend_config.hop_length)
         for length, indices in by_length.items():
             chromas = [features[i].chroma for i in indices]
-            if length <= fps_limit:
+            if length <= fps_limit and all(isinstance(features[i].magnitude, np.ndarray) for i in indices):
                 probs = self._window_probabilities([features[i].magnitude for i in indices], chromas)
             else:
                 probs = np.stack([self._track_probabilities(features[i].magnitude, features[i].chroma)
@@ -595,11 +693,8 @@ class KeyEstimator:
         each window is log-compressed on its own, as in training."""
         if not self.feature_options.get("chroma"):
             return local_keys_of(features, self._window_probabilities, window_s, hop_s)
-        # windows of the CQT and of its chroma frames cut together: stack them, split per window
-        n_bins = features.magnitude.shape[0]
-        stacked = dataclasses.replace(features, magnitude=np.concatenate([features.magnitude, features.chroma]))
-        return local_keys_of(stacked, lambda windows: self._window_probabilities(
-            [w[:n_bins] for w in windows], [w[n_bins:] for w in windows]), window_s, hop_s)
+        # windows of the CQT and of its chroma frames cut together
+        return local_keys_of(features, self._window_probabilities, window_s, hop_s, with_chroma=True)
 
     # --- layer 3: audio / files
     def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
@@ -652,12 +747,14 @@ def _cached_calibration(path: Path, loaded, device: str) -> dict:
 
 
 def local_keys_of(features: KeyFeatures, window_probabilities, window_s: float = 20.0,
-                  hop_s: float = 5.0) -> list[LocalKey]:
+                  hop_s: float = 5.0, with_chroma: bool = False) -> list[LocalKey]:
     """Local keys of ``features`` for any estimator: ``window_probabilities(list of
-    equal-length CQT magnitudes (F, win)) -> (len, 24)`` scores each window.
+    equal-length CQT magnitudes (F, win)) -> (len, 24)`` scores each window
+    (``with_chroma``: ``window_probabilities(magnitudes, chromas (12, win))``).
 
     Windows are ``window_s`` long every ``hop_s`` seconds, the last one flush
     with the end; a track shorter than one window gives one window over all of it.
+    A :class:`~musicssl.frontend.cqt.FileCQT` magnitude is read chunk by chunk.
     """
     from musicssl.errors import ConfigError
 
@@ -670,13 +767,30 @@ def local_keys_of(features: KeyFeatures, window_probabilities, window_s: float =
     starts = list(range(0, n - win + 1, hop))
     if starts[-1] + win < n:  # cover the end
         starts.append(n - win)
-    windows = [features.magnitude[:, s:s + win] for s in starts]
-    probs = np.concatenate([window_probabilities(windows[i:i + 64]) for i in range(0, len(windows), 64)])
+    windows = frame_spans(features.magnitude, [(s, s + win) for s in starts])
+    probs = []
+    for i in range(0, len(starts), 64):
+        group = [next(windows) for _ in starts[i:i + 64]]
+        if with_chroma:
+            probs.append(window_probabilities(group, [features.chroma[:, s:s + win] for s in starts[i:i + 64]]))
+        else:
+            probs.append(window_probabilities(group))
+    probs = np.concatenate(probs)
     out = []
     for s, p in zip(starts, probs):
         r = result_from_probabilities(p, 0.0)
         out.append(LocalKey(s / fps, (s + win) / fps, r.key, r.confidence, p))
     return out
+
+
+def frame_spans(magnitude, spans: Sequence[tuple[int, int]]) -> Iterable[np.ndarray]:
+    """Frame ranges ``magnitude[:, a:b]`` for ``(a, b)`` in ``spans`` (non-decreasing starts),
+    lazily; a :class:`~musicssl.frontend.cqt.FileCQT` is decoded once, chunk by chunk."""
+    from musicssl.frontend.cqt import FileCQT, cut_spans
+
+    if isinstance(magnitude, FileCQT):
+        return (window for _, window in cut_spans(magnitude.chunks(), spans))
+    return (magnitude[:, a:b] for a, b in spans)
 
 
 def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:
