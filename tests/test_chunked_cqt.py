@@ -89,7 +89,7 @@ def test_scan_audio_finds_length_peak_mean_and_excerpts(long_file):
 
 def test_streamed_features_match_the_in_memory_ones(long_file, monkeypatch):
     monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
-    memory = compute_features(long_file, KEY_FRONTEND, chroma=True)
+    memory = compute_features(long_file, KEY_FRONTEND, chroma=True, stream=False)
     streamed = compute_features(long_file, KEY_FRONTEND, chroma=True, stream=True)
     assert isinstance(memory.magnitude, np.ndarray) and isinstance(streamed.magnitude, FileCQT)
     assert streamed.magnitude.shape == memory.magnitude.shape
@@ -131,3 +131,19 @@ def test_key_features_hold_no_samples_when_streamed(long_file, monkeypatch):
     streamed = compute_features(long_file, KEY_FRONTEND, stream=True)
     assert isinstance(streamed, KeyFeatures)
     assert len(pickle.dumps(streamed)) < 10_000      # small enough to send from a worker process
+
+
+@pytest.mark.parametrize("chroma", ["cqt", "librosa"])
+def test_template_estimators_read_streamed_features(long_file, monkeypatch, chroma):
+    from musicssl.key.templates import TemplateKeyEstimator
+
+    template = TemplateKeyEstimator("krumhansl", chroma=chroma)
+    options = template.feature_options
+    memory = compute_features(long_file, template.frontend_config, stream=False, **options)
+    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    streamed = compute_features(long_file, template.frontend_config, **options)
+    assert isinstance(streamed.magnitude, FileCQT)
+    a, b = template.estimate_features([memory, streamed], local=True, window_s=20.0, hop_s=10.0)
+    np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
+    for x, y in zip(a.local, b.local):
+        np.testing.assert_allclose(y.probabilities, x.probabilities, atol=1e-5)

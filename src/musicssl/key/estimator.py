@@ -266,7 +266,7 @@ class KeyFeatures:
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
                      device: str = "cpu", offset: float = 0.0, duration: float | None = None,
                      tuning: str | float = "compensate", chroma: bool = False,
-                     stream: bool = False) -> KeyFeatures:
+                     stream: bool = True) -> KeyFeatures:
     """CQT magnitude of an audio file (``source`` a path) or of samples
     (``source`` an array, with its ``sr``). Model-free and picklable.
 
@@ -280,7 +280,8 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     maximum of 1) at the front end's hop, for the template baselines.
     ``stream``: a file longer than :data:`STREAM_MIN_SECONDS` is never held whole
     (:func:`streamed_features`: ``magnitude`` is then a :class:`~musicssl.frontend.cqt.FileCQT`,
-    which :class:`KeyEstimator` reads chunk by chunk).
+    which the estimators read chunk by chunk; ``np.asarray`` of it computes all of it);
+    False: the whole waveform and CQT in memory.
     """
     from musicssl.frontend.audio import load_audio, prepare_audio
     from musicssl.frontend.cqt import FrontEndConfig
@@ -460,7 +461,7 @@ MIN_DURATION_S = 1.0
 #: CQT chunk length (s) above which tracks are transformed piecewise (bounded memory).
 CQT_CHUNK_SECONDS = 120.0
 #: Files longer than this (s, by their header) are analysed without holding their samples
-#: or CQT when :func:`compute_features` is asked to ``stream`` (as :class:`KeyEstimator` does).
+#: or CQT (:func:`compute_features`, ``stream``).
 STREAM_MIN_SECONDS = 1200.0
 
 
@@ -572,7 +573,6 @@ class KeyEstimator:
             self._prior_estimator = TemplateKeyEstimator(prior, frontend_config=frontend_config, device=device,
                                                          chroma=prior_chroma)
             self.feature_options = dict(self._prior_estimator.feature_options)
-        self.feature_options["stream"] = True   # long files: read chunk by chunk (FileCQT)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str = "cpu",

@@ -231,7 +231,7 @@ class TemplateKeyEstimator:
     def _feature_probabilities(self, features) -> np.ndarray:
         if self.chroma_source == "librosa":
             return self.probabilities_from_chroma(_require_chroma(features.chroma))
-        return self.probabilities_from_magnitude(features.magnitude)
+        return self.probabilities_from_magnitude(np.asarray(features.magnitude))   # a FileCQT: computed whole
 
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
         """Keys of overlapping windows ``window_s`` long every ``hop_s`` seconds."""
