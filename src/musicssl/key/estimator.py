@@ -421,11 +421,13 @@ def streamed_features(path, frontend_config, *, device: str = "cpu", offset: flo
         cqt_config = dataclasses.replace(config, fmin=tuned_fmin(config.fmin, round(float(shift))))
     magnitude = FileCQT(path, cqt_config, scan.peak, scan.n_samples, offset, duration, device)
     frames = None
-    if chroma:
+    if chroma:   # written in place: no list of parts and no joined copy
+        n_frames = magnitude.shape[-1]
+        frames = np.empty((12, n_frames), np.float32)
         peak = np.float32(scan.peak)
         grid = iter(_chroma_grid(scan.n_samples, config))
         start, stop, keep = next(grid)
-        held, position, parts = [], 0, []
+        held, position, filled = [], 0, 0
         for block in iter_audio_blocks(path, config.sr, block_seconds=10.0, offset=offset, duration=duration):
             block = block / peak
             while len(block):
@@ -433,10 +435,12 @@ def streamed_features(path, frontend_config, *, device: str = "cpu", offset: flo
                 held.append(block[:take])
                 block, position = block[take:], position + take
                 if position == stop:
-                    parts.append(_chroma_chunk(np.concatenate(held), config, shift, keep))
+                    part = _chroma_chunk(np.concatenate(held), config, shift, keep)[:, :n_frames - filled]
+                    frames[:, filled:filled + part.shape[-1]] = part
+                    filled += part.shape[-1]
                     held = []
                     start, stop, keep = next(grid, (stop, stop + 1, None))
-        frames = _joined_chroma(parts, magnitude.shape[-1])
+        frames[:, filled:] = frames[:, filled - 1:filled]   # edge padding, as _joined_chroma
     return KeyFeatures(magnitude, duration_s, config.sr / config.hop_length, path, cents, compensate,
                        harmonic, contrast, frames)
 
