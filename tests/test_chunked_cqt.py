@@ -147,3 +147,24 @@ def test_template_estimators_read_streamed_features(long_file, monkeypatch, chro
     np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
     for x, y in zip(a.local, b.local):
         np.testing.assert_allclose(y.probabilities, x.probabilities, atol=1e-5)
+
+
+def test_onnx_backend_reads_streamed_features(long_file, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from musicssl.cli.main import main
+    from musicssl.key.estimator import KeyEstimator
+
+    path = tmp_path / "skey-debian.onnx"
+    assert main(["export-onnx", "skey-debian", "-o", str(path)]) == 0
+    estimator = KeyEstimator.from_checkpoint(path, transpositions=2)
+    assert not hasattr(estimator.model, "forward_crops")      # the one-crop-at-a-time path
+    estimator.max_window_s = 40.0
+    memory = compute_features(long_file, estimator.frontend_config, stream=False)
+    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    streamed = compute_features(long_file, estimator.frontend_config)
+    assert isinstance(streamed.magnitude, FileCQT)
+    a, b = estimator.estimate_features([memory, streamed], local=True, window_s=20.0, hop_s=10.0)
+    np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
+    for x, y in zip(a.local, b.local):
+        np.testing.assert_allclose(y.probabilities, x.probabilities, atol=1e-5)
