@@ -92,7 +92,8 @@ def run_child(args: list[str]) -> tuple[float, float, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, nargs="+", default=[1.0, 3.0])
-    parser.add_argument("--paths", nargs="+", choices=("streamed", "memory"), default=["streamed", "memory"])
+    parser.add_argument("--paths", nargs="*", choices=("streamed", "memory"), default=["streamed", "memory"],
+                        help="key paths to measure (none: only --beats)")
     parser.add_argument("--transpositions", type=int, default=None,
                         help="passed to musicssl key (default: its default, 12)")
     parser.add_argument("--local", action="store_true", help="also local keys (musicssl key --local)")
