@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     from musicssl.key.estimator import default_model_path, magnitude_cqt
 
     path = args.checkpoint or default_model_path()
-    model = load_key_model(path).model.eval()
-    config = load_key_model(path).frontend_config
+    loaded = load_key_model(path)
+    model, config = loaded.model.eval(), loaded.frontend_config
     clips = sorted(DEV_AUDIO.glob("*"))[:args.limit]
     if not clips:
         raise SystemExit(f"no dev-synth audio in {DEV_AUDIO} (set MUSICSSL_SHARED)")

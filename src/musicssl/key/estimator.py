@@ -246,7 +246,7 @@ class KeyFeatures:
     ``harmonic_fraction`` in [0, 1], ``peak_contrast`` in dB.
     """
 
-    magnitude: np.ndarray
+    magnitude: np.ndarray   # or a FileCQT (long files: frontend.cqt.FileCQT, read in pieces)
     duration_s: float
     frames_per_second: float
     path: str | None = None
@@ -374,11 +374,13 @@ def _tonality_of_excerpts(parts: Sequence[np.ndarray], frontend_config, device: 
 
 
 def _header_seconds(path, offset: float, duration: float | None) -> float:
-    """Length (s) of the requested span of a file by its header; 0 when the header does not say."""
-    from musicssl.frontend.audio import audio_info
+    """Length (s) of the requested span of a file by its header, without decoding; 0 when
+    the header does not say."""
+    from musicssl.frontend.audio import iter_audio_blocks
 
-    total = max(0.0, audio_info(path).duration_s - offset)
-    return total if duration is None else min(total, duration)
+    blocks = iter_audio_blocks(path, offset=offset, duration=duration)
+    blocks.close()
+    return blocks.expected_seconds() or 0.0
 
 
 def streamed_features(path, frontend_config, *, device: str = "cpu", offset: float = 0.0,
