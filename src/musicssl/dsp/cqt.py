@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from musicssl.errors import AudioTooShortError, ConfigError
+from musicssl.io.audio import iter_audio_blocks
 
 __all__ = [
     "CQT",
@@ -50,6 +51,8 @@ __all__ = [
     "cqt_chunked",
     "cqt_stream",
     "iter_cqt_chunks",
+    "cut_spans",
+    "FileCQT",
     "cqt_kernels",
     "lowpass_filter",
     "nnaudio_early_downsample_count",
@@ -412,6 +415,87 @@ def cqt_stream(cqt: CQT, blocks: Iterable[np.ndarray | Tensor], chunk_seconds: f
     if next_frame < total:
         seg_start = max(0, next_frame * hop - margin)
         yield next_frame, compute(seg_start, n_total, next_frame, total)
+
+
+def cut_spans(pieces: Iterable[tuple[int, np.ndarray]], spans: Sequence[tuple[int, int]]
+              ) -> Iterator[tuple[int, np.ndarray]]:
+    """Frame ranges of a spectrogram that arrives in pieces.
+
+    ``pieces``: ``(first_frame, array (F, t))`` in order and contiguous (e.g.
+    :meth:`FileCQT.chunks`); ``spans``: ``[(start, stop), ...]`` frame ranges with
+    non-decreasing starts (they may overlap). Yields ``(i, array (F, stop - start))``
+    for each span in order as soon as its frames have arrived; only the frames from
+    the earliest pending span's start on are kept, so memory is about the longest
+    span plus one piece.
+    """
+    spans = [(int(a), int(b)) for a, b in spans]
+    if any(b <= a for a, b in spans) or any(q[0] < p[0] for p, q in zip(spans, spans[1:])):
+        raise ConfigError("cut_spans: spans must be non-empty with non-decreasing starts")
+    buffer: np.ndarray | None = None
+    start = 0   # frame index of buffer[:, 0]
+    i = 0
+    for first, piece in pieces:
+        piece = np.asarray(piece)
+        if buffer is None:
+            buffer, start = piece, int(first)
+        else:
+            if first != start + buffer.shape[-1]:
+                raise ConfigError("cut_spans: pieces are not contiguous")
+            buffer = np.concatenate([buffer, piece], axis=-1)
+        end = start + buffer.shape[-1]
+        while i < len(spans) and spans[i][1] <= end:
+            a, b = spans[i]
+            yield i, buffer[..., a - start:b - start].copy()
+            i += 1
+        if i < len(spans):
+            keep = max(start, spans[i][0])
+            buffer, start = buffer[..., keep - start:], keep
+        else:
+            return
+    if i < len(spans):
+        raise ConfigError(f"cut_spans: span {spans[i]} ends after the last frame")
+
+
+@dataclass(frozen=True)
+class FileCQT:
+    """CQT magnitude ``(n_bins, n_frames)`` of a (long) audio file, never held whole:
+    recomputed from the file on demand, chunk by chunk (:meth:`chunks`). Small and
+    picklable; values equal :class:`CQT` of the peak-normalised samples
+    (:func:`musicssl.io.audio.load_audio`) to float32 rounding.
+
+    ``config``: the transform (``fmin`` already moved by any tuning); ``peak``: the
+    file's peak absolute value (:func:`musicssl.io.audio.scan_audio`);
+    ``n_samples``: its length at ``config.sr``; ``offset``/``duration``: the span read.
+    """
+
+    path: str
+    config: FrontEndConfig
+    peak: float
+    n_samples: int
+    offset: float = 0.0
+    duration: float | None = None
+    device: str = "cpu"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.config.n_bins, self.n_samples // self.config.hop_length + 1)
+
+    @torch.inference_mode()
+    def chunks(self, chunk_seconds: float = 60.0) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first_frame, magnitude float32 (n_bins, t))`` in order, decoding the file again."""
+        c = self.config
+        cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
+                  bins_per_octave=c.bins_per_octave).to(self.device)
+        peak = np.float32(self.peak)
+        blocks = iter_audio_blocks(self.path, c.sr, block_seconds=10.0, offset=self.offset,
+                                   duration=self.duration)
+        for first, piece in cqt_stream(cqt, (b / peak for b in blocks), chunk_seconds):
+            yield first, piece.float().cpu().numpy()
+
+    def __array__(self, dtype=None, copy=None):
+        """The whole magnitude (memory grows with the file: for code that needs all of it)."""
+        whole = np.concatenate([piece for _, piece in self.chunks()], axis=-1)
+        return whole if dtype is None else whole.astype(dtype)
 
 
 # --------------------------------------------------------------------------

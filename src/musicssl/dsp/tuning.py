@@ -30,7 +30,7 @@ import numpy as np
 
 from musicssl.errors import ConfigError
 
-__all__ = ["estimate_tuning_cents", "tuned_fmin", "TUNING_MAX_SECONDS"]
+__all__ = ["estimate_tuning_cents", "tuning_excerpt_spans", "tuned_fmin", "TUNING_MAX_SECONDS"]
 
 #: Longest stretch of audio (s) the estimate looks at; longer recordings are
 #: sampled in four evenly spaced excerpts that add up to this length.
@@ -46,11 +46,9 @@ def estimate_tuning_cents(samples: np.ndarray, sr: float, *, max_seconds: float 
     import librosa
 
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
-    limit = int(max_seconds * sr)
-    if len(x) > limit:
-        piece = limit // _EXCERPTS
-        starts = np.linspace(0, len(x) - piece, _EXCERPTS).astype(int)
-        x = np.concatenate([x[s:s + piece] for s in starts])
+    spans = tuning_excerpt_spans(len(x), sr, max_seconds=max_seconds)
+    if len(spans) > 1:
+        x = np.concatenate([x[a:b] for a, b in spans])
     if len(x) < 2048 or not np.any(x):
         return 0.0
     with warnings.catch_warnings():
@@ -67,6 +65,19 @@ def estimate_tuning_cents(samples: np.ndarray, sr: float, *, max_seconds: float 
         return 0.0
     cents = round(100.0 * float(np.angle(resultant)) / (2.0 * np.pi), 1)
     return cents - 100.0 if cents >= 50.0 else cents
+
+
+def tuning_excerpt_spans(n_samples: int, sr: float, *,
+                         max_seconds: float = TUNING_MAX_SECONDS) -> list[tuple[int, int]]:
+    """Sample ranges ``[(start, stop), ...]`` of ``n_samples`` that :func:`estimate_tuning_cents`
+    looks at: the whole signal, or four evenly spaced excerpts adding up to ``max_seconds``
+    (their concatenation, passed to it, gives the same estimate)."""
+    limit = int(max_seconds * sr)
+    if n_samples <= limit:
+        return [(0, int(n_samples))]
+    piece = limit // _EXCERPTS
+    starts = np.linspace(0, n_samples - piece, _EXCERPTS).astype(int)
+    return [(int(s), int(s) + piece) for s in starts]
 
 
 def tuned_fmin(fmin: float, tuning_cents: float) -> float:

@@ -20,6 +20,7 @@ Public functions
 ``load_audio(path, sr)``          file -> float32 ``(n,)`` at ``sr`` Hz
 ``prepare_audio(samples, sr_in)`` in-memory array -> the same
 ``iter_audio_blocks(path, sr)``   file -> float32 blocks, for long files
+``scan_audio(path, sr, spans)``   length, peak, mean and excerpts in one pass
 ``audio_info(path)``              cheap header information
 ``find_audio_files(paths)``       files, folders and glob patterns -> files
 
@@ -69,10 +70,12 @@ __all__ = [
     "RESAMPLE_QUALITY",
     "AudioBlocks",
     "AudioInfo",
+    "AudioScan",
     "audio_info",
     "iter_audio_blocks",
     "load_audio",
     "prepare_audio",
+    "scan_audio",
 ]
 
 
@@ -681,6 +684,62 @@ def iter_audio_blocks(path, sr: float = 22050, block_seconds: float = _DEFAULT_B
     """
     return AudioBlocks(path, sr, block_seconds, offset=offset, duration=duration, mono=mono,
                        max_duration=max_duration)
+
+
+@dataclass
+class AudioScan:
+    """What one streaming pass over a file found (see :func:`scan_audio`).
+
+    ``n_samples`` at the scan's rate; ``peak``: peak absolute value (before
+    normalisation); ``mean``: mean of the peak-normalised samples (float64 sum
+    of the raw samples divided by ``peak``); ``excerpts``: the requested sample
+    ranges, float32, peak-normalised, equal to slices of :func:`load_audio`'s result.
+    """
+
+    n_samples: int
+    peak: float
+    mean: float
+    excerpts: list[np.ndarray]
+
+
+def scan_audio(path, sr: float = 22050, spans=None, *, offset: float = 0.0,
+               duration: float | None = None, max_duration: float | None = None,
+               block_seconds: float = _LOAD_BLOCK_SECONDS) -> AudioScan:
+    """Length, peak, mean and excerpts of a file in one streaming pass (bounded memory).
+
+    ``spans(n_samples) -> [(start, stop), ...]`` (sample ranges at ``sr``, within
+    ``[0, n_samples)``) says which excerpts to keep, given the length; the length
+    announced by the header is used to plan them while decoding, and the file is
+    read a second time only when the decoded length differs. Errors as
+    :func:`load_audio`.
+    """
+    def one_pass(planned: int | None) -> tuple[AudioBlocks, float, list[np.ndarray] | None]:
+        blocks = AudioBlocks(path, sr, block_seconds, offset=offset, duration=duration,
+                             max_duration=max_duration)
+        if planned is None:
+            planned = blocks.expected_samples()
+        wanted = None if spans is None or planned is None else list(spans(planned))
+        pieces = None if wanted is None else [[] for _ in wanted]
+        total, position = 0.0, 0
+        for block in blocks:
+            total += float(np.sum(block, dtype=np.float64))
+            end = position + len(block)
+            for i, (a, b) in enumerate(wanted or ()):
+                if a < end and b > position:
+                    pieces[i].append(block[max(a, position) - position:min(b, end) - position].copy())
+            position = end
+        if wanted is not None and blocks.n_samples != planned:
+            pieces = None   # planned for the wrong length
+        excerpts = None if pieces is None else [
+            np.concatenate(p) if p else np.zeros(0, np.float32) for p in pieces]
+        return blocks, total, excerpts
+
+    blocks, total, excerpts = one_pass(None)
+    if spans is not None and excerpts is None:
+        blocks, total, excerpts = one_pass(blocks.n_samples)
+    peak = np.float32(blocks.peak)
+    return AudioScan(blocks.n_samples, float(peak), total / float(peak) / max(1, blocks.n_samples),
+                     [e / peak for e in (excerpts or [])])
 
 
 # ----------------------------------------------------------------------------

@@ -36,7 +36,12 @@ from musicssl.key.calibration import (
     validate_calibration,
 )
 from musicssl.key.checkpoint import default_model_path, key_onnx_network, load_key_model
-from musicssl.key.features import KeyFeatures, compute_features, loop_to_min_frames
+from musicssl.key.features import (
+    KeyFeatures,
+    compute_features,
+    frame_spans,
+    loop_to_min_frames,
+)
 from musicssl.key.results import (
     KeyResult,
     LocalKey,
@@ -194,11 +199,15 @@ class KeyEstimator:
         in the column frame of crop offset 0, averaged over :attr:`transpositions` crops."""
 
         x = logcqt.to(self.device)
+        offsets = range(self.transpositions)
+        if hasattr(self.model, "forward_crops"):        # ChromaNet: crops batched, bounded memory
+            crops = self.model.forward_crops(x, offsets).float().unbind(1)
+        else:                                           # e.g. the ONNX network: one crop at a time
+            crops = [self.model(crop_bins(x, o, self.frontend_config.crop_bins)).float() for o in offsets]
         total = None
-        for offset in range(self.transpositions):      # one crop at a time: bounded memory on long tracks
-            out = self.model(crop_bins(x, offset, self.frontend_config.crop_bins)).float()
+        for offset, out in zip(offsets, crops):
             # crop offset o shows the music o semitones lower: column c + o of offset 0 is column c here
-            out = out.view(out.shape[0], -1, 12).roll(offset, dims=-1).flatten(1)
+            out = out.reshape(out.shape[0], -1, 12).roll(offset, dims=-1).flatten(1)
             total = out if total is None else total + out
         return (total / self.transpositions).cpu().numpy()
 
@@ -232,14 +241,13 @@ class KeyEstimator:
         fps = self.frontend_config.frame_rate
         max_frames = int(self.max_window_s * fps)
         n = magnitude.shape[-1]
-        if n <= max_frames:
-            return self._window_probabilities([magnitude], [chroma])[0]
         pieces = int(np.ceil(n / max_frames))
         bounds = np.linspace(0, n, pieces + 1).astype(int)
+        spans = list(zip(bounds[:-1], bounds[1:]))
         total = np.zeros(24)
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for (a, b), window in zip(spans, frame_spans(magnitude, spans)):
             part = None if chroma is None else chroma[:, a:b]
-            total += (b - a) * self._window_probabilities([magnitude[:, a:b]], [part])[0]
+            total += (b - a) * self._window_probabilities([window], [part])[0]
         return total / n
 
     # --- layer 2: features -> results (batched)
@@ -253,7 +261,7 @@ class KeyEstimator:
         fps_limit = int(self.max_window_s * self.frontend_config.frame_rate)
         for length, indices in by_length.items():
             chromas = [features[i].chroma for i in indices]
-            if length <= fps_limit:
+            if length <= fps_limit and all(isinstance(features[i].magnitude, np.ndarray) for i in indices):
                 probs = self._window_probabilities([features[i].magnitude for i in indices], chromas)
             else:
                 probs = np.stack([self._track_probabilities(features[i].magnitude, features[i].chroma)
@@ -272,11 +280,8 @@ class KeyEstimator:
         each window is log-compressed on its own, as in training."""
         if not self.feature_options.get("chroma"):
             return local_keys_of(features, self._window_probabilities, window_s, hop_s)
-        # windows of the CQT and of its chroma frames cut together: stack them, split per window
-        n_bins = features.magnitude.shape[0]
-        stacked = dataclasses.replace(features, magnitude=np.concatenate([features.magnitude, features.chroma]))
-        return local_keys_of(stacked, lambda windows: self._window_probabilities(
-            [w[:n_bins] for w in windows], [w[n_bins:] for w in windows]), window_s, hop_s)
+        # windows of the CQT and of its chroma frames cut together
+        return local_keys_of(features, self._window_probabilities, window_s, hop_s, with_chroma=True)
 
     # --- layer 3: audio / files
     def estimate(self, samples: np.ndarray, sr: int, local: bool = False,
@@ -407,11 +412,10 @@ class TemplateKeyEstimator:
     def _feature_probabilities(self, features) -> np.ndarray:
         if self.chroma_source == "librosa":
             return self.probabilities_from_chroma(_require_chroma(features.chroma))
-        return self.probabilities_from_magnitude(features.magnitude)
+        return self.probabilities_from_magnitude(np.asarray(features.magnitude))   # a FileCQT: computed whole
 
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
         """Keys of overlapping windows ``window_s`` long every ``hop_s`` seconds."""
-        import dataclasses
 
         if self.chroma_source == "librosa":
             frames = dataclasses.replace(features, magnitude=_require_chroma(features.chroma))

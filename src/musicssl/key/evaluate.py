@@ -41,7 +41,7 @@ def _embedding(estimator, features) -> np.ndarray | None:
     config = estimator.frontend_config
     device = getattr(estimator, "device", "cpu")
     with torch.inference_mode():
-        mag = torch.as_tensor(features.magnitude)[None, None].to(device)
+        mag = torch.as_tensor(np.asarray(features.magnitude))[None, None].to(device)
         x = crop_bins(log_compress(mag, config.top_db), 0, config.crop_bins)
         return embed(x).float().cpu().numpy()[0]
 

@@ -8,14 +8,20 @@ import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from musicssl.dsp.cqt import CQT, FrontEndConfig, cqt_chunked
-from musicssl.dsp.tuning import check_tuning, estimate_tuning_cents, tuned_fmin
+from musicssl.dsp.cqt import CQT, FileCQT, FrontEndConfig, cqt_chunked, cut_spans
+from musicssl.dsp.tuning import (
+    check_tuning,
+    estimate_tuning_cents,
+    tuned_fmin,
+    tuning_excerpt_spans,
+)
 from musicssl.errors import AudioTooShortError
-from musicssl.io.audio import load_audio, prepare_audio
+from musicssl.io.audio import iter_audio_blocks, load_audio, prepare_audio, scan_audio
 from musicssl.key import tonality
 
 
@@ -29,7 +35,7 @@ class KeyFeatures:
     ``harmonic_fraction`` in [0, 1], ``peak_contrast`` in dB.
     """
 
-    magnitude: np.ndarray
+    magnitude: np.ndarray   # or a FileCQT (long files: dsp.cqt.FileCQT, read in pieces)
     duration_s: float
     frames_per_second: float
     path: str | None = None
@@ -48,7 +54,8 @@ class KeyFeatures:
 
 def compute_features(source, frontend_config=None, *, sr: int | None = None,
                      device: str = "cpu", offset: float = 0.0, duration: float | None = None,
-                     tuning: str | float = "compensate", chroma: bool = False) -> KeyFeatures:
+                     tuning: str | float = "compensate", chroma: bool = False,
+                     stream: bool = True) -> KeyFeatures:
     """CQT magnitude of an audio file (``source`` a path) or of samples
     (``source`` an array, with its ``sr``). Model-free and picklable.
 
@@ -60,12 +67,19 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     a number is a known deviation in cents, compensated. ``chroma``: also
     librosa's ``chroma_cqt`` (36 bins per octave from C1, each frame scaled to a
     maximum of 1) at the front end's hop, for the template baselines.
+    ``stream``: a file longer than :data:`STREAM_MIN_SECONDS` is never held whole
+    (:func:`streamed_features`: ``magnitude`` is then a :class:`~musicssl.dsp.cqt.FileCQT`,
+    which the estimators read chunk by chunk; ``np.asarray`` of it computes all of it);
+    False: the whole waveform and CQT in memory.
     """
 
     config = frontend_config or FrontEndConfig()
     path = None
     if isinstance(source, (str, Path)):
         path = str(source)
+        if stream and _header_seconds(source, offset, duration) > STREAM_MIN_SECONDS:
+            return streamed_features(path, config, device=device, offset=offset, duration=duration,
+                                     tuning=tuning, chroma=chroma)
         samples = load_audio(source, sr=config.sr, offset=offset, duration=duration)
     else:
         if sr is None:
@@ -91,25 +105,9 @@ def chroma_frames(samples: np.ndarray, frontend_config, tuning_cents: float, n_f
     end's frame grid (hop ``frontend_config.hop_length``), bins moved by ``tuning_cents``.
     Long inputs are transformed in chunks of about :data:`CQT_CHUNK_SECONDS` whose frames
     tile that grid (bounded memory)."""
-    import librosa
-
-    hop = frontend_config.hop_length
-    chunk = max(1, int(CQT_CHUNK_SECONDS * frontend_config.sr) // hop) * hop
-    starts = list(range(0, len(samples), chunk))
-    if len(starts) > 1 and len(samples) - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
-        starts.pop()
-    parts = []
-    for i, start in enumerate(starts):
-        last = i == len(starts) - 1
-        stop = len(samples) if last else start + chunk
-        # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
-        c = librosa.feature.chroma_cqt(y=samples[start:stop], sr=frontend_config.sr, hop_length=hop,
-                                       tuning=tuning_cents * 36 / 1200.0)
-        parts.append(c if last else c[:, :chunk // hop])   # a centred chunk has one frame too many
-    frames = np.concatenate(parts, axis=1)
-    if frames.shape[-1] < n_frames:
-        frames = np.pad(frames, ((0, 0), (0, n_frames - frames.shape[-1])), mode="edge")
-    return frames[:, :n_frames].astype(np.float32)
+    parts = [_chroma_chunk(samples[start:stop], frontend_config, tuning_cents, keep)
+             for start, stop, keep in _chroma_grid(len(samples), frontend_config)]
+    return _joined_chroma(parts, n_frames)
 
 
 def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu",
@@ -118,12 +116,9 @@ def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "c
     (:mod:`musicssl.key.tonality`): a CQT at the measurements' own hop (bins moved by
     ``tuning_cents``) of the samples without their constant (DC) offset, on at most
     :data:`~musicssl.key.tonality.MAX_EXCERPTS` excerpts."""
-    config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
     samples = samples - np.float32(np.mean(samples, dtype=np.float64))
-    mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents)
-            for part in tonality.excerpts(samples, config.sr)]
-    return (tonality.harmonic_fraction(mags),
-            tonality.peak_contrast(mags, config.frame_rate))
+    return _tonality_of_excerpts(tonality.excerpts(samples, frontend_config.sr), frontend_config,
+                                 device, tuning_cents)
 
 
 def _tuning_of(samples: np.ndarray, sr: int, tuning: str | float) -> tuple[float | None, bool]:
@@ -186,3 +181,126 @@ def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu",
     else:
         mag = cqt(x)
     return mag[0].float().cpu().numpy()
+
+
+def _chroma_grid(n_samples: int, frontend_config) -> list[tuple[int, int, int | None]]:
+    """``(start, stop, frames kept or None for all)`` of the chunks :func:`chroma_frames` transforms."""
+    hop = frontend_config.hop_length
+    chunk = max(1, int(CQT_CHUNK_SECONDS * frontend_config.sr) // hop) * hop
+    starts = list(range(0, n_samples, chunk))
+    if len(starts) > 1 and n_samples - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
+        starts.pop()
+    # a centred chunk has one frame too many: all but the last keep chunk // hop frames
+    return [(start, n_samples if i == len(starts) - 1 else start + chunk,
+             None if i == len(starts) - 1 else chunk // hop) for i, start in enumerate(starts)]
+
+
+def _chroma_chunk(samples: np.ndarray, frontend_config, tuning_cents: float, keep: int | None) -> np.ndarray:
+    """librosa's ``chroma_cqt`` (12, t) of one chunk of :func:`_chroma_grid`, its first ``keep`` frames."""
+    import librosa
+
+    # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
+    c = librosa.feature.chroma_cqt(y=samples, sr=frontend_config.sr, hop_length=frontend_config.hop_length,
+                                   tuning=tuning_cents * 36 / 1200.0)
+    return c if keep is None else c[:, :keep]
+
+
+def _joined_chroma(parts: list[np.ndarray], n_frames: int) -> np.ndarray:
+    """Chunks of :func:`_chroma_chunk` → float32 (12, n_frames) (edge-padded or cut)."""
+    frames = np.concatenate(parts, axis=1)
+    if frames.shape[-1] < n_frames:
+        frames = np.pad(frames, ((0, 0), (0, n_frames - frames.shape[-1])), mode="edge")
+    return frames[:, :n_frames].astype(np.float32)
+
+
+def _tonality_of_excerpts(parts: Sequence[np.ndarray], frontend_config, device: str,
+                          tuning_cents: float) -> tuple[float, float]:
+    """:func:`tonality_measurements` of its excerpts (DC offset already removed)."""
+    config = dataclasses.replace(frontend_config, hop_length=tonality.HOP_LENGTH)
+    mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents) for part in parts]
+    return (tonality.harmonic_fraction(mags),
+            tonality.peak_contrast(mags, config.frame_rate))
+
+
+def _header_seconds(path, offset: float, duration: float | None) -> float:
+    """Length (s) of the requested span of a file by its header, without decoding; 0 when
+    the header does not say."""
+
+    blocks = iter_audio_blocks(path, offset=offset, duration=duration)
+    blocks.close()
+    return blocks.expected_seconds() or 0.0
+
+
+def streamed_features(path, frontend_config, *, device: str = "cpu", offset: float = 0.0,
+                      duration: float | None = None, tuning: str | float = "compensate",
+                      chroma: bool = False) -> KeyFeatures:
+    """:func:`compute_features` of a long file without holding its samples or its CQT.
+
+    One pass (:func:`~musicssl.io.audio.scan_audio`) finds length, peak and the
+    excerpts that tuning and tonality look at; with ``chroma`` a second pass computes
+    the chroma frames (12 values per frame, kept); ``magnitude`` is a
+    :class:`~musicssl.dsp.cqt.FileCQT` that decodes the file again when read.
+    Same values as the in-memory path up to float rounding (the DC offset removed
+    before the tonality measurements is a float64 mean of the raw samples over the peak).
+    """
+
+    config = frontend_config
+    n_tuning = []
+
+    def spans(n: int) -> list[tuple[int, int]]:
+        wanted = tuning_excerpt_spans(n, config.sr)
+        n_tuning[:] = [len(wanted)]
+        return wanted + tonality.excerpt_spans(n, config.sr)
+
+    scan = scan_audio(path, config.sr, spans, offset=offset, duration=duration)
+    duration_s = scan.n_samples / config.sr
+    if duration_s < min_duration_s(config):
+        raise AudioTooShortError(f"audio is {duration_s:.2f} s long; key estimation needs at least "
+                                 f"{min_duration_s(config):.2f} s", path, duration=duration_s,
+                                 minimum=min_duration_s(config))
+    tuning_part, tonality_parts = scan.excerpts[:n_tuning[0]], scan.excerpts[n_tuning[0]:]
+    cents, compensate = _tuning_of(np.concatenate(tuning_part), config.sr, tuning)
+    shift = cents if compensate else 0.0
+    dc = np.float32(scan.mean)
+    harmonic, contrast = _tonality_of_excerpts([part - dc for part in tonality_parts], config, device, shift)
+    cqt_config = config
+    if round(float(shift)):
+        cqt_config = dataclasses.replace(config, fmin=tuned_fmin(config.fmin, round(float(shift))))
+    magnitude = FileCQT(path, cqt_config, scan.peak, scan.n_samples, offset, duration, device)
+    frames = None
+    if chroma:   # written in place: no list of parts and no joined copy
+        n_frames = magnitude.shape[-1]
+        frames = np.empty((12, n_frames), np.float32)
+        peak = np.float32(scan.peak)
+        grid = iter(_chroma_grid(scan.n_samples, config))
+        start, stop, keep = next(grid)
+        held, position, filled = [], 0, 0
+        for block in iter_audio_blocks(path, config.sr, block_seconds=10.0, offset=offset, duration=duration):
+            block = block / peak
+            while len(block):
+                take = min(len(block), stop - position)
+                held.append(block[:take])
+                block, position = block[take:], position + take
+                if position == stop:
+                    part = _chroma_chunk(np.concatenate(held), config, shift, keep)[:, :n_frames - filled]
+                    frames[:, filled:filled + part.shape[-1]] = part
+                    filled += part.shape[-1]
+                    held = []
+                    start, stop, keep = next(grid, (stop, stop + 1, None))
+        frames[:, filled:] = frames[:, filled - 1:filled]   # edge padding, as _joined_chroma
+    return KeyFeatures(magnitude, duration_s, config.frame_rate, path, cents, compensate,
+                       harmonic, contrast, frames)
+
+
+#: Files longer than this (s, by their header) are analysed without holding their samples
+#: or CQT (:func:`compute_features`, ``stream``).
+STREAM_MIN_SECONDS = 1200.0
+
+
+def frame_spans(magnitude, spans: Sequence[tuple[int, int]]) -> Iterable[np.ndarray]:
+    """Frame ranges ``magnitude[:, a:b]`` for ``(a, b)`` in ``spans`` (non-decreasing starts),
+    lazily; a :class:`~musicssl.dsp.cqt.FileCQT` is decoded once, chunk by chunk."""
+
+    if isinstance(magnitude, FileCQT):
+        return (window for _, window in cut_spans(magnitude.chunks(), spans))
+    return (magnitude[:, a:b] for a, b in spans)

@@ -92,6 +92,11 @@ class ConvNeXtBlock(nn.Module):
 
 #: elements of the MLP's hidden tensor computed at once during inference
 _HIDDEN_BUDGET = 1 << 22
+#: crops × batch × frames that :meth:`ChromaNet.forward_crops` batches at once on a GPU
+#: (12 crops of a 30 s clip; a 10-minute window runs one crop at a time)
+_CROP_BATCH_FRAMES = 1 << 14
+#: batch crops on CPU too (off: one crop at a time measured faster on one CPU thread)
+BATCH_CROPS_ON_CPU = False
 
 
 class ChromaNet(nn.Module):
@@ -172,6 +177,36 @@ class ChromaNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Probabilities ``(B, 12 * n_rows)`` (softmax over all outputs)."""
         return torch.softmax(self.logits(x), dim=-1)
+
+    def forward_crops(self, x: Tensor, offsets: Sequence[int]) -> Tensor:
+        """Probabilities of several frequency crops of a full log-CQT: ``x`` ``(B, 1, F, T)``
+        with ``F >= max(offsets) + n_bins`` → ``(B, len(offsets), 12 * n_rows)``, where
+        ``[:, j]`` equals ``forward(x[:, :, o:o + n_bins])`` for ``o = offsets[j]``.
+
+        On GPUs the crops run as one batch (groups of crops when ``B * T`` is large, so
+        memory stays about that of one crop on long inputs); on CPU one crop at a time,
+        which measured faster (``benchmarks/key_crops_speed.py``). Nothing beyond the crop itself
+        can be shared between crops exactly: every stage starts with a layer norm over
+        the whole ``(C, F, T)`` of the crop, whose statistics differ from crop to crop
+        and feed the GELUs, and the depthwise convolutions pad each crop's own edges.
+        """
+        offsets = [int(o) for o in offsets]
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ConfigError(f"forward_crops expects (B, 1, F, T), got {tuple(x.shape)}")
+        if not offsets or min(offsets) < 0 or max(offsets) + self.n_bins > x.shape[2]:
+            raise ConfigError(f"forward_crops: offsets must lie in [0, {x.shape[2] - self.n_bins}], "
+                              f"got {offsets}")
+        b, t = x.shape[0], x.shape[-1]
+        group = 1
+        if x.device.type != "cpu" or BATCH_CROPS_ON_CPU:
+            group = max(1, min(len(offsets), _CROP_BATCH_FRAMES // max(1, b * t)))
+        outs = []
+        for start in range(0, len(offsets), group):
+            chosen = offsets[start:start + group]
+            crops = torch.stack([x[:, :, o:o + self.n_bins] for o in chosen], dim=1)  # (B, g, 1, n_bins, T)
+            probs = self(crops.flatten(0, 1))
+            outs.append(probs.view(b, len(chosen), -1))
+        return torch.cat(outs, dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from musicssl.errors import ConfigError
-from musicssl.key.features import KeyFeatures
+from musicssl.key.features import KeyFeatures, frame_spans
 from musicssl.keys import KEY_LABELS, Key, format_key
 
 
@@ -134,12 +134,14 @@ def result_from_probabilities(probabilities: np.ndarray, duration_s: float, **kw
 
 
 def local_keys_of(features: KeyFeatures, window_probabilities, window_s: float = 20.0,
-                  hop_s: float = 5.0) -> list[LocalKey]:
+                  hop_s: float = 5.0, with_chroma: bool = False) -> list[LocalKey]:
     """Local keys of ``features`` for any estimator: ``window_probabilities(list of
-    equal-length CQT magnitudes (F, win)) -> (len, 24)`` scores each window.
+    equal-length CQT magnitudes (F, win)) -> (len, 24)`` scores each window
+    (``with_chroma``: ``window_probabilities(magnitudes, chromas (12, win))``).
 
     Windows are ``window_s`` long every ``hop_s`` seconds, the last one flush
     with the end; a track shorter than one window gives one window over all of it.
+    A :class:`~musicssl.dsp.cqt.FileCQT` magnitude is read chunk by chunk.
     """
 
     if window_s <= 0 or hop_s <= 0:
@@ -151,8 +153,15 @@ def local_keys_of(features: KeyFeatures, window_probabilities, window_s: float =
     starts = list(range(0, n - win + 1, hop))
     if starts[-1] + win < n:  # cover the end
         starts.append(n - win)
-    windows = [features.magnitude[:, s:s + win] for s in starts]
-    probs = np.concatenate([window_probabilities(windows[i:i + 64]) for i in range(0, len(windows), 64)])
+    windows = frame_spans(features.magnitude, [(s, s + win) for s in starts])
+    probs = []
+    for i in range(0, len(starts), 64):
+        group = [next(windows) for _ in starts[i:i + 64]]
+        if with_chroma:
+            probs.append(window_probabilities(group, [features.chroma[:, s:s + win] for s in starts[i:i + 64]]))
+        else:
+            probs.append(window_probabilities(group))
+    probs = np.concatenate(probs)
     out = []
     for s, p in zip(starts, probs):
         r = result_from_probabilities(p, 0.0)

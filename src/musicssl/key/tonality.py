@@ -44,11 +44,19 @@ _BAND = (19, 87)
 def excerpts(samples: np.ndarray, sr: float) -> list[np.ndarray]:
     """``samples`` ``(N,)`` whole, or :data:`MAX_EXCERPTS` evenly spaced excerpts of
     :data:`EXCERPT_SECONDS` when longer than all of them together."""
-    length = int(EXCERPT_SECONDS * sr)
-    if len(samples) <= MAX_EXCERPTS * length:
+    spans = excerpt_spans(len(samples), sr)
+    if len(spans) == 1:
         return [samples]
-    starts = np.linspace(0, len(samples) - length, MAX_EXCERPTS).astype(int)
-    return [samples[s:s + length] for s in starts]
+    return [samples[a:b] for a, b in spans]
+
+
+def excerpt_spans(n_samples: int, sr: float) -> list[tuple[int, int]]:
+    """Sample ranges ``[(start, stop), ...]`` that :func:`excerpts` cuts from ``n_samples``."""
+    length = int(EXCERPT_SECONDS * sr)
+    if n_samples <= MAX_EXCERPTS * length:
+        return [(0, int(n_samples))]
+    starts = np.linspace(0, n_samples - length, MAX_EXCERPTS).astype(int)
+    return [(int(s), int(s) + length) for s in starts]
 
 
 def _parts(magnitudes) -> list[np.ndarray]:
