@@ -1,9 +1,10 @@
 """musicssl: self-supervised musical key and beat estimation.
 
 Key estimation (STONE, S-KEY) lives in :mod:`musicssl.key`, beat tracking
-(Zero-Note Samba) in :mod:`musicssl.beat`, the shared audio front end in
-:mod:`musicssl.frontend`, metrics and datasets in :mod:`musicssl.evaluation`,
-and the command line in :mod:`musicssl.cli`.
+(Zero-Note Samba) in :mod:`musicssl.beat`, shared audio and file plumbing in
+:mod:`musicssl.io`, the CQT in :mod:`musicssl.dsp`, metrics and datasets in
+:mod:`musicssl.evaluation`, and the command line in :mod:`musicssl.cli`
+(docs/ARCHITECTURE.md).
 """
 
 from musicssl.errors import MusicsslError
