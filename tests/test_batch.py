@@ -86,6 +86,31 @@ def test_finish_gets_batches_and_a_failing_batch_is_retried_file_by_file():
     assert ["nine9.wav"] in calls  # retried alone after its batch failed
 
 
+def test_slow_files_are_finished_one_by_one_and_fast_ones_in_batches():
+    """Progress and the journal advance per file: a record does not wait for its batch
+    to fill while the next slow file is prepared."""
+    import time
+
+    events = []
+
+    def slow(path):
+        events.append(("prepare", path))
+        time.sleep(0.25)
+        return len(path)
+
+    def finish(items):
+        return [{"n": n} for _, n in items]
+
+    paths = [f"f{i}.wav" for i in range(4)]
+    for record in run_batch(paths, slow, finish, batch_size=16, max_wait_s=0.1):
+        events.append(("record", record["path"]))
+    assert events == [e for p in paths for e in (("prepare", p), ("record", p))]
+    sizes = []
+    fast = list(run_batch(paths * 3, len, lambda items: sizes.append(len(items)) or [{} for _ in items],
+                          batch_size=4, max_wait_s=60.0))
+    assert len(fast) == 12 and sizes == [4, 4, 4]
+
+
 def test_parallel_workers_give_the_same_records():
     paths = [f"file{i}.wav" for i in range(7)] + ["bad.wav"]
     serial = list(run_batch(paths, record_for, jobs=1))

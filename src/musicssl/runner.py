@@ -24,12 +24,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from musicssl.io.records import error_record, is_ok
+
+#: seconds a prepared file may wait for its batch to fill before it is finished anyway
+MAX_WAIT_S = 1.0
 
 Prepare = Callable[[str], Any]
 Finish = Callable[[list[tuple[str, Any]]], list[dict]]
@@ -126,12 +130,16 @@ def _default_start_method() -> str:
 
 def run_batch(paths: Sequence[str | os.PathLike], prepare: Prepare, finish: Finish | None = None, *,
               jobs: int = 1, batch_size: int = 8, progress: bool = False, description: str = "files",
-              start_method: str | None = None) -> Iterator[dict]:
+              start_method: str | None = None, max_wait_s: float = MAX_WAIT_S) -> Iterator[dict]:
     """Yield one record per path, in input order (see the module doc).
 
     ``jobs`` worker processes run ``prepare`` (``jobs <= 1``: in this process);
     ``finish`` gets up to ``batch_size`` prepared payloads at a time; a failed
     batch is retried file by file so only the bad file gets an error record.
+    Records are not held back for a full batch: a batch is finished early when
+    its first payload has waited ``max_wait_s`` seconds, or at once when the
+    payload that just arrived took that long to come (slow files: one at a time),
+    so progress and the caller's journal advance file by file.
     ``progress`` shows a tqdm bar on stderr.
     """
     paths = [os.fspath(p) for p in paths]
@@ -150,11 +158,18 @@ def run_batch(paths: Sequence[str | os.PathLike], prepare: Prepare, finish: Fini
         bar = tqdm(total=len(paths), unit="file", desc=description, file=sys.stderr, dynamic_ncols=True)
     try:
         chunk: list[tuple[str, bool, Any]] = []
+        first = last = time.monotonic()
         for item in prepared:
+            now = time.monotonic()
+            if not chunk:
+                first = now
             chunk.append(item)
-            if sum(ok for _, ok, _ in chunk) >= batch_size:
+            slow = now - last >= max_wait_s or now - first >= max_wait_s
+            last = now
+            if slow or sum(ok for _, ok, _ in chunk) >= batch_size:
                 yield from _finish_chunk(chunk, finish, bar)
                 chunk = []
+                last = time.monotonic()   # the next gap counts from here, not from before finish ran
         if chunk:
             yield from _finish_chunk(chunk, finish, bar)
     finally:
