@@ -263,6 +263,22 @@ def test_estimator_prior_multiplies_the_template_probabilities():
     assert not np.allclose(with_prior.probabilities(x), alone.probabilities(x), atol=1e-3)
 
 
+def test_cqt_chroma_prior_reads_the_linear_cqt_not_the_log_cqt_decompressed():
+    """Quiet bins below the log-CQT's floor keep their values in the prior's chroma."""
+    from musicssl.key.estimator import TemplateKeyEstimator, combine_with_prior
+    from musicssl.key.features import KeyFeatures
+
+    rng = np.random.default_rng(3)
+    magnitude = (rng.random((99, 160)) * 10.0 ** rng.uniform(-8, 0, (99, 1))).astype(np.float32)
+    features = KeyFeatures(magnitude, 160 / 43.07, 43.07)
+    bias = torch.randn(24, generator=torch.Generator().manual_seed(4))
+    alone, with_prior = _toy_estimator(bias, 1), _toy_estimator(bias, 1, prior="temperley")
+    template = TemplateKeyEstimator("temperley")
+    expected = combine_with_prior(alone.estimate_features([features])[0].probabilities,
+                                  template.probabilities_from_magnitude(magnitude[None])[0])
+    np.testing.assert_allclose(with_prior.estimate_features([features])[0].probabilities, expected, atol=1e-9)
+
+
 def test_librosa_chroma_prior_reads_the_features_chroma():
     from musicssl.errors import ConfigError
     from musicssl.key.estimator import combine_with_prior

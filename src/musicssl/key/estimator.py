@@ -216,13 +216,15 @@ class KeyEstimator:
 
         return to_canonical(self.native_probabilities(logcqt), self.calibration)
 
-    def probabilities(self, logcqt: torch.Tensor, chromas: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    def probabilities(self, logcqt: torch.Tensor, chromas: Sequence[np.ndarray] | None = None,
+                      magnitudes: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``, times the template
         prior's when the estimator has one; a librosa-chroma prior (the default) reads
-        ``chromas`` (B × ``(12, T)``, :attr:`KeyFeatures.chroma`)."""
+        ``chromas`` (B × ``(12, T)``, :attr:`KeyFeatures.chroma`), a CQT-chroma prior the
+        linear ``magnitudes`` ``(B, F, T)`` when given (else the log-CQT, decompressed)."""
         prior = None
         if self._prior_estimator is not None:
-            prior = self._prior_estimator.prior_probabilities(logcqt, chromas)
+            prior = self._prior_estimator.prior_probabilities(logcqt, chromas, magnitudes)
         network = self.network_probabilities(logcqt)
         if prior is not None:
             network = combine_with_prior(network, prior, self.prior_weight)
@@ -233,8 +235,9 @@ class KeyEstimator:
         """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length (and,
         for a librosa-chroma prior, their chroma frames ``(12, T)``)."""
 
-        batch = torch.as_tensor(np.stack([loop_to_min_frames(m) for m in magnitudes]))[:, None]
-        return self.probabilities(log_compress(batch.to(self.device), self.frontend_config.top_db), chromas)
+        linear = np.stack([loop_to_min_frames(m) for m in magnitudes])
+        logcqt = log_compress(torch.as_tensor(linear)[:, None].to(self.device), self.frontend_config.top_db)
+        return self.probabilities(logcqt, chromas, linear)
 
     def _track_probabilities(self, magnitude: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities (24,) of a whole track, in bounded pieces if long."""
@@ -402,10 +405,14 @@ class TemplateKeyEstimator:
         chroma = np.asarray(frames, dtype=np.float64).mean(axis=-1)
         return scores_to_probabilities(correlation_scores(chroma, self.templates), self.temperature)
 
-    def prior_probabilities(self, logcqt, chromas: Sequence[np.ndarray | None] | None) -> np.ndarray:
+    def prior_probabilities(self, logcqt, chromas: Sequence[np.ndarray | None] | None,
+                            magnitudes: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities ``(B, 24)`` as a network's prior: from the log-CQT
-        ``(B, 1, F, T)`` it reads, or, with librosa chroma, from ``chromas`` (B × ``(12, T)``)."""
+        ``(B, 1, F, T)`` it reads (or its linear ``magnitudes`` ``(B, F, T)`` when given), or,
+        with librosa chroma, from ``chromas`` (B × ``(12, T)``)."""
         if self.chroma_source == "cqt":
+            if magnitudes is not None:          # the linear CQT itself, not the log-CQT decompressed
+                return self.probabilities_from_magnitude(magnitudes)
             return self.probabilities(logcqt)
         return np.stack([self.probabilities_from_chroma(_require_chroma(c)) for c in chromas or [None]])
 
