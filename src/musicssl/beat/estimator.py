@@ -28,14 +28,14 @@ from musicssl.beat.checkpoint import load_zerons_model, zerons_onnx_network
 from musicssl.beat.dbn import DBNBeatTracker
 from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations, standardize
-from musicssl.beat.onset import ONSET_DBN_PARAMS, onset_envelope
+from musicssl.beat.onset import ONSET_DBN_PARAMS, onset_envelope, onset_envelope_of_file
 from musicssl.beat.separation import (
     Separator,
     get_separator,
     separator_from_description,
 )
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
-from musicssl.io.audio import load_audio, prepare_audio
+from musicssl.io.audio import header_seconds, load_audio, prepare_audio
 from musicssl.io.model_file import check_backend
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "models" / "zerons_default.safetensors"
@@ -235,6 +235,10 @@ def _check_length(samples16k: np.ndarray) -> None:
                                  duration=len(samples16k) / SAMPLE_RATE, minimum=MIN_SECONDS)
 
 
+#: files longer than this (s, by their header) are tracked from a streamed onset activation
+STREAM_MIN_SECONDS = 1200.0
+
+
 class OnsetBeatEstimator(_Estimator):
     """Training-free beat tracker: onset strength -> DBN with a tempo prior (or librosa's DP).
 
@@ -255,6 +259,14 @@ class OnsetBeatEstimator(_Estimator):
         """Onset activation ``(T,)`` in [0, 1] of prepared 16 kHz mono audio, ``T = N // 256 + 1``."""
         _check_length(samples16k)
         return onset_envelope(samples16k)
+
+    def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
+        """Decode ``path`` and track its beats; a file over 20 minutes is streamed (its onset
+        activation computed chunk by chunk, :func:`~musicssl.beat.onset.onset_envelope_of_file`)."""
+        if header_seconds(path) > STREAM_MIN_SECONDS:
+            streamed = onset_envelope_of_file(path, min_duration=MIN_SECONDS)
+            return self.result(streamed.activation, streamed.n_samples / SAMPLE_RATE, keep_activation)
+        return super().estimate_file(path, keep_activation)
 
     def decode(self, activation: np.ndarray, tracker: str | None = None,
                **params) -> tuple[np.ndarray, float | None]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 
-from musicssl.beat.estimator import MIN_SECONDS
+from musicssl.beat.estimator import MIN_SECONDS, STREAM_MIN_SECONDS
 from musicssl.beat.frontend import SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
-from musicssl.beat.onset import onset_envelope
-from musicssl.io.audio import load_audio
+from musicssl.beat.onset import onset_envelope, onset_envelope_of_file
+from musicssl.io.audio import header_seconds, load_audio
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
@@ -17,6 +17,13 @@ def prepare_file(path: str, separator=None, keep_waveform: bool = False) -> dict
     """Model-free part (picklable): decode at 16 kHz, then the onset activation
     (``separator`` None) or separation + VQT of both parts (ZeroNS)."""
 
+    if separator is None and header_seconds(path) > STREAM_MIN_SECONDS:   # long: never held whole
+        streamed = onset_envelope_of_file(path, waveform_rate=PLOT_RATE if keep_waveform else None,
+                                          min_duration=MIN_SECONDS)
+        payload = {"duration_s": streamed.n_samples / SAMPLE_RATE, "onset": streamed.activation}
+        if keep_waveform:
+            payload["waveform"] = streamed.waveform
+        return payload
     x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
     payload = {"duration_s": len(x) / SAMPLE_RATE}
     if separator is None:

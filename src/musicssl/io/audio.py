@@ -670,6 +670,14 @@ class AudioBlocks:
         return out
 
 
+def header_seconds(path, offset: float = 0.0, duration: float | None = None) -> float:
+    """Length (s) of the requested span of a file by its header, without decoding; 0 when
+    the header does not say."""
+    blocks = iter_audio_blocks(path, offset=offset, duration=duration)
+    blocks.close()
+    return blocks.expected_seconds() or 0.0
+
+
 def iter_audio_blocks(path, sr: float = 22050, block_seconds: float = _DEFAULT_BLOCK_SECONDS,
                       *, offset: float = 0.0, duration: float | None = None,
                       mono: bool = True, max_duration: float | None = None) -> AudioBlocks:
@@ -745,7 +753,7 @@ def scan_audio(path, sr: float = 22050, spans=None, *, offset: float = 0.0,
 # ----------------------------------------------------------------------------
 # whole files and arrays
 # ----------------------------------------------------------------------------
-def _check_min_duration(n: int, sr: float, min_duration: float | None, path) -> None:
+def check_min_duration(n: int, sr: float, min_duration: float | None, path) -> None:
     if min_duration is not None and n / sr < min_duration:
         raise AudioTooShortError(
             f"audio lasts {n / sr:.3f} s, shorter than the required minimum of "
@@ -789,7 +797,7 @@ def load_audio(path, sr: float = 22050, *, offset: float = 0.0, duration: float 
         audio = np.concatenate([buffer[:filled], *overflow])
     else:
         audio = buffer[:filled]
-    _check_min_duration(len(audio), blocks.sr, min_duration, blocks.path)
+    check_min_duration(len(audio), blocks.sr, min_duration, blocks.path)
     if normalize:
         audio /= np.float32(blocks.peak)
     return audio
@@ -850,7 +858,7 @@ def prepare_audio(samples, sr_in: float, sr_out: float = 22050, *, normalize: bo
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     if peak == 0.0:
         raise SilentAudioError("every sample is zero (silent audio)", path)
-    _check_min_duration(len(audio), sr_out, min_duration, path)
+    check_min_duration(len(audio), sr_out, min_duration, path)
     if normalize:
         audio = audio / np.float32(peak)
     return np.ascontiguousarray(audio, dtype=np.float32)

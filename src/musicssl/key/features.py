@@ -21,7 +21,13 @@ from musicssl.dsp.tuning import (
     tuning_excerpt_spans,
 )
 from musicssl.errors import AudioTooShortError
-from musicssl.io.audio import iter_audio_blocks, load_audio, prepare_audio, scan_audio
+from musicssl.io.audio import (
+    header_seconds,
+    iter_audio_blocks,
+    load_audio,
+    prepare_audio,
+    scan_audio,
+)
 from musicssl.key import tonality
 
 
@@ -77,7 +83,7 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     path = None
     if isinstance(source, (str, Path)):
         path = str(source)
-        if stream and _header_seconds(source, offset, duration) > STREAM_MIN_SECONDS:
+        if stream and header_seconds(source, offset, duration) > STREAM_MIN_SECONDS:
             return streamed_features(path, config, device=device, offset=offset, duration=duration,
                                      tuning=tuning, chroma=chroma)
         samples = load_audio(source, sr=config.sr, offset=offset, duration=duration)
@@ -220,15 +226,6 @@ def _tonality_of_excerpts(parts: Sequence[np.ndarray], frontend_config, device: 
     mags = [magnitude_cqt(part, config, device=device, tuning_cents=tuning_cents) for part in parts]
     return (tonality.harmonic_fraction(mags),
             tonality.peak_contrast(mags, config.frame_rate))
-
-
-def _header_seconds(path, offset: float, duration: float | None) -> float:
-    """Length (s) of the requested span of a file by its header, without decoding; 0 when
-    the header does not say."""
-
-    blocks = iter_audio_blocks(path, offset=offset, duration=duration)
-    blocks.close()
-    return blocks.expected_seconds() or 0.0
 
 
 def streamed_features(path, frontend_config, *, device: str = "cpu", offset: float = 0.0,
