@@ -60,6 +60,9 @@ class TrainConfig:
     max_track_seconds: float = 900.0                     # longer tracks are cut (cache)
     val_labelled_limit: int | None = None                # score only the first N labelled clips
     eq_db: float = 0.0                                   # random EQ of up to ±eq_db dB per training segment (cache only)
+    augment: str = "none"                                # waveform augmentation of training tracks when cached:
+                                                         # none | real | comma list (musicssl.key.augment)
+    init_model: str | None = None                        # key model (.safetensors) whose weights start training
     data_pipeline: str = "loader"                        # loader: DataLoader workers assemble items;
                                                          # device: the whole cache on the training device,
                                                          # batches drawn by tensor ops (musicssl.key.device_data)
@@ -129,6 +132,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.eq_db < 0:
             raise ConfigError(f"eq_db must be >= 0, got {self.eq_db}")
+        from musicssl.key.augment import AugmentConfig
+
+        AugmentConfig.parse(self.augment)                  # validates
         if self.data_pipeline not in ("loader", "device"):
             raise ConfigError(f"data_pipeline must be 'loader' or 'device', got {self.data_pipeline!r}")
         if len(self.channels) != len(self.kernels):
@@ -178,7 +184,7 @@ class TrainConfig:
         if "data" in values:
             data = values["data"] if isinstance(values["data"], list) else [values["data"]]
             values["data"] = [rel(d) for d in data]
-        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out", "bank"):
+        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out", "bank", "init_model"):
             if values.get(key) is not None:
                 values[key] = rel(values[key])
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -586,7 +592,8 @@ def prepare_data(config: TrainConfig, log=print) -> PreparedData:
     cache = None
     failed: dict[str, str] = {}
     if config.cache_dir:
-        cache = _build_cache_once(config, fe, train + val + labelled, log)
+        cache = _build_cache_once(config, fe, train + val + labelled, log,
+                                  augment_paths={t.path for t in train + val})
         failed = {t.path: cache.index["failed"][t.path] for t in train + val + labelled
                   if t.path in cache.index["failed"]}
         train = [t for t in train if t.path in cache]
@@ -608,23 +615,26 @@ def _env_rank() -> int:
     return 0
 
 
-def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, timeout_s: float = 86400.0
-                      ) -> FeatureCache:
+def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, timeout_s: float = 86400.0,
+                      augment_paths: set[str] | None = None) -> FeatureCache:
     """Build the feature cache on rank 0; other ranks wait for it (multi-process launches)."""
     import hashlib
 
     root = Path(config.cache_dir)
     digest = hashlib.sha1("\n".join(sorted(t.path for t in tracks)).encode()).hexdigest()[:16]
     ready = root / f".ready-{digest}"
+    from musicssl.key.augment import cache_settings
+
+    augment = cache_settings(config.augment, config.seed)
     if _env_rank() == 0:
-        cache = FeatureCache(root, fe)
+        cache = FeatureCache(root, fe, augment)
         if config.derive_cache_from and not (Path(config.derive_cache_from) / CACHE_INDEX).is_file():
             log(f"feature cache: nothing to derive from in {config.derive_cache_from}; computing every track")
         elif config.derive_cache_from:
             added = cache.derive_from(FeatureCache.open(config.derive_cache_from), tracks)
             log(f"feature cache: {added} tracks subsampled from {config.derive_cache_from}")
         cache.build(tracks, max_track_seconds=config.max_track_seconds, progress=config.progress,
-                    num_workers=config.num_workers)
+                    num_workers=config.num_workers, augment_paths=augment_paths)
         ready.write_text("ok")
         return cache
     waited = 0.0
@@ -633,7 +643,7 @@ def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, tim
             raise ConfigError(f"rank {_env_rank()}: gave up waiting for rank 0 to build the cache in {root}")
         time.sleep(1.0)
         waited += 1.0
-    return FeatureCache(root, fe)
+    return FeatureCache(root, fe, augment)
 
 
 def _precision(config: TrainConfig, accelerator: str) -> str:
@@ -731,6 +741,22 @@ def export_training_checkpoint(path: str | Path, out: str | Path, device: str = 
     return export_model(module, out, {"exported_from": str(path), "checkpoint_step": step}, device)
 
 
+def _init_weights(module: KeyTrainingModule, path: str) -> None:
+    """Start from a key model's weights (fine-tuning); its front end and architecture must match."""
+    from musicssl.checkpoint import load_key_model
+
+    loaded = load_key_model(path)
+    if loaded.frontend_config.to_dict() != module.frontend_config.to_dict():
+        raise ConfigError(f"{path}: front end {loaded.frontend_config} differs from the training's "
+                          f"{module.frontend_config}")
+    try:
+        for target in (module.model, module.ema):
+            if target is not None:
+                target.load_state_dict(loaded.model.state_dict())
+    except (RuntimeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: its network does not match the training's architecture: {exc}") from exc
+
+
 def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print) -> dict:
     """Run a whole training; returns a summary (paths, steps, calibration, last metrics)."""
     if config.threads:
@@ -754,6 +780,9 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
     log(f"train: {n_train} tracks, val: {data.report.get('val_tracks', len(data.val))} tracks "
         f"({'device-resident batches' if datamodule.device_pipeline else 'DataLoader'}); segments: {counts}")
     module = KeyTrainingModule(config.to_dict())
+    if config.init_model and not config.resume:
+        _init_weights(module, config.init_model)
+        log(f"weights initialised from {config.init_model}")
     if data.labelled and data.cache is not None:
         module.labelled_validation = LabelledValidation(data.labelled, data.cache, module.frontend_config,
                                                         config.val_labelled_limit)
