@@ -115,6 +115,7 @@ _DEFAULT_TEXT = {
     "max_minutes": "no limit",
     "name": "none",
     "bank": "none",
+    "init_model": "none (random initial weights)",
 }
 
 
