@@ -154,3 +154,14 @@ def test_feature_cache_augments_only_the_given_tracks(tmp_path):
         D.FeatureCache(tmp_path / "aug", fe)
     with pytest.raises(ConfigError):
         D.FeatureCache(tmp_path / "plain", fe, settings)
+
+
+def test_train_config_switch_is_off_by_default_and_needs_the_cache():
+    from musicssl.key.training import TrainConfig
+
+    assert TrainConfig().augment == "none" and A.AugmentConfig.parse(TrainConfig().augment) is None
+    assert TrainConfig(augment="real", cache_dir="cache").augment == "real"
+    with pytest.raises(ConfigError):
+        TrainConfig(augment="real")                         # no cache: nothing would be augmented
+    with pytest.raises(ConfigError):
+        TrainConfig(augment="reverb,flanger", cache_dir="cache")

@@ -134,7 +134,9 @@ class TrainConfig:
             raise ConfigError(f"eq_db must be >= 0, got {self.eq_db}")
         from musicssl.key.augment import AugmentConfig
 
-        AugmentConfig.parse(self.augment)                  # validates
+        if AugmentConfig.parse(self.augment) is not None and not self.cache_dir:   # validates, too
+            raise ConfigError("augment (waveform augmentation) is applied when the feature cache is built: "
+                              "set cache_dir")
         if self.data_pipeline not in ("loader", "device"):
             raise ConfigError(f"data_pipeline must be 'loader' or 'device', got {self.data_pipeline!r}")
         if len(self.channels) != len(self.kernels):
