@@ -43,6 +43,11 @@ _HELP = {
     "val_labelled_limit": "score only the first N clips of --val-manifest",
     "eq_db": "augmentation: a random smooth equaliser of up to +-EQ_DB dB on each training segment "
              "(needs --cache-dir; 0 = off)",
+    "augment": "waveform augmentation of the training tracks when the feature cache is built: none, real "
+               "(room reverb, MP3/Opus round trip, detune, time stretch, noise) or a comma list of those "
+               "names; needs --cache-dir and its own cache folder",
+    "init_model": "key model (.safetensors) whose weights start the training (fine-tuning); front end and "
+                  "architecture must match",
     "hop_length": "CQT hop in samples at 22 050 Hz (512 = 23 ms, the paper's; 2048 is 4x cheaper); "
                   "stored with the model",
     "objective": "training objective: stone (12 classes), stone24, skey, supervised (needs a key column) "
@@ -111,11 +116,12 @@ _DEFAULT_TEXT = {
     "max_minutes": "no limit",
     "name": "none",
     "bank": "none",
+    "init_model": "none (random initial weights)",
 }
 
 
 _METAVAR = {"data": "SRC", "val_manifest": "CSV", "cache_dir": "DIR", "derive_cache_from": "DIR",
-            "out": "DIR", "resume": "CKPT", "config": "YAML"}
+            "out": "DIR", "resume": "CKPT", "config": "YAML", "init_model": "MODEL"}
 
 
 def _help(f) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from musicssl.dsp.cqt import FrontEndConfig
 from musicssl.errors import ConfigError
 from musicssl.key import losses
+from musicssl.key.augment import AugmentConfig
 from musicssl.key.dataset import SegmentConfig
 
 
@@ -31,6 +32,9 @@ class TrainConfig:
     max_track_seconds: float = 900.0                     # longer tracks are cut (cache)
     val_labelled_limit: int | None = None                # score only the first N labelled clips
     eq_db: float = 0.0                                   # random EQ of up to ±eq_db dB per training segment (cache only)
+    augment: str = "none"                                # waveform augmentation of training tracks when cached:
+                                                         # none | real | comma list (musicssl.key.augment)
+    init_model: str | None = None                        # key model (.safetensors) whose weights start training
     data_pipeline: str = "loader"                        # loader: DataLoader workers assemble items;
                                                          # device: the whole cache on the training device,
                                                          # batches drawn by tensor ops (musicssl.key.device_data)
@@ -100,6 +104,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.eq_db < 0:
             raise ConfigError(f"eq_db must be >= 0, got {self.eq_db}")
+        if AugmentConfig.parse(self.augment) is not None and not self.cache_dir:   # validates, too
+            raise ConfigError("augment (waveform augmentation) is applied when the feature cache is built: "
+                              "set cache_dir")
         if self.data_pipeline not in ("loader", "device"):
             raise ConfigError(f"data_pipeline must be 'loader' or 'device', got {self.data_pipeline!r}")
         if len(self.channels) != len(self.kernels):
@@ -147,7 +154,7 @@ class TrainConfig:
         if "data" in values:
             data = values["data"] if isinstance(values["data"], list) else [values["data"]]
             values["data"] = [rel(d) for d in data]
-        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out", "bank"):
+        for key in ("val_manifest", "cache_dir", "derive_cache_from", "out", "bank", "init_model"):
             if values.get(key) is not None:
                 values[key] = rel(values[key])
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})

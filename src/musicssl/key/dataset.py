@@ -56,6 +56,7 @@ from musicssl.errors import ConfigError, MusicsslError
 from musicssl.io.atomic import atomic_write_text
 from musicssl.io.audio import audio_info, load_audio
 from musicssl.io.tracks import Track, file_stamp
+from musicssl.key.augment import augment_track
 from musicssl.keys import cqt_bin_pitch_class, parse_key
 
 #: crop offset range of SPEC §1.3: o ~ U{1..12}, t ~ U{1..11}
@@ -167,11 +168,14 @@ class FeatureCache:
     "failed": {path: reason}}``.
     """
 
-    def __init__(self, root: str | Path, frontend_config):
+    def __init__(self, root: str | Path, frontend_config, augment: dict | None = None):
         self.root = Path(root)
         self.frontend_config = frontend_config
+        self.augment = augment       # waveform augmentation of the training tracks (musicssl.key.augment)
         self.index: dict = {"version": CACHE_VERSION, "frontend": frontend_config.to_dict(),
                             "tracks": {}, "failed": {}}
+        if augment:
+            self.index["augment"] = augment
         index_file = self.root / CACHE_INDEX
         if index_file.is_file():
             index = json.loads(index_file.read_text())
@@ -179,6 +183,9 @@ class FeatureCache:
                 raise ConfigError(
                     f"feature cache {self.root} was built with other front-end settings "
                     f"({index.get('frontend')}); use another --cache-dir")
+            if (index.get("augment") or None) != (augment or None):
+                raise ConfigError(f"feature cache {self.root} was built with other augmentation settings "
+                                  f"({index.get('augment')}); use another --cache-dir")
             self.index = index
         self._maps: dict[str, np.ndarray] = {}
 
@@ -212,7 +219,8 @@ class FeatureCache:
         index_file = Path(root) / CACHE_INDEX
         if not index_file.is_file():
             raise ConfigError(f"no feature cache in {root} (missing {CACHE_INDEX})")
-        return cls(root, FrontEndConfig.from_dict(json.loads(index_file.read_text())["frontend"]))
+        index = json.loads(index_file.read_text())
+        return cls(root, FrontEndConfig.from_dict(index["frontend"]), index.get("augment"))
 
     def derive_from(self, source: "FeatureCache", tracks: Sequence[Track]) -> int:
         """Fill missing tracks from a cache at a finer hop; returns how many were added.
@@ -224,7 +232,7 @@ class FeatureCache:
         """
         mine, theirs = self.frontend_config.to_dict(), source.frontend_config.to_dict()
         hop, source_hop = mine.pop("hop_length"), theirs.pop("hop_length")
-        if mine != theirs or hop % source_hop:
+        if mine != theirs or hop % source_hop or (self.augment or None) != (source.augment or None):
             raise ConfigError(f"cannot derive a hop-{hop} cache from {source.root} "
                               f"(hop {source_hop}, front end {source.frontend_config})")
         stride = hop // source_hop
@@ -246,14 +254,16 @@ class FeatureCache:
 
     def build(self, tracks: Sequence[Track], *, device: str = "cpu", max_track_seconds: float | None = 900.0,
               chunk_seconds: float = 60.0, progress: bool = True, save_every: int = 20,
-              num_workers: int = 1) -> dict[str, str]:
+              num_workers: int = 1, augment_paths: set[str] | None = None) -> dict[str, str]:
         """Compute and store every missing track; returns ``{path: reason}`` of tracks that failed.
 
         Tracks longer than ``max_track_seconds`` are cut to that length,
         centred on the middle of the track. ``num_workers`` processes decode
         audio while this process computes the CQT. Interrupting is safe:
         finished tracks stay cached (index saved every ``save_every`` tracks
-        and at the end).
+        and at the end). With the cache's ``augment`` settings, the tracks in
+        ``augment_paths`` (None: all) are augmented before the CQT
+        (:func:`musicssl.key.augment.augment_waveform`, seeded by the settings' seed and the path).
         """
 
         c = self.frontend_config
@@ -261,7 +271,8 @@ class FeatureCache:
         todo = [t for t in tracks if t.path not in self.index["tracks"] and t.path not in self.index["failed"]]
         if todo:
             cqt = CQT.from_config(c).to(device)
-            loader = DataLoader(_DecodeJobs(todo, c.sr, max_track_seconds), batch_size=None,
+            loader = DataLoader(_DecodeJobs(todo, c.sr, max_track_seconds, self.augment, augment_paths),
+                                batch_size=None,
                                 num_workers=num_workers, collate_fn=lambda x: x,
                                 prefetch_factor=2 if num_workers else None)
             iterator: Iterable = loader
@@ -292,8 +303,10 @@ class FeatureCache:
 class _DecodeJobs(Dataset):
     """Decoding jobs for the cache builder: item ``i`` → ``(path, stamp, audio or None, error or None)``."""
 
-    def __init__(self, tracks: Sequence[Track], sr: int, max_track_seconds: float | None):
+    def __init__(self, tracks: Sequence[Track], sr: int, max_track_seconds: float | None,
+                 augment: dict | None = None, augment_paths: set[str] | None = None):
         self.tracks, self.sr, self.max_s = list(tracks), sr, max_track_seconds
+        self.augment, self.augment_paths = augment, augment_paths
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -307,6 +320,9 @@ class _DecodeJobs(Dataset):
                 duration = audio_info(path).duration_s
                 offset = max(0.0, (duration - self.max_s) / 2.0)
             audio = load_audio(path, sr=self.sr, offset=offset, duration=self.max_s)
+            if self.augment and (self.augment_paths is None or path in self.augment_paths):
+
+                audio = augment_track(audio, self.sr, self.augment, path)
             return path, stamp, audio, None
         except (MusicsslError, OSError, RuntimeError, ValueError) as exc:
             return path, "", None, f"{type(exc).__name__}: {exc}"

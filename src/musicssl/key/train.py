@@ -25,8 +25,13 @@ import torch
 
 from musicssl.errors import CheckpointError, ConfigError
 from musicssl.io.atomic import atomic_write_text
+from musicssl.key.augment import cache_settings
 from musicssl.key.calibration import calibrate_model
-from musicssl.key.checkpoint import read_training_checkpoint, save_key_model
+from musicssl.key.checkpoint import (
+    load_key_model,
+    read_training_checkpoint,
+    save_key_model,
+)
 from musicssl.key.config import TrainConfig
 from musicssl.key.lightning import KeyDataModule, KeyTrainingModule, LabelledValidation
 
@@ -82,7 +87,8 @@ def prepare_data(config: TrainConfig, log=print) -> PreparedData:
     cache = None
     failed: dict[str, str] = {}
     if config.cache_dir:
-        cache = _build_cache_once(config, fe, train + val + labelled, log)
+        cache = _build_cache_once(config, fe, train + val + labelled, log,
+                                  augment_paths={t.path for t in train + val})
         failed = {t.path: cache.index["failed"][t.path] for t in train + val + labelled
                   if t.path in cache.index["failed"]}
         train = [t for t in train if t.path in cache]
@@ -104,23 +110,24 @@ def _env_rank() -> int:
     return 0
 
 
-def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, timeout_s: float = 86400.0
-                      ) -> FeatureCache:
+def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, timeout_s: float = 86400.0,
+                      augment_paths: set[str] | None = None) -> FeatureCache:
     """Build the feature cache on rank 0; other ranks wait for it (multi-process launches)."""
     import hashlib
 
     root = Path(config.cache_dir)
     digest = hashlib.sha1("\n".join(sorted(t.path for t in tracks)).encode()).hexdigest()[:16]
     ready = root / f".ready-{digest}"
+    augment = cache_settings(config.augment, config.seed)
     if _env_rank() == 0:
-        cache = FeatureCache(root, fe)
+        cache = FeatureCache(root, fe, augment)
         if config.derive_cache_from and not (Path(config.derive_cache_from) / CACHE_INDEX).is_file():
             log(f"feature cache: nothing to derive from in {config.derive_cache_from}; computing every track")
         elif config.derive_cache_from:
             added = cache.derive_from(FeatureCache.open(config.derive_cache_from), tracks)
             log(f"feature cache: {added} tracks subsampled from {config.derive_cache_from}")
         cache.build(tracks, max_track_seconds=config.max_track_seconds, progress=config.progress,
-                    num_workers=config.num_workers)
+                    num_workers=config.num_workers, augment_paths=augment_paths)
         ready.write_text("ok")
         return cache
     waited = 0.0
@@ -129,7 +136,7 @@ def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, tim
             raise ConfigError(f"rank {_env_rank()}: gave up waiting for rank 0 to build the cache in {root}")
         time.sleep(1.0)
         waited += 1.0
-    return FeatureCache(root, fe)
+    return FeatureCache(root, fe, augment)
 
 
 def _precision(config: TrainConfig, accelerator: str) -> str:
@@ -225,6 +232,20 @@ def export_training_checkpoint(path: str | Path, out: str | Path, device: str = 
     return export_model(module, out, {"exported_from": str(path), "checkpoint_step": step}, device)
 
 
+def _init_weights(module: KeyTrainingModule, path: str) -> None:
+    """Start from a key model's weights (fine-tuning); its front end and architecture must match."""
+    loaded = load_key_model(path)
+    if loaded.frontend_config.to_dict() != module.frontend_config.to_dict():
+        raise ConfigError(f"{path}: front end {loaded.frontend_config} differs from the training's "
+                          f"{module.frontend_config}")
+    try:
+        for target in (module.model, module.ema):
+            if target is not None:
+                target.load_state_dict(loaded.model.state_dict())
+    except (RuntimeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: its network does not match the training's architecture: {exc}") from exc
+
+
 def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print) -> dict:
     """Run a whole training; returns a summary (paths, steps, calibration, last metrics)."""
     if config.threads:
@@ -248,6 +269,9 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
     log(f"train: {n_train} tracks, val: {data.report.get('val_tracks', len(data.val))} tracks "
         f"({'device-resident batches' if datamodule.device_pipeline else 'DataLoader'}); segments: {counts}")
     module = KeyTrainingModule(config.to_dict())
+    if config.init_model and not config.resume:
+        _init_weights(module, config.init_model)
+        log(f"weights initialised from {config.init_model}")
     if data.labelled and data.cache is not None:
         module.labelled_validation = LabelledValidation(data.labelled, data.cache, module.frontend_config,
                                                         config.val_labelled_limit)

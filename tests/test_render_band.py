@@ -1,0 +1,105 @@
+"""scripts/render_band.py: band-like unlabeled renders (needs FluidSynth and a GM soundfont)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "render_band.py"
+_spec = importlib.util.spec_from_file_location("render_band", _SCRIPT)
+render_band = importlib.util.module_from_spec(_spec)
+sys.modules["render_band"] = render_band
+_spec.loader.exec_module(render_band)
+
+SR = 22050
+_SOUNDFONT = next((Path(p) for p in render_band.SOUNDFONTS if Path(p).is_file()), None)
+needs_fluidsynth = pytest.mark.skipif(shutil.which("fluidsynth") is None or _SOUNDFONT is None,
+                                      reason="environment: FluidSynth or a GM soundfont is not installed "
+                                             "(apt-get install fluidsynth fluid-soundfont-gm)")
+COLLECTION = ["nottingham-dataset"]      # two tunes with chord symbols: fast to search
+
+
+def test_fit_triad_finds_the_chord_of_its_tones():
+    weights = np.zeros(12)
+    weights[[9, 0, 4]] = [2.0, 1.0, 1.5]           # A, C, E: A minor
+    weights[2] = 0.3                                # a passing D
+    assert render_band.fit_triad(weights) == (9, (9, 0, 4))
+    weights = np.zeros(12)
+    weights[[7, 11, 2]] = 1.0                       # G major
+    assert render_band.fit_triad(weights) == (7, (7, 11, 2))
+
+
+def test_compressor_reduces_loud_parts_only():
+    t = np.arange(SR) / SR
+    x = (np.sin(2 * np.pi * 220 * t) * np.where(t < 0.5, 0.05, 0.8)).astype(np.float32)
+    y = render_band.compress(x, SR, threshold_db=-20.0, ratio=4.0)
+    quiet, loud = slice(1000, 10000), slice(16000, 22000)
+    assert np.allclose(y[quiet], x[quiet], rtol=1e-3, atol=1e-6)
+    assert render_band.rms_db(y[loud]) < render_band.rms_db(x[loud]) - 6
+
+
+@needs_fluidsynth
+def test_one_clip_has_every_stem_and_a_produced_level():
+    pool, _ = render_band.candidate_pool(COLLECTION, [], seed=0)
+    plan, rng = render_band.plan_clip(0, 0)
+    mix, stems, info = render_band.render_clip(pool[0], plan, rng, _SOUNDFONT, sr=SR, min_seconds=10,
+                                               max_seconds=12)
+    assert set(stems) == set(render_band.STEMS)
+    assert 11.5 <= len(mix) / SR <= 12.0 and all(len(s) == len(mix) for s in stems.values())
+    for name, stem in stems.items():
+        assert render_band.rms_db(stem) > -50, name                  # every stem sounds
+    # drums: regular onsets, about one per beat or more (kick, snare, hats)
+    import librosa
+
+    onsets = librosa.onset.onset_detect(y=stems["drums"], sr=SR, units="time")
+    beats = 12.0 * plan.qpm / 60.0
+    assert len(onsets) >= 0.8 * beats
+    # the drums are mixed within a few dB of the melody, not buried
+    assert abs(info["mix"]["drums"] - info["mix"]["melody"]) < 8
+    # loudness of produced music, limited below full scale
+    assert -19.0 < render_band.rms_db(mix) < -9.0
+    assert np.abs(mix).max() <= 0.98 + 1e-6
+    assert info["chord_source"] == "symbols"
+
+
+@needs_fluidsynth
+def test_run_writes_an_unlabelled_manifest_excludes_pieces_and_resumes(tmp_path):
+    pool, _ = render_band.candidate_pool(COLLECTION, [], seed=0)
+    assert len(pool) == 2
+    excluded = tmp_path / "labels.csv"
+    excluded.write_text(f"path,key,piece_id\nx.ogg,C major,{pool[0].piece_id}_t+3\n")   # a transposed render's id
+    out = tmp_path / "band"
+    kwargs = dict(count=2, seed=0, collections=COLLECTION, exclude=[excluded], min_seconds=8.0,
+                  max_seconds=9.0, log=lambda m: None)
+    rows = render_band.run(out, **kwargs)
+    assert [r["piece_id"] for r in rows] == [pool[1].piece_id]        # the excluded piece is never used
+    with open(out / "manifest.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames
+        listed = list(reader)
+    assert "path" in header and not {"key", "source_key", "mode", "tonic"} & {h.lower() for h in header}
+    audio, rate = sf.read(out / listed[0]["path"])
+    assert rate == SR and audio.ndim == 1 and abs(len(audio) / rate - float(listed[0]["duration_s"])) < 0.01
+    meta = next((out / "meta").glob("*.json"))
+    assert "key" not in json.loads(meta.read_text())
+    # the training scanner reads it as unlabelled tracks
+    from musicssl.io.tracks import read_manifest
+
+    tracks = read_manifest(out / "manifest.csv")
+    assert len(tracks) == 1 and tracks[0].key is None and Path(tracks[0].path).is_file()
+    # resumable: a second run renders nothing again; deterministic: another folder gets the same clip
+    stamp = (out / listed[0]["path"]).stat().st_mtime_ns
+    render_band.run(out, **kwargs)
+    assert (out / listed[0]["path"]).stat().st_mtime_ns == stamp
+    again = render_band.run(tmp_path / "again", **kwargs)
+    assert again == rows
+    other, _ = sf.read(tmp_path / "again" / listed[0]["path"])
+    assert np.allclose(other, audio, atol=1e-4)
