@@ -11,7 +11,8 @@ frames at lag 0 and at the best lag within ±12 frames) is computed for:
                           (is the percussive input already onset-like?)
 * ``<model>``             a ZeroNS model's combined activation (as ``musicssl beats
                           --activation zerons`` computes it: calibrated polarity/lag,
-                          min-max scaled branches, frame-wise max), and each branch's raw
+                          min-max scaled branches, frame-wise max), the same with the
+                          frame-wise mean (``<model> mean-combined``), and each branch's raw
                           output (``<model> perc`` / ``<model> rest``; lag 0 = uncalibrated)
 
 Models: the shipped one (``default``), any ``--checkpoint`` (``.safetensors`` or a
@@ -114,10 +115,14 @@ def probe_estimator(est, feats: dict, refs: dict, trim: float = 1.0) -> dict[str
     from musicssl.evaluation.beat_metrics import activation_probe, summarize
     from musicssl.errors import AnnotationError
 
-    rows: dict[str, list] = {"act": [], "perc": [], "rest": []}
+    rows: dict[str, list] = {"act": [], "mean": [], "perc": [], "rest": []}
+    combine = est.combine
     for ident, (fp, fa) in feats.items():
         p, a = est.network_outputs(fp, fa)
-        for name, x in (("act", est.combine_outputs(p, a)), ("perc", p), ("rest", a)):
+        est.combine = "mean"
+        act_mean = est.combine_outputs(p, a)
+        est.combine = combine
+        for name, x in (("act", est.combine_outputs(p, a)), ("mean", act_mean), ("perc", p), ("rest", a)):
             try:
                 rows[name].append(activation_probe(x, refs[ident], FPS, trim=trim))
             except AnnotationError:  # a flat output: no preference at all
@@ -180,6 +185,7 @@ def main(argv=None) -> int:
         label, est = load_model(spec)
         res = probe_estimator(est, feats, refs, args.trim)
         rows[label] = res["act"]
+        rows[f"{label} mean-combined"] = res["mean"]
         rows[f"{label} perc"] = res["perc"]
         rows[f"{label} rest"] = res["rest"]
         print(f"  probed {label} ({time.monotonic() - t0:.0f} s)", flush=True)
