@@ -18,6 +18,8 @@ frames at lag 0 and at the best lag within ±12 frames) is computed for:
 Models: the shipped one (``default``), any ``--checkpoint`` (``.safetensors`` or a
 training ``.ckpt``, read with ``weights_only``) and, with ``--random-init WIDTH``, an
 untrained network (the floor). Scores are means over clips (first ``--trim`` s left out).
+``--decode`` adds each model's ``ZeroNS + DBN`` beat scores (F-measure, CMLt, AMLt; first 5 s
+trimmed, as in ``benchmarks/beat_eval.py``) without re-running the baselines.
 
     OMP_NUM_THREADS=1 python benchmarks/zerons_probe.py --root /work/main/work-data/lmms-beats \\
         --checkpoint run/checkpoints/last.ckpt --random-init 0.125
@@ -109,8 +111,13 @@ def calibrated(model, center: bool):
     return est
 
 
-def probe_estimator(est, feats: dict, refs: dict, trim: float = 1.0) -> dict[str, dict[str, float]]:
-    """Mean probe scores of ``est``'s combined activation and of its two raw branch outputs."""
+def probe_estimator(est, feats: dict, refs: dict, trim: float = 1.0,
+                    decode: bool = False) -> dict[str, dict[str, float]]:
+    """Mean probe scores of ``est``'s combined activation and of its two raw branch outputs;
+    ``decode``: the combined activation's row also gets the DBN's beat scores (F-measure, CMLt,
+    AMLt, first 5 s trimmed, as ``benchmarks/beat_eval.py``'s ``ZeroNS + DBN``)."""
+    from musicssl.evaluation.beat_metrics import evaluate_beats
+
     from musicssl.beat.frontend import FPS
     from musicssl.evaluation.beat_metrics import activation_probe, summarize
     from musicssl.errors import AnnotationError
@@ -122,12 +129,17 @@ def probe_estimator(est, feats: dict, refs: dict, trim: float = 1.0) -> dict[str
         est.combine = "mean"
         act_mean = est.combine_outputs(p, a)
         est.combine = combine
-        for name, x in (("act", est.combine_outputs(p, a)), ("mean", act_mean), ("perc", p), ("rest", a)):
+        act = est.combine_outputs(p, a)
+        beat_scores = {}
+        if decode:
+            sc = evaluate_beats(refs[ident], est.decode(act, "dbn")[0], information_gain=False)
+            beat_scores = {k: sc[k] for k in ("F-measure", "CMLt", "AMLt")}
+        for name, x in (("act", act), ("mean", act_mean), ("perc", p), ("rest", a)):
             try:
-                rows[name].append(activation_probe(x, refs[ident], FPS, trim=trim))
+                row = activation_probe(x, refs[ident], FPS, trim=trim)
             except AnnotationError:  # a flat output: no preference at all
-                rows[name].append({"beat_peak_ratio": 1.0, "beat_auc": 0.5, "beat_auc_best_lag": 0.5,
-                                   "best_lag_frames": 0.0})
+                row = {"beat_peak_ratio": 1.0, "beat_auc": 0.5, "beat_auc_best_lag": 0.5, "best_lag_frames": 0.0}
+            rows[name].append(dict(row, **beat_scores) if name == "act" else row)
     return {k: summarize(v) for k, v in rows.items()}
 
 
@@ -160,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="/tmp/musicssl_zerons_probe", help="feature cache folder")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decode", action="store_true",
+                   help="also decode each model's activation with the DBN and score the beats")
     args = p.parse_args(argv)
 
     import torch
@@ -183,7 +197,7 @@ def main(argv=None) -> int:
         specs.append(f"random:{args.random_init}")
     for spec in specs:
         label, est = load_model(spec)
-        res = probe_estimator(est, feats, refs, args.trim)
+        res = probe_estimator(est, feats, refs, args.trim, decode=args.decode)
         rows[label] = res["act"]
         rows[f"{label} mean-combined"] = res["mean"]
         rows[f"{label} perc"] = res["perc"]
@@ -191,7 +205,8 @@ def main(argv=None) -> int:
         print(f"  probed {label} ({time.monotonic() - t0:.0f} s)", flush=True)
     print()
     print(f"{root.name}: {len(feats)} clips, probe window ±35 ms, first {args.trim:g} s left out")
-    print(format_table(rows, PROBE_METRICS, label="activation"))
+    print(format_table(rows, list(PROBE_METRICS) + (["F-measure", "CMLt", "AMLt"] if args.decode else []),
+                       label="activation"))
     if args.json:
         Path(args.json).write_text(json.dumps({"root": str(root), "n_clips": len(feats), "rows": rows,
                                                "wall_seconds": round(time.monotonic() - t0, 1)}, indent=1))
