@@ -61,3 +61,30 @@ def test_late_activation_found_by_lag_search():
 def test_bad_inputs_raise_annotation_error(act, ref, match):
     with pytest.raises(AnnotationError, match=match):
         activation_probe(act, ref, FPS)
+
+
+def test_probe_script_scores_each_branch_and_decodes(tmp_path):
+    """benchmarks/zerons_probe.probe_estimator on a tiny untrained model: one row per output,
+    AUCs in [0, 1], and the DBN's beat scores on the combined activation with decode=True."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from zerons_probe import probe_estimator
+
+    from musicssl.beat.estimator import BeatEstimator
+    from musicssl.beat.model import ZeroNS
+
+    torch.manual_seed(0)
+    est = BeatEstimator(ZeroNS(width=1 / 16))
+    rng = np.random.default_rng(0)
+    feats = {"a": (rng.standard_normal((96, 700)).astype(np.float32),
+                   rng.standard_normal((96, 700)).astype(np.float32))}
+    refs = {"a": np.arange(0.5, 11.0, 0.5)}
+    res = probe_estimator(est, feats, refs, decode=True)
+    assert set(res) == {"act", "mean", "perc", "rest"}
+    for row in res.values():
+        assert 0.0 <= row["beat_auc"] <= 1.0 and row["beat_auc_best_lag"] >= row["beat_auc"]
+    assert 0.0 <= res["act"]["F-measure"] <= 1.0 and "F-measure" not in res["perc"]
