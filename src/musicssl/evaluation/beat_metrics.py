@@ -7,6 +7,9 @@ Both beat sequences are trimmed to ``t >= trim`` seconds first (the standard
   continuous/total), ``AMLc``/``AMLt`` (any metrical level: double, half,
   off-beat allowed), ``P-score``, ``Cemgil``, and, optionally,
   ``Information gain`` (mir_eval normalises it to [0, 1]).
+
+:func:`activation_probe` scores an *activation* (no decoder) against the
+beats: does it peak on them? (the check of a self-supervised beat model).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "evaluate_beats",
     "summarize",
     "format_table",
+    "PROBE_METRICS",
+    "activation_probe",
 ]
 
 #: The metrics reported by the SPEC (§2.4) in tables, in order.
@@ -143,3 +148,73 @@ def format_table(rows: Mapping[str, Mapping[str, float]],
         cells = "  ".join(f"{scores[m]:>9.3f}" if m in scores else f"{'-':>9}" for m in metrics)
         lines.append(f"{str(name):<{width}}  {cells}")
     return "\n".join(lines)
+
+
+#: The scores of :func:`activation_probe`, in order.
+PROBE_METRICS: tuple[str, ...] = ("beat_peak_ratio", "beat_auc", "beat_auc_best_lag", "best_lag_frames")
+
+
+def activation_probe(activation, reference, fps: float, *, window: float = 0.035,
+                     trim: float = 0.0, max_lag_frames: int = 12) -> dict[str, float]:
+    """Does ``activation`` ``(T,)`` (frame ``t`` at ``t / fps`` s) peak on the ``reference`` beats (s)?
+
+    Frames within ``±window`` s of a beat are *on-beat*, all others *off-beat*;
+    frames before ``trim`` s are ignored. Scores (:data:`PROBE_METRICS`):
+
+    * ``beat_peak_ratio``: mean on-beat activation / mean off-beat activation
+      (1 = no preference; meaningful for non-negative activations);
+    * ``beat_auc``: probability that a random on-beat frame is higher than a
+      random off-beat frame (Mann-Whitney; 0.5 = chance, < 0.5 = dips on beats);
+      invariant to any increasing rescaling of the activation;
+    * ``beat_auc_best_lag`` / ``best_lag_frames``: the highest AUC of the
+      activation shifted by ``-max_lag_frames..max_lag_frames`` frames and that
+      shift (positive: the activation responds late). An upper bound, since the
+      lag is chosen on the same data.
+
+    Raises :class:`AnnotationError` for malformed inputs, a flat or too short
+    activation, or no beat in range.
+    """
+    from scipy.stats import mannwhitneyu
+
+    ref = check_beats(reference, "reference beats")
+    try:
+        act = np.asarray(activation, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise AnnotationError(f"activation: not a sequence of numbers ({exc})") from None
+    if act.ndim != 1:
+        raise AnnotationError(f"activation: expected shape (T,), got {act.shape}")
+    if not np.all(np.isfinite(act)):
+        raise AnnotationError("activation: contains NaN or infinite values")
+    if not (np.isfinite(fps) and fps > 0):
+        raise AnnotationError(f"fps must be positive, got {fps!r}")
+    if not (np.isfinite(window) and window > 0) or not (np.isfinite(trim) and trim >= 0):
+        raise AnnotationError(f"need window > 0 and trim >= 0 s, got {window!r}, {trim!r}")
+    if max_lag_frames < 0:
+        raise AnnotationError(f"max_lag_frames must be >= 0, got {max_lag_frames}")
+    first = int(np.ceil(trim * fps))
+    if act.size - first < 2 * max_lag_frames + 8:
+        raise AnnotationError(f"activation: {act.size} frames are too few to probe")
+    t = np.arange(act.size) / fps
+    on = np.zeros(act.size, dtype=bool)
+    for b in ref:
+        on |= np.abs(t - b) <= window + 1e-9
+    # score only frames that stay inside the activation for every lag
+    valid = np.zeros(act.size, dtype=bool)
+    valid[max(first, max_lag_frames):act.size - max_lag_frames] = True
+    on_v, off_v = on & valid, ~on & valid
+    if not on_v.any() or not off_v.any():
+        raise AnnotationError("reference: no beat (or no off-beat frame) inside the activation")
+    if float(act[valid].std()) < 1e-12:
+        raise AnnotationError("activation: constant over the probed frames")
+
+    def auc(x: np.ndarray) -> float:
+        u = mannwhitneyu(x[on_v], x[off_v], alternative="two-sided").statistic
+        return float(u) / (int(on_v.sum()) * int(off_v.sum()))
+
+    lags = range(-max_lag_frames, max_lag_frames + 1)
+    aucs = {lag: auc(np.roll(act, -lag)) for lag in lags}  # roll(-lag): out[t] = act[t + lag]
+    best = max(aucs, key=lambda k: (aucs[k], -abs(k)))
+    off_mean = float(act[off_v].mean())
+    ratio = float(act[on_v].mean()) / off_mean if abs(off_mean) > 1e-12 else float("nan")
+    return {"beat_peak_ratio": ratio, "beat_auc": aucs[0], "beat_auc_best_lag": aucs[best],
+            "best_lag_frames": float(best)}
