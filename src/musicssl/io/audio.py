@@ -49,8 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile
-import soxr
 
 from musicssl.errors import (
     AudioDecodeError,
@@ -65,6 +63,18 @@ from musicssl.errors import (
     TruncatedAudioError,
 )
 from musicssl.io.files import missing_reason
+
+
+def _soundfile():
+    import soundfile  # deferred on purpose: the packed GPU job trains without audio decoders
+
+    return soundfile
+
+
+def _soxr():
+    import soxr  # deferred on purpose, as soundfile
+
+    return soxr
 
 __all__ = [
     "RESAMPLE_QUALITY",
@@ -275,7 +285,7 @@ class _SoundfileSource:
     def __init__(self, path: Path):
         self.path = path
         with _QuietStderr():
-            self._file = soundfile.SoundFile(str(path))  # raises on failure
+            self._file = _soundfile().SoundFile(str(path))  # raises on failure
         self.samplerate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames: int | None = int(self._file.frames)
@@ -302,14 +312,14 @@ class _SoundfileSource:
                 return
             try:
                 f.seek(start)
-            except (RuntimeError, soundfile.LibsndfileError):
+            except (RuntimeError, _soundfile().LibsndfileError):
                 return  # past the end of a file whose header has no length
         position = start
         while stop is None or position < stop:
             want = block_frames if stop is None else min(block_frames, stop - position)
             try:
                 block = f.read(want, dtype="float32", always_2d=True)
-            except (RuntimeError, soundfile.LibsndfileError) as e:
+            except (RuntimeError, _soundfile().LibsndfileError) as e:
                 if self.frames:
                     decoded = position + self._decodable_frames(position)
                     raise TruncatedAudioError(
@@ -328,11 +338,11 @@ class _SoundfileSource:
         """How many frames from ``start`` decode before an error (in a fresh handle)."""
         n = 0
         try:
-            with _QuietStderr(), soundfile.SoundFile(str(self.path)) as f:
+            with _QuietStderr(), _soundfile().SoundFile(str(self.path)) as f:
                 f.seek(start)
                 while len(block := f.read(step, dtype="float32")):
                     n += len(block)
-        except (RuntimeError, soundfile.LibsndfileError):
+        except (RuntimeError, _soundfile().LibsndfileError):
             pass
         return n
 
@@ -513,7 +523,7 @@ class _Resampler:
         self.mono = mono
         self._stream = None
         if sr_in != sr_out:
-            self._stream = soxr.ResampleStream(sr_in, sr_out, channels, dtype="float32",
+            self._stream = _soxr().ResampleStream(sr_in, sr_out, channels, dtype="float32",
                                                quality=RESAMPLE_QUALITY)
         self._channels = channels
 
