@@ -90,13 +90,14 @@ def load_model(spec: str, width: float = 0.125):
         return f"random init w{spec.split(':', 1)[1]}", calibrated(model, center=True)
     path = Path(spec)
     if path.suffix == ".ckpt":
+        from musicssl.beat.checkpoint import read_training_checkpoint
         from musicssl.beat.config import PretrainConfig
 
-        ck = torch.load(str(path), map_location="cpu", weights_only=True)
-        cfg = PretrainConfig.from_dict(ck["hyper_parameters"]["config_dict"])
+        config, state, step = read_training_checkpoint(path)      # the one .ckpt reader (weights only)
+        cfg = PretrainConfig.from_dict(config)
         model = ZeroNS(width=cfg.width, dropout=cfg.dropout)
-        model.load_state_dict({k[6:]: v for k, v in ck["state_dict"].items() if k.startswith("model.")})
-        return f"{path.parent.parent.name}@{ck.get('global_step', '?')}", calibrated(model, cfg.center_outputs)
+        model.load_state_dict(state)
+        return f"{path.parent.parent.name}@{step}", calibrated(model, cfg.center_outputs)
     return path.stem, BeatEstimator.from_checkpoint(path)
 
 
