@@ -3,9 +3,10 @@
 Rows (MIREX with mir_eval's weights, and exact accuracy, in %):
 
 * ``<profile> (musicssl baseline)``: ``musicssl key --model <profile>``, i.e.
-  :class:`musicssl.key.templates.TemplateKeyEstimator` with librosa chroma;
+  :class:`musicssl.key.templates.TemplateKeyEstimator` on the chroma of
+  :func:`musicssl.dsp.chroma.chroma_cqt` (36 bins per octave, tuning compensated);
 * ``<profile>, CQT chroma``: the same profile on the chroma of the networks'
-  CQT (what the template *prior* of the default model reads);
+  12-bin CQT folded (``chroma="cqt"``, weaker);
 * ``<profile>, reference``: computed here without musicssl's key code —
   ``librosa.load`` at 22 050 Hz, ``librosa.feature.chroma_cqt`` averaged over
   time, Pearson correlation with the 24 rotated profiles (Krumhansl–Schmuckler).
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))[:args.limit]
     profiles = list(PROFILES)
-    ours = {q: TemplateKeyEstimator(q, chroma="librosa") for q in profiles}
+    ours = {q: TemplateKeyEstimator(q, chroma="chroma") for q in profiles}
     cqt = {q: TemplateKeyEstimator(q, chroma="cqt") for q in profiles}
     scores: dict[str, list[tuple[float, float]]] = {}
 

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
           f"MIREX as mir_eval (a fifth above = 0.5); scores in %\n")
     print("| profile | weight | MIREX | KSEA | mode acc. | exact acc. |\n|---|---|---|---|---|---|")
     for profile in args.profiles:
-        template = TemplateKeyEstimator(profile, frontend_config=fe, chroma="librosa")  # as the prior reads it
+        template = TemplateKeyEstimator(profile, frontend_config=fe, chroma="chroma")  # as the prior reads it
         q = np.stack([r.probabilities for r in template.estimate_features(features)])
         rows = [("template alone", scores_of(items, q))]
         rows += [(f"{w:g}", scores_of(items, combine_with_prior(p_net, q, w))) for w in args.weights]

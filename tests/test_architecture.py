@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "musicssl"
@@ -110,3 +111,19 @@ def test_analysing_keys_loads_neither_lightning_nor_training_code():
             "'musicssl.beat.train', 'musicssl.key.lightning'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_default_key_analysis_runs_without_librosa_numba_or_scipy_signal(tmp_path):
+    """Start-up (issue #17): the default ``musicssl key`` path (decoding, tuning, the no-key
+    measurements, the chroma prior, the network) must not pull in librosa, numba or
+    scipy.signal, which cost seconds to import."""
+    import soundfile as sf
+
+    t = np.arange(3 * 22050) / 22050
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 22050)
+    code = ("import sys; from musicssl.cli.main import main; "
+            f"rc = main(['key', {str(tmp_path / 'a.wav')!r}]); "
+            "print('LOADED', rc, sorted(m for m in sys.modules if m.split('.')[0] in ('librosa', 'numba', 'sklearn') "
+            "or m.startswith('scipy.signal')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "LOADED 0 []"

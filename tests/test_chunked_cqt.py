@@ -134,7 +134,7 @@ def test_key_features_hold_no_samples_when_streamed(long_file, monkeypatch):
     assert len(pickle.dumps(streamed)) < 10_000      # small enough to send from a worker process
 
 
-@pytest.mark.parametrize("chroma", ["cqt", "librosa"])
+@pytest.mark.parametrize("chroma", ["cqt", "chroma"])
 def test_template_estimators_read_streamed_features(long_file, monkeypatch, chroma):
     from musicssl.key.estimator import TemplateKeyEstimator
 

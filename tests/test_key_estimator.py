@@ -121,7 +121,7 @@ def test_model_names_resolve(monkeypatch, tmp_path):
         default = est.load_estimator("default")
     assert isinstance(default, KeyEstimator) and est.DEFAULT_MODEL == "skey-debian"
     assert (default.name, default.prior) == ("skey-debian+kostka-payne", "kostka-payne")  # with its prior
-    assert default.feature_options == {"chroma": True}                # which reads librosa chroma
+    assert default.feature_options == {"chroma": True}                # which reads chroma frames
     assert default.temperature == est.FITTED_TEMPERATURES[("skey-debian", "kostka-payne")] > 1
     assert est.load_estimator("skey-debian").temperature == 1.0
     assert default.frontend_config.hop_length == 2048           # the hop it was trained at
@@ -279,7 +279,7 @@ def test_cqt_chroma_prior_reads_the_linear_cqt_not_the_log_cqt_decompressed():
     np.testing.assert_allclose(with_prior.estimate_features([features])[0].probabilities, expected, atol=1e-9)
 
 
-def test_librosa_chroma_prior_reads_the_features_chroma():
+def test_chroma_prior_reads_the_features_chroma():
     from musicssl.errors import ConfigError
     from musicssl.key.estimator import combine_with_prior
     from musicssl.key.features import compute_features
@@ -287,13 +287,13 @@ def test_librosa_chroma_prior_reads_the_features_chroma():
 
     bias = torch.randn(24, generator=torch.Generator().manual_seed(2))
     alone = _toy_estimator(bias, 1)
-    with_prior = _toy_estimator(bias, 1, prior="kostka-payne", prior_chroma="librosa")
+    with_prior = _toy_estimator(bias, 1, prior="kostka-payne", prior_chroma="chroma")
     assert with_prior.feature_options == {"chroma": True}
     x = np.concatenate([reference_signal(Key(9, "minor"))] * 3)
     features = compute_features(x, alone.frontend_config, sr=22050, chroma=True)
     assert features.chroma.shape == (12, features.magnitude.shape[-1])
     expected = combine_with_prior(alone.estimate_features([features])[0].probabilities,
-                                  TemplateKeyEstimator("kostka-payne", chroma="librosa")
+                                  TemplateKeyEstimator("kostka-payne", chroma="chroma")
                                   .estimate_features([features])[0].probabilities)
     np.testing.assert_allclose(with_prior.estimate_features([features])[0].probabilities, expected, atol=1e-9)
     local = with_prior.estimate_features([features], local=True, window_s=3.0, hop_s=1.0)[0].local

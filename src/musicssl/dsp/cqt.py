@@ -71,14 +71,37 @@ def lowpass_filter(n_taps: int = LOWPASS_TAPS, band_center: float = 0.5,
 
     Gain 1 up to ``band_center / (1 + transition)`` and 0 from
     ``band_center * (1 + transition)`` (frequencies relative to Nyquist),
-    designed with ``scipy.signal.firwin2``.
+    designed by frequency sampling (:func:`frequency_sampling_fir`, the design of
+    ``scipy.signal.firwin2``; a test checks they agree).
     """
-    from scipy.signal import firwin2
-
     pass_edge = band_center / (1.0 + transition)
     stop_edge = band_center * (1.0 + transition)
-    taps = firwin2(n_taps, [0.0, pass_edge, stop_edge, 1.0], [1.0, 1.0, 0.0, 0.0])
+    taps = frequency_sampling_fir(n_taps, [0.0, pass_edge, stop_edge, 1.0], [1.0, 1.0, 0.0, 0.0])
     return np.asarray(taps, dtype=np.float32)
+
+
+def frequency_sampling_fir(n_taps: int, freqs: Sequence[float], gains: Sequence[float]) -> np.ndarray:
+    """Linear-phase FIR filter float64 ``(n_taps,)`` with the piecewise-linear gain ``gains``
+    at ``freqs`` (relative to Nyquist, from 0 to 1, increasing): the gain sampled on
+    ``2**ceil(log2(n_taps)) + 1`` frequencies, delayed by ``(n_taps - 1) / 2`` samples,
+    inverse real FFT, first ``n_taps`` samples times a symmetric Hamming window.
+
+    Written here (numpy only) so that the key front end does not import ``scipy.signal``
+    (about 1 s of start-up)."""
+    freqs, gains = np.asarray(freqs, np.float64), np.asarray(gains, np.float64)
+    if freqs[0] != 0.0 or freqs[-1] != 1.0 or np.any(np.diff(freqs) <= 0):
+        raise ConfigError("frequencies must rise strictly from 0 to 1 (Nyquist)")
+    if n_taps % 2 == 0 and gains[-1] != 0.0:
+        raise ConfigError("an even number of taps needs zero gain at Nyquist")
+    n_freqs = 1 + 2 ** int(math.ceil(math.log2(n_taps)))
+    grid = np.linspace(0.0, 1.0, n_freqs)
+    response = np.interp(grid, freqs, gains) * np.exp(-1j * np.pi * grid * (n_taps - 1) / 2.0)
+    return np.fft.irfft(response)[:n_taps] * np.hamming(n_taps)
+
+
+def periodic_hann(n: int) -> np.ndarray:
+    """Periodic Hann window float64 ``(n,)`` (``scipy.signal.get_window("hann", n)``)."""
+    return np.hanning(n + 1)[:-1] if n > 1 else np.ones(max(n, 0))
 
 
 def _top_octave_fmin(fmin: float, n_bins: int, bins_per_octave: int) -> tuple[float, float, int]:
@@ -102,8 +125,6 @@ def cqt_kernels(sr: float, fmin: float, n_filters: int, bins_per_octave: int,
     window of ``ceil(Q * sr / f)`` samples times ``exp(2 pi i f n / sr)``,
     ``n`` counted from the window centre, divided by its L1 norm.
     """
-    from scipy.signal import get_window
-
     q = float(filter_scale) / (2.0 ** (1.0 / bins_per_octave) - 1.0)
     freqs = fmin * 2.0 ** (np.arange(n_filters) / np.double(bins_per_octave))
     lengths = np.ceil(q * sr / freqs)
@@ -114,7 +135,7 @@ def cqt_kernels(sr: float, fmin: float, n_filters: int, bins_per_octave: int,
         # centre the window; odd lengths get the extra zero on the right
         start = int(np.ceil(frame / 2.0 - length / 2.0)) - (1 if n % 2 == 1 else 0)
         t = np.arange(-(n // 2) - (n % 2), n // 2)  # -ceil(n/2) .. floor(n/2)-1
-        sig = get_window("hann", n, fftbins=True) * np.exp(2j * np.pi * freq / sr * t) / length
+        sig = periodic_hann(n) * np.exp(2j * np.pi * freq / sr * t) / length
         kernels[k, start:start + n] = sig / np.sum(np.abs(sig))
     return kernels, lengths
 

@@ -129,7 +129,7 @@ class KeyEstimator:
     def __init__(self, model: torch.nn.Module, frontend_config, calibration: dict,
                  device: str = "cpu", name: str = "chromanet", max_window_s: float = 600.0,
                  transpositions: int | None = None, prior: str | None = None, prior_weight: float = 1.0,
-                 temperature: float = 1.0, prior_chroma: str = "librosa"):
+                 temperature: float = 1.0, prior_chroma: str = "chroma"):
         from musicssl.key.estimator import TemplateKeyEstimator
 
         self.model = model.to(device).eval()
@@ -219,7 +219,7 @@ class KeyEstimator:
     def probabilities(self, logcqt: torch.Tensor, chromas: Sequence[np.ndarray] | None = None,
                       magnitudes: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities ``(B, 24)`` for log-CQT ``(B, 1, F, T)``, times the template
-        prior's when the estimator has one; a librosa-chroma prior (the default) reads
+        prior's when the estimator has one; a chroma prior (the default) reads
         ``chromas`` (B × ``(12, T)``, :attr:`KeyFeatures.chroma`), a CQT-chroma prior the
         linear ``magnitudes`` ``(B, F, T)`` when given (else the log-CQT, decompressed)."""
         prior = None
@@ -233,7 +233,7 @@ class KeyEstimator:
     def _window_probabilities(self, magnitudes: Sequence[np.ndarray],
                               chromas: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Canonical probabilities ``(len, 24)`` for CQT magnitudes of equal length (and,
-        for a librosa-chroma prior, their chroma frames ``(12, T)``)."""
+        for a chroma prior, their chroma frames ``(12, T)``)."""
 
         linear = np.stack([loop_to_min_frames(m) for m in magnitudes])
         logcqt = log_compress(torch.as_tensor(linear)[:, None].to(self.device), self.frontend_config.top_db)
@@ -313,7 +313,7 @@ class KeyEstimator:
 def _require_chroma(chroma: np.ndarray | None) -> np.ndarray:
     """``chroma`` frames, or a ``ConfigError`` saying how to get them."""
     if chroma is None:
-        raise ConfigError("these estimates read librosa chroma: compute the features with "
+        raise ConfigError("these estimates read chroma: compute the features with "
                           "compute_features(..., chroma=True) (the estimator's feature_options)")
     return chroma
 
@@ -340,7 +340,7 @@ class TemplateKeyEstimator:
             raise ConfigError(f"chroma source must be one of {CHROMA_SOURCES}, got {chroma!r}")
         self.chroma_source = chroma
         #: keyword arguments of :func:`~musicssl.key.estimator.compute_features` this estimator needs
-        self.feature_options = {"chroma": True} if chroma == "librosa" else {}
+        self.feature_options = {"chroma": True} if chroma == "chroma" else {}
         self.templates = key_templates(profile)
         scores_to_probabilities(np.zeros(24), temperature)  # validates temperature
         self.profile = profile
@@ -409,7 +409,7 @@ class TemplateKeyEstimator:
                             magnitudes: np.ndarray | None = None) -> np.ndarray:
         """Canonical probabilities ``(B, 24)`` as a network's prior: from the log-CQT
         ``(B, 1, F, T)`` it reads (or its linear ``magnitudes`` ``(B, F, T)`` when given), or,
-        with librosa chroma, from ``chromas`` (B × ``(12, T)``)."""
+        with chroma, from ``chromas`` (B × ``(12, T)``)."""
         if self.chroma_source == "cqt":
             if magnitudes is not None:          # the linear CQT itself, not the log-CQT decompressed
                 return self.probabilities_from_magnitude(magnitudes)
@@ -417,14 +417,14 @@ class TemplateKeyEstimator:
         return np.stack([self.probabilities_from_chroma(_require_chroma(c)) for c in chromas or [None]])
 
     def _feature_probabilities(self, features) -> np.ndarray:
-        if self.chroma_source == "librosa":
+        if self.chroma_source == "chroma":
             return self.probabilities_from_chroma(_require_chroma(features.chroma))
         return self.probabilities_from_magnitude(np.asarray(features.magnitude))   # a FileCQT: computed whole
 
     def local_keys(self, features, window_s: float = 20.0, hop_s: float = 5.0) -> list:
         """Keys of overlapping windows ``window_s`` long every ``hop_s`` seconds."""
 
-        if self.chroma_source == "librosa":
+        if self.chroma_source == "chroma":
             frames = dataclasses.replace(features, magnitude=_require_chroma(features.chroma))
             return local_keys_of(frames, lambda windows: self.probabilities_from_chroma(np.stack(windows)),
                                  window_s, hop_s)

@@ -1,5 +1,5 @@
 """Audio → key features (:class:`KeyFeatures`): the CQT magnitude of the key front end
-``(n_bins, T)``, with tuning compensation, optional librosa chroma ``(12, T)`` and the
+``(n_bins, T)``, with tuning compensation, optional chroma ``(12, T)`` and the
 "no key" measurements. Model-free and picklable: runs in worker processes."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from musicssl.dsp.chroma import chroma_cqt, chroma_stream
 from musicssl.dsp.cqt import CQT, FileCQT, FrontEndConfig, cqt_chunked, cut_spans
 from musicssl.dsp.tuning import (
     check_tuning,
@@ -49,7 +50,8 @@ class KeyFeatures:
     tuning_compensated: bool = False
     harmonic_fraction: float | None = None
     peak_contrast: float | None = None
-    #: librosa's ``chroma_cqt`` (12, T') at the same hop, when asked for (template baselines)
+    #: chroma (12, T) at the same hop (:func:`musicssl.dsp.chroma.chroma_cqt`), when asked for
+    #: (template baselines and priors)
     chroma: np.ndarray | None = None
 
     @property
@@ -71,8 +73,9 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     reference frequency by it, so the bins sit on the recording's semitones;
     ``"report"`` estimates it without compensating; ``"off"`` does neither;
     a number is a known deviation in cents, compensated. ``chroma``: also
-    librosa's ``chroma_cqt`` (36 bins per octave from C1, each frame scaled to a
-    maximum of 1) at the front end's hop, for the template baselines.
+    the chroma (:func:`musicssl.dsp.chroma.chroma_cqt`: 36 bins per octave from C1,
+    each frame scaled to a maximum of 1) at the front end's hop, with the same
+    tuning, for the template baselines.
     ``stream``: a file longer than :data:`STREAM_MIN_SECONDS` is never held whole
     (:func:`streamed_features`: ``magnitude`` is then a :class:`~musicssl.dsp.cqt.FileCQT`,
     which the estimators read chunk by chunk; ``np.asarray`` of it computes all of it);
@@ -101,19 +104,9 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     shift = cents if compensate else 0.0
     magnitude = magnitude_cqt(samples, config, device=device, tuning_cents=shift)
     harmonic, contrast = tonality_measurements(samples, config, device, tuning_cents=shift)
-    frames = chroma_frames(samples, config, shift, magnitude.shape[-1]) if chroma else None
+    frames = chroma_cqt(samples, config.sr, config.hop_length, shift, device) if chroma else None
     return KeyFeatures(magnitude, duration_s, config.frame_rate, path, cents, compensate,
                        harmonic, contrast, frames)
-
-
-def chroma_frames(samples: np.ndarray, frontend_config, tuning_cents: float, n_frames: int) -> np.ndarray:
-    """librosa's ``chroma_cqt`` float32 ``(12, n_frames)`` of mono ``samples`` on the front
-    end's frame grid (hop ``frontend_config.hop_length``), bins moved by ``tuning_cents``.
-    Long inputs are transformed in chunks of about :data:`CQT_CHUNK_SECONDS` whose frames
-    tile that grid (bounded memory)."""
-    parts = [_chroma_chunk(samples[start:stop], frontend_config, tuning_cents, keep)
-             for start, stop, keep in _chroma_grid(len(samples), frontend_config)]
-    return _joined_chroma(parts, n_frames)
 
 
 def tonality_measurements(samples: np.ndarray, frontend_config, device: str = "cpu",
@@ -189,36 +182,6 @@ def magnitude_cqt(samples: np.ndarray, frontend_config, device: str = "cpu",
     return mag[0].float().cpu().numpy()
 
 
-def _chroma_grid(n_samples: int, frontend_config) -> list[tuple[int, int, int | None]]:
-    """``(start, stop, frames kept or None for all)`` of the chunks :func:`chroma_frames` transforms."""
-    hop = frontend_config.hop_length
-    chunk = max(1, int(CQT_CHUNK_SECONDS * frontend_config.sr) // hop) * hop
-    starts = list(range(0, n_samples, chunk))
-    if len(starts) > 1 and n_samples - starts[-1] < chunk // 4:   # no short tail: the last chunk runs on
-        starts.pop()
-    # a centred chunk has one frame too many: all but the last keep chunk // hop frames
-    return [(start, n_samples if i == len(starts) - 1 else start + chunk,
-             None if i == len(starts) - 1 else chunk // hop) for i, start in enumerate(starts)]
-
-
-def _chroma_chunk(samples: np.ndarray, frontend_config, tuning_cents: float, keep: int | None) -> np.ndarray:
-    """librosa's ``chroma_cqt`` (12, t) of one chunk of :func:`_chroma_grid`, its first ``keep`` frames."""
-    import librosa
-
-    # librosa's tuning is in fractions of its 36-per-octave bins (33.3 cents)
-    c = librosa.feature.chroma_cqt(y=samples, sr=frontend_config.sr, hop_length=frontend_config.hop_length,
-                                   tuning=tuning_cents * 36 / 1200.0)
-    return c if keep is None else c[:, :keep]
-
-
-def _joined_chroma(parts: list[np.ndarray], n_frames: int) -> np.ndarray:
-    """Chunks of :func:`_chroma_chunk` → float32 (12, n_frames) (edge-padded or cut)."""
-    frames = np.concatenate(parts, axis=1)
-    if frames.shape[-1] < n_frames:
-        frames = np.pad(frames, ((0, 0), (0, n_frames - frames.shape[-1])), mode="edge")
-    return frames[:, :n_frames].astype(np.float32)
-
-
 def _tonality_of_excerpts(parts: Sequence[np.ndarray], frontend_config, device: str,
                           tuning_cents: float) -> tuple[float, float]:
     """:func:`tonality_measurements` of its excerpts (DC offset already removed)."""
@@ -265,26 +228,12 @@ def streamed_features(path, frontend_config, *, device: str = "cpu", offset: flo
         cqt_config = dataclasses.replace(config, fmin=tuned_fmin(config.fmin, round(float(shift))))
     magnitude = FileCQT(path, cqt_config, scan.peak, scan.n_samples, offset, duration, device)
     frames = None
-    if chroma:   # written in place: no list of parts and no joined copy
-        n_frames = magnitude.shape[-1]
-        frames = np.empty((12, n_frames), np.float32)
+    if chroma:   # a second pass, written in place: no list of parts and no joined copy
+        frames = np.empty((12, magnitude.shape[-1]), np.float32)
         peak = np.float32(scan.peak)
-        grid = iter(_chroma_grid(scan.n_samples, config))
-        start, stop, keep = next(grid)
-        held, position, filled = [], 0, 0
-        for block in iter_audio_blocks(path, config.sr, block_seconds=10.0, offset=offset, duration=duration):
-            block = block / peak
-            while len(block):
-                take = min(len(block), stop - position)
-                held.append(block[:take])
-                block, position = block[take:], position + take
-                if position == stop:
-                    part = _chroma_chunk(np.concatenate(held), config, shift, keep)[:, :n_frames - filled]
-                    frames[:, filled:filled + part.shape[-1]] = part
-                    filled += part.shape[-1]
-                    held = []
-                    start, stop, keep = next(grid, (stop, stop + 1, None))
-        frames[:, filled:] = frames[:, filled - 1:filled]   # edge padding, as _joined_chroma
+        blocks = iter_audio_blocks(path, config.sr, block_seconds=10.0, offset=offset, duration=duration)
+        for first, piece in chroma_stream((b / peak for b in blocks), config.sr, config.hop_length, shift, device):
+            frames[:, first:first + piece.shape[-1]] = piece
     return KeyFeatures(magnitude, duration_s, config.frame_rate, path, cents, compensate,
                        harmonic, contrast, frames)
 

@@ -72,13 +72,13 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
     if name in PROFILES:
         if spec_prior is not None or prior not in (None, NO_PRIOR):
             raise ConfigError(f"{spec}: a template prior applies to network models, not to a template")
-        return TemplateKeyEstimator(name, device=device, chroma="librosa")
+        return TemplateKeyEstimator(name, device=device, chroma="chroma")
     if name == "default":
         if default_model_path() is None:
             warnings.warn("no trained key model is good enough to be the default yet (see README); "
                           "using the Krumhansl template baseline",
                           stacklevel=2)
-            return TemplateKeyEstimator("krumhansl", chroma="librosa")
+            return TemplateKeyEstimator("krumhansl", chroma="chroma")
         name, spec_prior = DEFAULT_MODEL, spec_prior or DEFAULT_PRIOR
     chosen = spec_prior if prior is None else (None if prior == NO_PRIOR else prior)
     shipped = shipped_key_models()

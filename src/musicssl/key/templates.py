@@ -6,19 +6,20 @@ the 24 correlations is the key.
 
 * Chroma, two sources (``chroma=``):
 
-  - ``"librosa"`` (the baselines ``krumhansl``, ``temperley``, ``kostka-payne``
-    of :func:`musicssl.key.estimator.load_estimator`): librosa's
-    ``chroma_cqt`` (a 36-bins-per-octave CQT from C1 over 7 octaves, folded to
-    12 pitch classes, each frame scaled to a maximum of 1), averaged over time,
-    the usual chroma of the key-finding literature. On dev-synth it scores 6
-    MIREX points above the CQT chroma below (``benchmarks/key_baselines.py``).
-  - ``"cqt"`` (the template *prior* of the networks, which must read the very
-    CQT they read): the CQT magnitude of the shared front end (99 bins from A0),
-    averaged over time, then each pitch class is the **mean** of its octave bins
-  (bins are mapped with :func:`musicssl.keys.cqt_bin_pitch_class`; the mean,
-  not the sum, because A, A# and B have 9 bins in 99 and the others 8).
-  ``scale="linear"`` (default) averages the magnitude; ``scale="log"``
-  averages the log-compressed CQT the networks see. Linear was chosen by a
+  - ``"chroma"`` (the baselines ``krumhansl``, ``temperley``, ``kostka-payne``
+    of :func:`musicssl.key.registry.load_estimator`, and the default's prior):
+    :func:`musicssl.dsp.chroma.chroma_cqt` (a 36-bins-per-octave CQT from C1
+    over 7 octaves, folded to 12 pitch classes, each frame scaled to a maximum
+    of 1, as librosa's ``chroma_cqt``), averaged over time, the usual chroma of
+    the key-finding literature. On dev-synth it scores 6 MIREX points above the
+    CQT chroma below (``benchmarks/key_baselines.py``).
+  - ``"cqt"`` (a prior that reads the very CQT the network reads): the CQT
+    magnitude of the shared front end (99 bins from A0), averaged over time,
+    then each pitch class is the **mean** of its octave bins (bins are mapped
+    with :func:`musicssl.keys.cqt_bin_pitch_class`; the mean, not the sum,
+    because A, A# and B have 9 bins in 99 and the others 8).
+    ``scale="linear"`` (default) averages the magnitude; ``scale="log"``
+    averages the log-compressed CQT the networks see. Linear was chosen by a
   small experiment on dev-synth (docs/evaluation.md: it was better for both
   profiles); the log scale flattens the profile towards its -80 dB floor.
 * Scores: Pearson correlation ``r`` in [-1, 1] with each of the 24 rotated
@@ -60,7 +61,7 @@ PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "kostka-payne": (KOSTKA_PAYNE_MAJOR, KOSTKA_PAYNE_MINOR),
 }
 CHROMA_SCALES = ("linear", "log")
-CHROMA_SOURCES = ("cqt", "librosa")
+CHROMA_SOURCES = ("chroma", "cqt")
 DEFAULT_TEMPERATURE = 0.05
 
 
