@@ -349,3 +349,72 @@ def test_tempo_log_prior_shape():
     np.testing.assert_allclose(values, [-0.5, 0.0, -0.5])
     with pytest.raises(ConfigError):
         DBNBeatTracker(prior_bpm=-1.0)
+
+
+# ------------------------------------------------- checkpointed Viterbi
+KERNELS = [False] + ([True] if dbn._numba is not None else [])
+
+
+def long_activations(n: int) -> dict[str, np.ndarray]:
+    """A structured activation (tempo change, noise, silent edges), a tie-prone one
+    (two values, a constant stretch) and a float32 one, (n,) each."""
+    rng = np.random.default_rng(11)
+    seconds = n / FPS
+    beats = np.concatenate([beat_grid(97, seconds / 2), seconds / 2 + beat_grid(131, seconds / 2)])
+    structured = np.clip(0.6 * activation_at(beats, n) + 0.4 * rng.random(n), 0, 1)
+    structured[:40] = structured[-75:] = 0.0
+    ties = rng.choice([0.2, 0.8], n)
+    ties[n // 3:n // 2] = 0.5
+    return {"structured": structured, "ties": ties,
+            "float32": (0.5 * activation_at(beat_grid(150, seconds), n) + 0.5 * rng.random(n)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("use_numba", KERNELS)
+@pytest.mark.parametrize("params", [{}, {"num_tempi": 20, "correct": False, "threshold": 0.05},
+                                    {"observation_lambda": 8.0, "prior_bpm": 120.0}])
+def test_checkpointed_viterbi_equals_the_one_block_decoder(monkeypatch, use_numba, params):
+    """Back-pointers recomputed block by block from saved scores give the same path, bit for bit."""
+    tracker = DBNBeatTracker(use_numba=use_numba, **params)
+    blocks = []
+    observe = DBNBeatTracker._log_observations
+    monkeypatch.setattr(DBNBeatTracker, "_log_observations",
+                        lambda self, act: blocks.append(len(act)) or observe(self, act))
+
+    def decode(act, block):
+        monkeypatch.setattr(dbn, "CHECKPOINT_MIN_FRAMES", 0 if block else 10**12)
+        monkeypatch.setattr(dbn, "CHECKPOINT_BLOCK_FRAMES", block or 1)
+        blocks.clear()
+        return tracker.decode(act)
+
+    for name, act in long_activations(4000).items():
+        whole = decode(act, None)
+        n = int(np.sum(whole.path_positions >= 0))             # decoded frames
+        assert blocks == [1, n - 1], name                      # frame 0, then one block
+        for block in (1, 7, 997):
+            part = decode(act, block)
+            n_blocks = -(-(n - 1) // block)
+            assert n_blocks >= 4 and blocks[0] == 1, name
+            assert len(blocks) == 2 * n_blocks, name           # forward + all blocks but the last again
+            np.testing.assert_array_equal(part.path_positions, whole.path_positions, err_msg=name)
+            np.testing.assert_array_equal(part.path_intervals, whole.path_intervals, err_msg=name)
+            np.testing.assert_array_equal(part.beat_frames, whole.beat_frames, err_msg=name)
+            assert part.log_probability == whole.log_probability, name
+            assert part.tempo == whole.tempo, name
+
+
+def test_long_inputs_are_checkpointed_by_default():
+    assert 0 < dbn.CHECKPOINT_BLOCK_FRAMES < dbn.CHECKPOINT_MIN_FRAMES <= 20 * 60 * FPS
+
+
+def test_back_pointers_use_the_smallest_integer_type():
+    assert dbn._bp_dtype(51) == np.uint8 and dbn._bp_dtype(256) == np.uint8
+    assert dbn._bp_dtype(257) == np.uint16 and dbn._bp_dtype(65537) == np.uint32
+
+
+def test_float32_and_float64_activations_decode_alike():
+    act = long_activations(3000)["float32"]
+    tracker = DBNBeatTracker(threshold=float(np.sort(act)[10]))
+    a, b = tracker.decode(act), tracker.decode(act.astype(np.float64))
+    np.testing.assert_array_equal(a.path_positions, b.path_positions)
+    np.testing.assert_array_equal(a.beat_frames, b.beat_frames)
+    assert a.log_probability == b.log_probability

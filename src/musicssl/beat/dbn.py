@@ -14,8 +14,11 @@ restricted to one beat, as in madmom's ``DBNBeatTrackingProcessor``.
 
 So every state has one predecessor except the beat starts, which have one per
 tempo: Viterbi costs O(states + tempi²) per frame and stores back-pointers
-only for the beat starts. Decoding runs in numpy; numba speeds it up when it
-is installed (optional).
+(one byte each up to 256 tempi) only for the beat starts. Long inputs
+(``CHECKPOINT_MIN_FRAMES``) are decoded with checkpointed Viterbi: scores saved
+every ``CHECKPOINT_BLOCK_FRAMES`` frames, back-pointers recomputed one block at
+a time, so memory is O(T) bytes, not O(T x tempi), for the same path. Decoding
+runs in numpy; numba speeds it up when it is installed (optional).
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ __all__ = [
 _LOG_EPS = 1e-12
 #: With ``use_numba=None``, inputs at least this long (frames) use numba.
 NUMBA_MIN_FRAMES = 15000
+#: Inputs at least this long (frames; 20 min at 62.5 frames/s) are decoded with
+#: checkpointed Viterbi: back-pointers of one block of frames at a time.
+CHECKPOINT_MIN_FRAMES = 75000
+#: Frames per block of the checkpointed Viterbi.
+CHECKPOINT_BLOCK_FRAMES = 30000
 
 
 # --------------------------------------------------------------------------
@@ -137,20 +145,34 @@ def tempo_log_prior(bpm: np.ndarray, centre_bpm: float, octaves: float) -> np.nd
 # --------------------------------------------------------------------------
 # Viterbi kernels (numpy and optional numba); identical results
 # --------------------------------------------------------------------------
-def _viterbi_numpy(log_beat, log_other, beat_states, first, last, log_trans, log_init):
-    """Forward pass. Returns final scores (S,) and back-pointers (T, n_tempi) int32.
+def _bp_dtype(n_tempi: int):
+    """Smallest unsigned integer type holding tempo indices ``0 .. n_tempi-1``."""
+    return np.uint8 if n_tempi <= 256 else np.uint16 if n_tempi <= 65536 else np.uint32
 
-    ``bp[t, j]`` is the tempo index whose beat end led to the start of tempo
-    ``j`` at frame ``t``; other states have the deterministic predecessor s-1.
-    """
-    n_frames = len(log_beat)
-    n_tempi = len(first)
-    bp = np.zeros((n_frames, n_tempi), dtype=np.int32)
+
+def _init_numpy(log_init, log_beat0, log_other0, beat_states):
+    """Scores (S,) of frame 0: ``log_init`` plus frame 0's observation (numpy kernel's arithmetic)."""
     score = log_init.copy()
-    score += log_other[0]
-    score[beat_states] += log_beat[0] - log_other[0]
+    score += log_other0
+    score[beat_states] += log_beat0 - log_other0
+    return score
+
+
+def _init_loop(log_init, log_beat0, log_other0, is_beat):
+    """Scores (S,) of frame 0, as the numba kernel adds them (one addition per state)."""
+    return np.where(is_beat, log_init + log_beat0, log_init + log_other0)
+
+
+def _advance_numpy(score, log_beat, log_other, beat_states, first, last, log_trans, bp):
+    """Viterbi steps over frames (n,) following the frame of ``score`` (S,; overwritten).
+
+    Returns the scores (S,) of the last of them; ``bp[t, j]`` (n, n_tempi) is the
+    tempo whose beat end led to the start of tempo ``j`` at frame ``t``; every
+    other state has the deterministic predecessor s-1.
+    """
+    n_tempi = len(first)
     new = np.empty_like(score)
-    for t in range(1, n_frames):
+    for t in range(len(log_beat)):
         new[1:] = score[:-1]
         cand = score[last][:, None] + log_trans          # (from, to)
         best = np.argmax(cand, axis=0)
@@ -159,19 +181,15 @@ def _viterbi_numpy(log_beat, log_other, beat_states, first, last, log_trans, log
         new += log_other[t]
         new[beat_states] += log_beat[t] - log_other[t]
         score, new = new, score
-    return score, bp
+    return score
 
 
-def _viterbi_loop(log_beat, log_other, is_beat, first, last, log_trans, log_init):  # pragma: no cover - compiled
-    n_frames = log_beat.shape[0]
+def _advance_loop(score, log_beat, log_other, is_beat, first, last, log_trans, bp):  # pragma: no cover - compiled
+    """:func:`_advance_numpy` as loops, for numba."""
     n_tempi = first.shape[0]
-    n_states = log_init.shape[0]
-    bp = np.zeros((n_frames, n_tempi), dtype=np.int32)
-    score = np.empty(n_states)
-    for s in range(n_states):
-        score[s] = log_init[s] + (log_beat[0] if is_beat[s] else log_other[0])
+    n_states = score.shape[0]
     new = np.empty(n_states)
-    for t in range(1, n_frames):
+    for t in range(log_beat.shape[0]):
         lb = log_beat[t]
         lo = log_other[t]
         for s in range(1, n_states):
@@ -187,30 +205,30 @@ def _viterbi_loop(log_beat, log_other, is_beat, first, last, log_trans, log_init
             bp[t, j] = best_i
             new[first[j]] = best_v + lb  # a beat start is always a beat state
         score, new = new, score
-    return score, bp
+    return score
 
 
-_viterbi_numba = None
+_advance_numba = None
 
 
 def _disable_numba() -> None:
-    global _viterbi_numba
-    _viterbi_numba = False
+    global _advance_numba
+    _advance_numba = False
 
 
 def _numba_ready() -> bool:
     """True when the numba kernel is already compiled in this process."""
-    return bool(_viterbi_numba) and bool(getattr(_viterbi_numba, "signatures", None))
+    return bool(_advance_numba) and bool(getattr(_advance_numba, "signatures", None))
 
 
 def _get_numba_kernel():
-    global _viterbi_numba
-    if _viterbi_numba is None and _numba is not None:
+    global _advance_numba
+    if _advance_numba is None and _numba is not None:
         try:
-            _viterbi_numba = _numba.njit(cache=True, nogil=True)(_viterbi_loop)
+            _advance_numba = _numba.njit(cache=True, nogil=True)(_advance_loop)
         except Exception:  # pragma: no cover
-            _viterbi_numba = False
-    return _viterbi_numba or None
+            _advance_numba = False
+    return _advance_numba or None
 
 
 # --------------------------------------------------------------------------
@@ -326,7 +344,10 @@ class DBNBeatTracker:
         return 60.0 * self.fps / self.state_space.intervals
 
     def _check_activation(self, activation) -> np.ndarray:
-        act = np.asarray(activation, dtype=np.float64)
+        """The activation as a 1-D float32 or float64 array (no copy of a float32 one)."""
+        act = np.asarray(activation)
+        if act.dtype not in (np.float32, np.float64):
+            act = act.astype(np.float64)
         if act.ndim == 2 and 1 in act.shape:
             act = act.reshape(-1)
         if act.ndim != 1:
@@ -350,46 +371,26 @@ class DBNBeatTracker:
         """Decode a beat activation (T,) in [0, 1] at ``fps`` into beats (seconds)."""
         act = self._check_activation(activation)
         n_frames = len(act)
-        above = np.flatnonzero(act > self.threshold)
-        if len(above) == 0:
+        above = act > np.float64(self.threshold)   # compared in float64 for float32 input too
+        if not above.any():
             return self._empty(n_frames)
-        start, stop = int(above[0]), int(above[-1]) + 1
+        start, stop = int(np.argmax(above)), n_frames - int(np.argmax(above[::-1]))
+        del above
         seg = act[start:stop]
 
         ss = self.state_space
-        p = np.clip(seg, _LOG_EPS, 1.0 - _LOG_EPS)
-        log_beat = np.log(p)
-        log_other = np.log((1.0 - p) / (self.observation_lambda - 1.0))
-        log_init = np.full(ss.n_states, -math.log(ss.n_states))
-
-        kernel = _get_numba_kernel() if self._want_numba(len(seg)) else None
-        result = None
-        if kernel is not None:
-            try:
-                result = kernel(log_beat, log_other, self._is_beat, ss.first, ss.last,
-                                self.log_transitions, log_init)
-            except Exception:  # pragma: no cover - e.g. numba cannot compile/cache here
-                _disable_numba()
-        if result is not None:
-            score, bp = result
-        else:
-            score, bp = _viterbi_numpy(log_beat, log_other, self._beat_states, ss.first,
-                                       ss.last, self.log_transitions, log_init)
-        path = self._backtrack(score, bp)
-        log_prob = float(score[path[-1]])
-
-        positions = ss.state_position[path]
-        intervals = ss.state_interval[path]
+        path, log_prob = self._best_path(seg)
+        full_pos = np.full(n_frames, -1, dtype=np.int64)
+        full_int = np.full(n_frames, -1, dtype=np.int64)
+        positions, intervals = full_pos[start:stop], full_int[start:stop]
+        np.take(ss.state_position, path, out=positions)
+        np.take(ss.state_interval, path, out=intervals)
         if self.correct:
             frames = self._corrected_beats(seg, self._is_beat[path])
         else:
             frames = np.flatnonzero(positions == 0)
         frames = frames.astype(np.int64) + start
 
-        full_pos = np.full(n_frames, -1, dtype=np.int64)
-        full_int = np.full(n_frames, -1, dtype=np.int64)
-        full_pos[start:stop] = positions
-        full_int[start:stop] = intervals
         beats = frames / float(self.fps)
         tempo = beats_tempo(beats)
         if tempo is not None:  # peak correction can move beats by a frame: stay in the state range
@@ -399,31 +400,86 @@ class DBNBeatTracker:
 
     __call__ = decode
 
-    def _backtrack(self, score: np.ndarray, bp: np.ndarray) -> np.ndarray:
-        """State path (T,) from final scores and the beat-start back-pointers."""
+    def _log_observations(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log P(activation | beat state), log P(activation | other state), (n,) float64 each."""
+        p = np.clip(act.astype(np.float64), _LOG_EPS, 1.0 - _LOG_EPS)
+        return np.log(p), np.log((1.0 - p) / (self.observation_lambda - 1.0))
+
+    def _best_path(self, seg: np.ndarray) -> tuple[np.ndarray, float]:
+        """Viterbi: the best state path (T,) int32 of an activation (T,) and its log-probability.
+
+        Back-pointers are kept for one block of frames at a time: inputs of
+        ``CHECKPOINT_MIN_FRAMES`` or more run in blocks of ``CHECKPOINT_BLOCK_FRAMES``;
+        the forward pass saves the scores (S,) at each block start, and the
+        backward pass recomputes each block's back-pointers from them, last
+        block first. Same arithmetic, hence the same path, as one block.
+        """
         ss = self.state_space
-        n_frames = bp.shape[0]
-        path = np.empty(n_frames, dtype=np.int64)
+        n = len(seg)
+        block = max(1, int(CHECKPOINT_BLOCK_FRAMES)) if n >= CHECKPOINT_MIN_FRAMES else n
+        kernel = _get_numba_kernel() if self._want_numba(n) else None
+        log_init = np.full(ss.n_states, -math.log(ss.n_states))
+        log_beat0, log_other0 = (float(x[0]) for x in self._log_observations(seg[:1]))
+        bp = np.empty((max(0, min(block, n - 1)), ss.n_tempi), dtype=_bp_dtype(ss.n_tempi))
+
+        def advance(score, a, e):   # Viterbi over frames a..e-1: back-pointers in bp[:e-a]
+            log_beat, log_other = self._log_observations(seg[a:e])
+            if kernel is not None:
+                return kernel(score, log_beat, log_other, self._is_beat, ss.first, ss.last,
+                              self.log_transitions, bp[:e - a])
+            return _advance_numpy(score, log_beat, log_other, self._beat_states, ss.first, ss.last,
+                                  self.log_transitions, bp[:e - a])
+
+        def forward(score, starts):
+            saved = []
+            for a in starts:
+                if len(starts) > 1:
+                    saved.append(score.copy())
+                score = advance(score, a, min(n, a + block))
+            return score, saved
+
+        starts = list(range(1, n, block))
+        if kernel is not None:
+            try:
+                score, saved = forward(_init_loop(log_init, log_beat0, log_other0, self._is_beat), starts)
+            except Exception:  # pragma: no cover - e.g. numba cannot compile/cache here
+                _disable_numba()
+                kernel = None
+        if kernel is None:
+            score, saved = forward(_init_numpy(log_init, log_beat0, log_other0, self._beat_states), starts)
+
+        path = np.empty(n, dtype=np.int32)
         state = int(np.argmax(score))
-        tempo_of_state = np.repeat(np.arange(ss.n_tempi), ss.intervals)
+        log_prob = float(score[state])
+        for i in range(len(starts) - 1, -1, -1):
+            a = starts[i]
+            e = min(n, a + block)
+            if i < len(starts) - 1:  # the last block's back-pointers are still in ``bp``
+                advance(saved[i], a, e)
+            if saved:
+                saved[i] = None
+            state = self._trace(path, state, a, e, bp)
+        path[0] = state
+        return path, log_prob
+
+    def _trace(self, path: np.ndarray, state: int, a: int, e: int, bp: np.ndarray) -> int:
+        """Fill ``path[a:e]`` back from ``state`` at frame e-1 with the back-pointers
+        ``bp`` (e-a, n_tempi) of frames a..e-1; return the state at frame a-1."""
+        ss = self.state_space
         first, last = ss.first, ss.last
-        t = n_frames - 1
+        t = e - 1
         while True:
-            tempo = tempo_of_state[state]
-            pos = state - first[tempo]
-            # Walk back inside this beat: positions pos, pos-1, ..., 0.
-            steps = min(pos, t)
+            tempo = int(np.searchsorted(last, state))      # the tempo whose states hold ``state``
+            # Walk back inside this beat to its position 0 or to the block start.
+            steps = min(state - int(first[tempo]), t - a)
             path[t - steps:t + 1] = np.arange(state - steps, state + 1)
             t -= steps
-            if t == 0:
-                break
-            # Now at position 0 at frame t: jump to the end of the predecessor tempo.
-            state = int(last[bp[t, tempo]])
+            state -= steps
+            previous = int(last[bp[t - a, tempo]]) if state == first[tempo] else state - 1
+            if t == a:
+                return previous
             t -= 1
-            path[t] = state
-            if t == 0:
-                break
-        return path
+            state = previous
 
     @staticmethod
     def _corrected_beats(act: np.ndarray, beat_mask: np.ndarray) -> np.ndarray:

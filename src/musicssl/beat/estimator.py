@@ -53,13 +53,14 @@ def track_beats(activation: np.ndarray, fps: float = FPS, tracker: str = "dbn",
     transition_lambda, ...); ``"librosa"``: ``librosa.beat.beat_track`` with
     the activation as onset envelope (``params``: start_bpm, tightness).
     """
-    act = np.asarray(activation, dtype=np.float64).reshape(-1)
-    if tracker == "dbn":
+    act = np.asarray(activation).reshape(-1)
+    if tracker == "dbn":  # the DBN takes float32 as it is: no (T,) float64 copy of a long activation
         res = DBNBeatTracker(fps=fps, **params).decode(act)
         return np.asarray(res.beats, dtype=np.float64), res.tempo
     if tracker == "librosa":
         import librosa
 
+        act = act.astype(np.float64)
         if act.size < 2 or float(act.std()) < 1e-6:  # librosa's DP crashes on a flat envelope
             return np.zeros(0), None
         hop = 512

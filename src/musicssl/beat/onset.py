@@ -47,12 +47,15 @@ def onset_envelope(samples16k: np.ndarray) -> np.ndarray:
 
 
 def _scaled(env: np.ndarray) -> np.ndarray:
-    """``env`` divided by its maximum, clipped to [0, 1], float32 (zeros when flat)."""
-    env = np.nan_to_num(np.asarray(env, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    """``env`` divided by its maximum, clipped to [0, 1], float32 (zeros when flat).
+
+    A float64 ``env`` is scaled in place (no further (T,) float64 copies)."""
+    env = np.nan_to_num(np.asarray(env, dtype=np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     peak = float(env.max()) if env.size else 0.0
     if peak <= 1e-9:
         return np.zeros(len(env), dtype=np.float32)
-    return np.clip(env / peak, 0.0, 1.0).astype(np.float32)
+    env /= peak
+    return np.clip(env, 0.0, 1.0, out=env).astype(np.float32)
 
 
 @dataclass
