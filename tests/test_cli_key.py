@@ -403,9 +403,10 @@ def test_prior_option_and_model_spec_reach_the_estimator(capsys):
         return record["probabilities"]
 
     default = probabilities()
-    assert probabilities("--model", "skey-debian+kostka-payne") == default
+    assert probabilities("--model", "skey-band+kostka-payne") == default
     alone = probabilities("--prior", "none")
-    assert probabilities("--model", "skey-debian") == alone != default
+    assert probabilities("--model", "skey-band") == alone != default
+    assert probabilities("--model", "skey-debian") != alone
     assert probabilities("--prior", "krumhansl") not in (alone, default)
     code, _, err = run_cli(capsys, EXAMPLE, "--model", "temperley", "--prior", "krumhansl")
     assert code == 2 and "not to a template" in err

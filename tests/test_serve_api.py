@@ -57,7 +57,7 @@ def test_health_reports_models_and_limits(client):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
-    assert body["key_model"] == "skey-debian+kostka-payne"
+    assert body["key_model"] == "skey-band+kostka-payne"
     assert body["max_upload_bytes"] == 200_000_000 and body["max_duration_s"] == 1200
 
 

@@ -43,16 +43,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                "  gtzan        folder with Lerch's *.lerch.txt (use --audio-dir for GTZAN audio)\n"
                "  fmakv2       folder with fmakv2.csv and FMA audio (<id[:3]>/<id>.mp3)\n"
                "  winterreise  Schubert Winterreise Dataset folder (first 30 s of each piece)\n"
-               "models: default, skey-debian, krumhansl, temperley, kostka-payne or a checkpoint path;\n"
+               "models: default, skey-band, skey-debian, krumhansl, temperley, kostka-payne or a checkpoint path;\n"
                "  a network spec may end in +PROFILE for a template prior (skey-debian+temperley,\n"
-               "  ../shared/fixtures/skey.pt+temperley); default = skey-debian+kostka-payne\n"
+               "  ../shared/fixtures/skey.pt+temperley); default = skey-band+kostka-payne\n"
                "example:\n"
                "  musicssl evaluate --dataset csv my_labels.csv --model default --model krumhansl --compare")
     p.add_argument("--dataset", required=True, choices=DATASETS,
                    help="layout of PATH, see the datasets list below (required)")
     p.add_argument("path", type=Path, metavar="PATH", help="dataset folder or manifest file")
     p.add_argument("--model", action="append", metavar="SPEC", default=None,
-                   help="estimator to score, repeatable: default, skey-debian, krumhansl, temperley, "
+                   help="estimator to score, repeatable: default, skey-band, skey-debian, krumhansl, temperley, "
                         "kostka-payne or a checkpoint path; network specs may end in +PROFILE "
                         "(default: default)")
     p.add_argument("--checkpoint", action="append", metavar="PATH", type=Path, default=None,

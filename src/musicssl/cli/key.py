@@ -98,7 +98,7 @@ def add_parser(subparsers, name: str = "key", help_text: str = "estimate the key
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=model_names(), default="default",
                         help="a model shipped with musicssl, alone or +PROFILE with a template prior "
-                             "(default: skey-debian+kostka-payne, see README), or a template baseline "
+                             "(default: skey-band+kostka-payne, see README), or a template baseline "
                              "(Krumhansl-Kessler, Temperley, Kostka-Payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="a key checkpoint: project .safetensors, released S-KEY/STONE .pt or "

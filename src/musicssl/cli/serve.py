@@ -43,7 +43,7 @@ def add_parser(subparsers, name: str = "serve", help_text: str = "serve a local 
     model = p.add_argument_group("models")
     choice = model.add_mutually_exclusive_group()
     choice.add_argument("--model", choices=model_names(), default="default",
-                        help="key model, as in musicssl key --model (default: skey-debian+kostka-payne)")
+                        help="key model, as in musicssl key --model (default: skey-band+kostka-payne)")
     choice.add_argument("--checkpoint", metavar="PATH", default=None, help="a key checkpoint file")
     model.add_argument("--beats-checkpoint", metavar="PATH", default=None,
                        help="a ZeroNS beat model, then the default activation of POST /v1/beats "

@@ -329,7 +329,7 @@ def key_onnx_network(source: str | os.PathLike, loaded: LoadedKeyModel, calibrat
 
 
 #: Name of the shipped model that ``"default"`` means, when the package has it.
-DEFAULT_MODEL = "skey-debian"
+DEFAULT_MODEL = "skey-band"
 
 
 def shipped_key_models() -> dict[str, Path]:
