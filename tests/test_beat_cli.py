@@ -40,8 +40,9 @@ def test_outputs_side_files_and_errors(audio, tmp_path, capsys):
     ok = [r for r in records if not r.get("error")]
     bad = [r for r in records if r.get("error")]
     assert len(ok) == 1 and len(bad) == 1 and bad[0]["path"].endswith("missing.wav")
-    beats_file = np.loadtxt(tmp_path / "b" / "drums.beats", ndmin=1)
-    assert np.allclose(beats_file, ok[0]["beats"], atol=1e-3)
+    beats_file = np.loadtxt(tmp_path / "b" / "drums.beats", ndmin=2)   # time, beat-in-bar (--meter 4)
+    assert np.allclose(beats_file[:, 0], ok[0]["beats"], atol=1e-3)
+    assert beats_file[:, 1].astype(int).tolist() == ok[0]["beat_numbers"] and ok[0]["beats_per_bar"] == 4
     act = np.load(tmp_path / "a" / "drums.npy")
     assert act.shape == (6 * SR // 256 + 1,)
     assert (tmp_path / "p" / "drums.png").stat().st_size > 1000

@@ -249,3 +249,11 @@ def test_serve_starts_uvicorn_on_loopback_by_default(monkeypatch):
     assert main(["serve", "--port", "8123", "--max-upload-mb", "5"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["app"].state.analyzer.config.max_upload_bytes == 5_000_000
+
+
+def test_beats_meter_option_is_the_cli_option(client, capsys):
+    expected = cli_records(capsys, "beats", EXAMPLE, "--meter", "3")[EXAMPLE.name]
+    r = post(client, "/v1/beats", EXAMPLE.name, EXAMPLE_BYTES, meter="3")
+    assert r.status_code == 200 and r.json() == {**expected, "path": EXAMPLE.name}
+    assert r.json()["beats_per_bar"] == 3 and set(r.json()["beat_numbers"]) == {1, 2, 3}
+    assert post(client, "/v1/beats", "a.ogg", EXAMPLE_BYTES, meter="waltz").status_code == 422

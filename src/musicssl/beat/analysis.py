@@ -55,9 +55,10 @@ class BeatEstimatorSpec:
     backend: str | None = None
     combine: str | None = None
     separator: str | None = None
+    meter: str | int | None = None
 
     def load(self):
-        options = {}
+        options = {"meter": self.meter}
         if self.combine is not None:
             options["combine"] = self.combine
         if self.separator is not None:
@@ -69,7 +70,8 @@ class BeatEstimatorSpec:
 def feature_step(estimator, keep_waveform: bool = False):
     """The picklable, model-free ``path -> payload`` step for ``estimator``."""
     separator = estimator.separator if isinstance(estimator, BeatEstimator) else None
-    return functools.partial(prepare_file, separator=separator, keep_waveform=keep_waveform)
+    return functools.partial(prepare_file, separator=separator, keep_waveform=keep_waveform,
+                             meter=estimator.meter is not None)
 
 
 class RecordStep:
@@ -99,12 +101,12 @@ class RecordStep:
                 act = payload["onset"]
             else:
                 act = estimator.combine_outputs(*estimator.network_outputs(payload["perc"], payload["rest"]))
-            result = estimator.result(act, payload["duration_s"])
+            result = estimator.result(act, payload["duration_s"], meter_features=payload.get("meter"))
             record = beats_record(path, result)
             name = self._unique_name(path) if o.writes_files else None
             if o.beats_dir:
                 target = Path(o.beats_dir) / f"{name}.beats"
-                atomic_write_text(target, format_beat_annotation(result.beats))
+                atomic_write_text(target, format_beat_annotation(result.beats, result.beat_numbers))
                 record["beats_file"] = str(target)
             if o.activations_dir:
                 target = Path(o.activations_dir) / f"{name}.npy"

@@ -26,6 +26,7 @@ import torch
 
 from musicssl.beat.checkpoint import load_zerons_model, zerons_onnx_network
 from musicssl.beat.dbn import DBNBeatTracker
+from musicssl.beat.meter import MeterFrames, meter_frames, number_beats, parse_meter
 from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import COMBINE_MODES, ZeroNS, combine_activations, standardize
 from musicssl.beat.onset import ONSET_DBN_PARAMS, onset_envelope, onset_envelope_of_file
@@ -159,7 +160,12 @@ def rescale_unit(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 class BeatResult:
     """Beats of one input: ``beats`` ``(n,)`` seconds, ``tempo_bpm`` (None if < 2 beats),
     ``activation`` ``(T,)`` at ``fps`` frames/s (None unless asked for), ``duration_s``,
-    ``tracker`` ``"<activation>+<decoder>"`` (e.g. ``"onset+dbn"``, ``"zerons+dbn"``)."""
+    ``tracker`` ``"<activation>+<decoder>"`` (e.g. ``"onset+dbn"``, ``"zerons+dbn"``).
+
+    Beat numbering (:mod:`musicssl.beat.meter`): ``meter`` the setting asked for
+    (``"auto"``, a fixed M, or None: not asked), ``beats_per_bar`` M and ``beat_numbers``
+    ``(n,)`` int 1..M (1 = downbeat); both None when not asked, when fewer than 3 beats
+    were found, or for a streamed file (over 20 minutes)."""
 
     beats: np.ndarray
     tempo_bpm: float | None
@@ -167,11 +173,24 @@ class BeatResult:
     duration_s: float
     tracker: str
     activation: np.ndarray | None = field(default=None, repr=False)
+    meter: str | int | None = None
+    beats_per_bar: int | None = None
+    beat_numbers: np.ndarray | None = None
+
+    @property
+    def downbeats(self) -> np.ndarray | None:
+        """Times (s) of the beats numbered 1, or None without beat numbers."""
+        return None if self.beat_numbers is None else np.asarray(self.beats)[self.beat_numbers == 1]
 
     def to_dict(self, include_activation: bool = False) -> dict:
         out = {"tempo_bpm": None if self.tempo_bpm is None else round(float(self.tempo_bpm), 2),
                "n_beats": int(len(self.beats)), "duration_s": round(float(self.duration_s), 3),
                "tracker": self.tracker, "beats": [round(float(b), 4) for b in self.beats]}
+        if self.meter is not None:
+            numbered = self.beat_numbers is not None
+            out.update(meter=self.meter, beats_per_bar=self.beats_per_bar,
+                       beat_numbers=[int(k) for k in self.beat_numbers] if numbered else None,
+                       downbeats=[round(float(b), 4) for b in self.downbeats] if numbered else None)
         if include_activation and self.activation is not None:
             out["activation"] = [round(float(a), 4) for a in self.activation]
         return out
@@ -186,6 +205,7 @@ class _Estimator:
 
     activation_name = ""
     tracker = "dbn"
+    meter: str | int | None = None   # beat numbering: None (off), "auto" or beats per bar
 
     @property
     def fps(self) -> float:
@@ -214,14 +234,25 @@ class _Estimator:
         """Audio at ``sr`` Hz -> :class:`BeatResult`."""
         return self._estimate16k(self._prepare(samples, sr), keep_activation)
 
-    def result(self, activation: np.ndarray, duration_s: float, keep_activation: bool = True) -> BeatResult:
-        """Decode an activation ``(T,)`` of a ``duration_s`` s input into a :class:`BeatResult`."""
+    def result(self, activation: np.ndarray, duration_s: float, keep_activation: bool = True,
+               meter_features: MeterFrames | None = None) -> BeatResult:
+        """Decode an activation ``(T,)`` of a ``duration_s`` s input into a :class:`BeatResult`;
+        with :attr:`meter` set, number the beats from ``meter_features`` (None: not numbered)."""
         beats, tempo = self.decode(activation)
-        return BeatResult(beats=beats, tempo_bpm=tempo, fps=FPS, duration_s=duration_s,
-                          tracker=self.label, activation=activation if keep_activation else None)
+        res = BeatResult(beats=beats, tempo_bpm=tempo, fps=FPS, duration_s=duration_s, tracker=self.label,
+                         activation=activation if keep_activation else None, meter=self.meter)
+        if self.meter is not None and meter_features is not None:
+            numbered = number_beats(meter_features, beats, self.meter)
+            if numbered is not None:
+                res.beats_per_bar, res.beat_numbers = numbered.beats_per_bar, numbered.numbers
+        return res
+
+    def meter_features(self, samples16k: np.ndarray) -> MeterFrames | None:
+        """What the beat numbering reads from prepared 16 kHz audio (None when :attr:`meter` is off)."""
+        return meter_frames(samples16k) if self.meter is not None else None
 
     def _estimate16k(self, x: np.ndarray, keep_activation: bool) -> BeatResult:
-        return self.result(self.activation_16k(x), len(x) / SAMPLE_RATE, keep_activation)
+        return self.result(self.activation_16k(x), len(x) / SAMPLE_RATE, keep_activation, self.meter_features(x))
 
     def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
         """Decode ``path`` (any format musicssl reads) and track its beats."""
@@ -250,10 +281,11 @@ class OnsetBeatEstimator(_Estimator):
 
     activation_name = "onset"
 
-    def __init__(self, tracker: str = "dbn", tracker_params: Mapping | None = None):
+    def __init__(self, tracker: str = "dbn", tracker_params: Mapping | None = None, meter: str | int | None = None):
         if tracker not in TRACKERS:
             raise ConfigError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
         self.tracker = tracker
+        self.meter = parse_meter(meter)
         self.tracker_params = dict(tracker_params or {})
 
     def activation_16k(self, samples16k: np.ndarray) -> np.ndarray:
@@ -286,7 +318,8 @@ class BeatEstimator(_Estimator):
 
     def __init__(self, model: ZeroNS, separator: Separator | str | None = None, device: str = "cpu",
                  combine: str = "max", tracker: str = "dbn", tracker_params: Mapping | None = None,
-                 metadata: Mapping | None = None, chunk_seconds: float = 60.0, rescale: bool = True):
+                 metadata: Mapping | None = None, chunk_seconds: float = 60.0, rescale: bool = True,
+                 meter: str | int | None = None):
         if combine not in COMBINE_MODES:
             raise ConfigError(f"unknown combine mode {combine!r}; choose one of {', '.join(COMBINE_MODES)}")
         if tracker not in TRACKERS:
@@ -302,6 +335,7 @@ class BeatEstimator(_Estimator):
         self.combine = combine
         self.tracker = tracker
         self.tracker_params = dict(tracker_params or {})
+        self.meter = parse_meter(meter)
         self.chunk_frames = max(256, int(chunk_seconds * FPS))
         self.rescale = bool(rescale)
         pol = self.metadata.get("polarity") or {}
@@ -394,17 +428,18 @@ class BeatEstimator(_Estimator):
 
 def load_beat_estimator(activation: str | None = None, checkpoint: str | os.PathLike | None = None, *,
                         device: str = "cpu", tracker: str = "dbn", tracker_params: Mapping | None = None,
-                        backend: str | None = None, **zerons_options):
+                        backend: str | None = None, meter: str | int | None = None, **zerons_options):
     """The beat estimator ``musicssl beats`` and ``musicssl serve`` run: ``activation``
     ``"onset"`` (:class:`OnsetBeatEstimator`) or ``"zerons"`` (:class:`BeatEstimator` of
     ``checkpoint``, None: the shipped model); None means ``zerons`` when a checkpoint is
-    given, else ``onset``. ``zerons_options`` (``combine``, ``separator``) go to ZeroNS."""
+    given, else ``onset``. ``meter``: beat numbering, None/"off", "auto" or beats per bar
+    (:mod:`musicssl.beat.meter`). ``zerons_options`` (``combine``, ``separator``) go to ZeroNS."""
     activation = activation or ("zerons" if checkpoint else "onset")
     if activation == "onset":
         if checkpoint or backend:
             raise ConfigError("--checkpoint and --backend apply to ZeroNS models: add --activation zerons")
-        return OnsetBeatEstimator(tracker=tracker, tracker_params=tracker_params)
+        return OnsetBeatEstimator(tracker=tracker, tracker_params=tracker_params, meter=meter)
     if activation != "zerons":
         raise ConfigError(f"unknown beat activation {activation!r}; choose onset or zerons")
     return BeatEstimator.from_checkpoint(checkpoint, device=device, backend=backend, tracker=tracker,
-                                         tracker_params=tracker_params, **zerons_options)
+                                         tracker_params=tracker_params, meter=meter, **zerons_options)

@@ -1,5 +1,6 @@
 """Audio → beat activation inputs, model-free and picklable (worker processes): the
-onset strength of the default tracker, or separation + log-VQT of both parts for ZeroNS."""
+onset strength of the default tracker, or separation + log-VQT of both parts for ZeroNS;
+and, when beats are numbered, the frame features of :mod:`musicssl.beat.meter`."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import functools
 
 from musicssl.beat.estimator import MIN_SECONDS, STREAM_MIN_SECONDS
 from musicssl.beat.frontend import SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
+from musicssl.beat.meter import meter_frames
 from musicssl.beat.onset import onset_envelope, onset_envelope_of_file
 from musicssl.io.audio import header_seconds, load_audio
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
 
-def prepare_file(path: str, separator=None, keep_waveform: bool = False) -> dict:
+def prepare_file(path: str, separator=None, keep_waveform: bool = False, meter: bool = False) -> dict:
     """Model-free part (picklable): decode at 16 kHz, then the onset activation
-    (``separator`` None) or separation + VQT of both parts (ZeroNS)."""
+    (``separator`` None) or separation + VQT of both parts (ZeroNS); with ``meter``
+    also ``payload["meter"]``, the beat-numbering features (not for streamed files)."""
 
     if separator is None and header_seconds(path) > STREAM_MIN_SECONDS:   # long: never held whole
         streamed = onset_envelope_of_file(path, waveform_rate=PLOT_RATE if keep_waveform else None,
@@ -32,6 +35,8 @@ def prepare_file(path: str, separator=None, keep_waveform: bool = False) -> dict
         perc, rest = separator(x, SAMPLE_RATE)
         frontend = _frontend()
         payload.update(perc=vqt_features(frontend, perc), rest=vqt_features(frontend, rest))
+    if meter:
+        payload["meter"] = meter_frames(x)
     if keep_waveform:
         step = SAMPLE_RATE // PLOT_RATE
         payload["waveform"] = x[: len(x) // step * step].reshape(-1, step).max(axis=1)

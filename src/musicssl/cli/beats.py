@@ -8,9 +8,12 @@ Examples::
     musicssl beats song.flac --activations act/ --plot plots/ --plot-window 60:90
     musicssl beats song.flac --activation zerons                 # the Zero-Note Samba model
     musicssl beats song.flac --tracker librosa                   # librosa's DP decoder
+    musicssl beats song.flac --meter auto                        # 3 or 4 beats per bar, from the audio
 
-Output per file: text ``path<TAB>tempo BPM<TAB>n beats`` and an indented
-line of beat times (s), or CSV / JSON / JSONL records (``beats`` as a list).
+Output per file: text ``path<TAB>tempo BPM<TAB>n beats<TAB>M beats/bar`` and an
+indented line of beat times (s) with their number in the bar (``12.345:1``, 1 =
+downbeat; ``--meter off``: times only), or CSV / JSON / JSONL records (``beats``,
+``beat_numbers`` and ``downbeats`` as lists, ``beats_per_bar``).
 ``--beats-dir`` also writes ``<name>.beats`` files (one time per line),
 ``--activations`` the frame activation (62.5 frames/s) as ``<name>.npy``,
 ``--plot`` a PNG of waveform, activation and beats (first 30 s unless
@@ -33,6 +36,7 @@ from musicssl.beat.analysis import (
     feature_step,
     record_step_on_worker,
 )
+from musicssl.beat.meter import DEFAULT_METER, parse_meter
 from musicssl.beat.records import beats_format
 from musicssl.cli.common import (
     add_backend_argument,
@@ -46,6 +50,7 @@ from musicssl.cli.common import (
     usage_error,
     write_records,
 )
+from musicssl.errors import ConfigError
 from musicssl.io.records import RecordOutput, format_from_path
 
 _EPILOG = """examples:
@@ -55,10 +60,13 @@ _EPILOG = """examples:
   musicssl beats song.flac --activations act/ --plot plots/ --plot-window 60:90
   musicssl beats song.flac --activation zerons                 (the Zero-Note Samba model)
   musicssl beats song.flac --tracker librosa                   (librosa's DP decoder)
+  musicssl beats song.flac --meter auto                        (3 or 4 beats per bar, from the audio)
 
-Output per file: text "path<TAB>tempo BPM<TAB>n beats" and an indented line
-of beat times in seconds, or CSV / JSON / JSONL records (beats as a list;
-tracker names the activation and decoder, e.g. onset+dbn).
+Output per file: text "path<TAB>tempo BPM<TAB>n beats<TAB>M beats/bar" and an
+indented line of beat times in seconds with their number in the bar (12.345:1,
+1 = downbeat; --meter off: times only), or CSV / JSON / JSONL records (beats,
+beat_numbers, downbeats as lists, beats_per_bar; tracker names the activation
+and decoder, e.g. onset+dbn).
 A file that cannot be analysed gives an error record and the run goes on.
 
 exit status: 0 all files analysed, 1 some files failed, 2 usage error, 130 interrupted"""
@@ -120,6 +128,10 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
     model.add_argument("--separator", default="hpss", metavar="NAME",
                        help="with --activation zerons: percussive/non-percussive separator, hpss or "
                             "an import path package.module:name of another (default: hpss)")
+    model.add_argument("--meter", type=_meter_choice, default=DEFAULT_METER, metavar="{auto,off,M}",
+                       help="beat numbering: M beats per bar (2-16) with the downbeat phase found in the audio "
+                            "(kick drums, chord changes), auto (3 or 4, also from the audio; weaker than a fixed 4 "
+                            "on the project's test sets), or off (default: 4)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                        help="worker processes for decoding and the activation's front end (onset strength, "
@@ -128,6 +140,15 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
     p.set_defaults(func=run, _parser=p)
     return p
 
+
+
+def _meter_choice(text: str):
+    """``--meter`` value: "auto", "off" or a whole number of beats per bar (2-16)."""
+    try:
+        value = parse_meter(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return "off" if value is None else value
 
 
 def estimator_spec(args) -> BeatEstimatorSpec:
@@ -139,7 +160,8 @@ def estimator_spec(args) -> BeatEstimatorSpec:
     zerons = args.activation == "zerons" or (args.activation is None and args.checkpoint)
     return BeatEstimatorSpec(args.activation, args.checkpoint, args.device, args.tracker, params, args.backend,
                              combine=args.combine if zerons else None,
-                             separator=args.separator if zerons and args.separator != "hpss" else None)
+                             separator=args.separator if zerons and args.separator != "hpss" else None,
+                             meter=None if args.meter == "off" else args.meter)
 
 
 def run(args) -> int:

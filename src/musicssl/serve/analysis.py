@@ -24,6 +24,7 @@ from pathlib import PurePosixPath
 from typing import BinaryIO, Callable
 
 from musicssl.beat.estimator import load_beat_estimator
+from musicssl.beat.meter import DEFAULT_METER, parse_meter
 from musicssl.beat.records import beats_record
 from musicssl.errors import (
     AudioTooLongError,
@@ -127,17 +128,18 @@ class Analyzer:
                 self._key_estimators[transpositions] = estimator
             return self._key_estimators[transpositions]
 
-    def beat_estimator(self, tracker: str, activation: str | None = None):
+    def beat_estimator(self, tracker: str, activation: str | None = None, meter=DEFAULT_METER):
         """The beat estimator for ``activation`` (``onset`` or ``zerons``; None: ``zerons`` when
         a beats checkpoint is configured, else ``onset``, as ``musicssl beats``) decoding with
-        ``tracker`` (``dbn`` or ``librosa``); cached."""
+        ``tracker`` (``dbn`` or ``librosa``) and numbering beats with ``meter``; cached."""
+        meter = parse_meter(meter)
         with self._lock:
-            if (activation, tracker) not in self._beat_estimators:
+            if (activation, tracker, meter) not in self._beat_estimators:
                 checkpoint = self.config.beats_checkpoint
-                self._beat_estimators[(activation, tracker)] = load_beat_estimator(
+                self._beat_estimators[(activation, tracker, meter)] = load_beat_estimator(
                     activation, None if activation == "onset" else checkpoint,
-                    device=self.config.device, tracker=tracker)
-            return self._beat_estimators[(activation, tracker)]
+                    device=self.config.device, tracker=tracker, meter=meter)
+            return self._beat_estimators[(activation, tracker, meter)]
 
     def describe(self) -> dict:
         """Models and limits, for ``/v1/health``."""
@@ -160,10 +162,10 @@ class Analyzer:
         return self._with_temp_file(upload, name, analyse)
 
     def beats(self, upload: BinaryIO, name: str, *, tracker: str = "dbn",
-              activation: str | None = None) -> tuple[int, dict]:
+              activation: str | None = None, meter=DEFAULT_METER) -> tuple[int, dict]:
         """``(HTTP status, record)``: the beats record of an upload, or its error record."""
         def analyse(path: str) -> dict:
-            estimator = self.beat_estimator(tracker, activation)
+            estimator = self.beat_estimator(tracker, activation, meter)
             return beats_record(name, estimator.estimate_file(path, keep_activation=False))
         return self._with_temp_file(upload, name, analyse)
 

@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 
 from musicssl import __version__
 from musicssl.beat.estimator import TRACKERS
+from musicssl.beat.meter import DEFAULT_METER
 from musicssl.errors import MusicsslError, UploadTooLargeError
 from musicssl.keys import KEY_LABELS, KEYS, NOTATIONS, format_key
 from musicssl.serve.analysis import (
@@ -174,9 +175,12 @@ def create_app(config: ServeConfig | None = None, *, analyzer: Analyzer | None =
                     tracker: Literal[TRACKERS] = Query("dbn", description="beat decoder"),
                     activation: Literal["onset", "zerons"] | None = Query(
                         None, description="beat activation: onset strength (default) or the ZeroNS "
-                                          "networks (default when the server has --beats-checkpoint)")):
+                                          "networks (default when the server has --beats-checkpoint)"),
+                    meter: str = Query(str(DEFAULT_METER), pattern=r"^(auto|off|[2-9]|1[0-6])$",
+                                       description="beat numbering: beats per bar (2-16), auto (3 or 4) "
+                                                   "or off, as `musicssl beats --meter`")):
         status, record = await analyzer.run(analyzer.beats, file.file, upload_name(file.filename),
-                                            tracker=tracker, activation=activation)
+                                            tracker=tracker, activation=activation, meter=meter)
         return JSONResponse(record, status_code=status)
 
     return app
