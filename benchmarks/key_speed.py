@@ -101,7 +101,7 @@ def estimator_report(files: list[str]) -> None:
     print(f"\n{len(files)} files; seconds per 30 s clip, 1 thread, wall; "
           f"machine load average {os.getloadavg()[0]:.1f}\n")
     print(f"{'model':21s} {'crops':>5s} {'features':>9s} {'network':>8s} {'total':>7s}  same key as 1 crop")
-    for spec in ("skey-debian", "default", str(CHECKPOINT)):
+    for spec in ("skey-band", "default", str(CHECKPOINT)):
         estimators = {n: load_estimator(spec, transpositions=n) for n in (1, 12)}
         config = estimators[1].frontend_config
         options = getattr(estimators[1], "feature_options", {})   # e.g. the default's chroma for its prior
