@@ -226,7 +226,7 @@ def separation_grid(args) -> None:
     """
     import librosa
 
-    from beat_synth import SR, chord_track, drum_track
+    from beat_synth import chord_track, drum_track
     from musicssl.beat.separation import HPSSSeparator
 
     mixes = []

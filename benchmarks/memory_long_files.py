@@ -39,10 +39,9 @@ SR = 22050
 
 CHILD = """
 import sys, math
-import musicssl.beat.estimator, musicssl.beat.features, musicssl.key.features
-if sys.argv[1] == "memory":   # the whole file in memory: the streaming thresholds out of reach
-    for module in (musicssl.key.features, musicssl.beat.estimator, musicssl.beat.features):
-        module.STREAM_MIN_SECONDS = math.inf
+import musicssl.io.audio
+if sys.argv[1] == "memory":   # the whole file in memory: the streaming threshold out of reach
+    musicssl.io.audio.STREAM_MIN_SECONDS = math.inf
 from musicssl.cli.main import main
 raise SystemExit(main(sys.argv[2:]))
 """

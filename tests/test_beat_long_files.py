@@ -41,8 +41,7 @@ def test_streamed_envelope_equals_the_whole_file_one(song):
 
 def test_beats_of_a_streamed_long_file_match(song, capsys, monkeypatch):
     def beats(threshold: float) -> dict:
-        monkeypatch.setattr("musicssl.beat.estimator.STREAM_MIN_SECONDS", threshold)
-        monkeypatch.setattr("musicssl.beat.features.STREAM_MIN_SECONDS", threshold)
+        monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", threshold)
         assert main(["beats", str(song), "--format", "json"]) == 0
         return json.loads(capsys.readouterr().out)[0]
 

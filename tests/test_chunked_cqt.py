@@ -89,7 +89,7 @@ def test_scan_audio_finds_length_peak_mean_and_excerpts(long_file):
 
 
 def test_streamed_features_match_the_in_memory_ones(long_file, monkeypatch):
-    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", 60.0)
     memory = compute_features(long_file, KEY_FRONTEND, chroma=True, stream=False)
     streamed = compute_features(long_file, KEY_FRONTEND, chroma=True, stream=True)
     assert isinstance(memory.magnitude, np.ndarray) and isinstance(streamed.magnitude, FileCQT)
@@ -111,7 +111,7 @@ def test_estimator_results_streamed_equal_in_memory(long_file, monkeypatch, spec
     estimator.max_window_s = 40.0      # several pieces, as a long file has
     memory = compute_features(long_file, estimator.frontend_config,
                               **{**estimator.feature_options, "stream": False})
-    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", 60.0)
     streamed = compute_features(long_file, estimator.frontend_config, **estimator.feature_options)
     assert isinstance(streamed.magnitude, FileCQT)
     a, b = estimator.estimate_features([memory, streamed], local=True, window_s=20.0, hop_s=10.0)
@@ -128,7 +128,7 @@ def test_estimator_results_streamed_equal_in_memory(long_file, monkeypatch, spec
 def test_key_features_hold_no_samples_when_streamed(long_file, monkeypatch):
     import pickle
 
-    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", 60.0)
     streamed = compute_features(long_file, KEY_FRONTEND, stream=True)
     assert isinstance(streamed, KeyFeatures)
     assert len(pickle.dumps(streamed)) < 10_000      # small enough to send from a worker process
@@ -141,7 +141,7 @@ def test_template_estimators_read_streamed_features(long_file, monkeypatch, chro
     template = TemplateKeyEstimator("krumhansl", chroma=chroma)
     options = template.feature_options
     memory = compute_features(long_file, template.frontend_config, stream=False, **options)
-    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", 60.0)
     streamed = compute_features(long_file, template.frontend_config, **options)
     assert isinstance(streamed.magnitude, FileCQT)
     a, b = template.estimate_features([memory, streamed], local=True, window_s=20.0, hop_s=10.0)
@@ -162,7 +162,7 @@ def test_onnx_backend_reads_streamed_features(long_file, monkeypatch, tmp_path):
     assert not hasattr(estimator.model, "forward_crops")      # the one-crop-at-a-time path
     estimator.max_window_s = 40.0
     memory = compute_features(long_file, estimator.frontend_config, stream=False)
-    monkeypatch.setattr(key_estimator, "STREAM_MIN_SECONDS", 60.0)
+    monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", 60.0)
     streamed = compute_features(long_file, estimator.frontend_config)
     assert isinstance(streamed.magnitude, FileCQT)
     a, b = estimator.estimate_features([memory, streamed], local=True, window_s=20.0, hop_s=10.0)

@@ -36,7 +36,7 @@ from musicssl.beat.separation import (
     separator_from_description,
 )
 from musicssl.errors import AudioTooShortError, CheckpointError, ConfigError
-from musicssl.io.audio import header_seconds, load_audio, prepare_audio
+from musicssl.io.audio import is_long, load_audio, prepare_audio
 from musicssl.io.model_file import check_backend
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "data" / "models" / "zerons_default.safetensors"
@@ -267,10 +267,6 @@ def _check_length(samples16k: np.ndarray) -> None:
                                  duration=len(samples16k) / SAMPLE_RATE, minimum=MIN_SECONDS)
 
 
-#: files longer than this (s, by their header) are tracked from a streamed onset activation
-STREAM_MIN_SECONDS = 1200.0
-
-
 class OnsetBeatEstimator(_Estimator):
     """Training-free beat tracker: onset strength -> DBN with a tempo prior (or librosa's DP).
 
@@ -296,7 +292,7 @@ class OnsetBeatEstimator(_Estimator):
     def estimate_file(self, path: str | os.PathLike, keep_activation: bool = True) -> BeatResult:
         """Decode ``path`` and track its beats; a file over 20 minutes is streamed (its onset
         activation computed chunk by chunk, :func:`~musicssl.beat.onset.onset_envelope_of_file`)."""
-        if header_seconds(path) > STREAM_MIN_SECONDS:
+        if is_long(path):   # tracked from a streamed onset activation
             streamed = onset_envelope_of_file(path, min_duration=MIN_SECONDS)
             return self.result(streamed.activation, streamed.n_samples / SAMPLE_RATE, keep_activation)
         return super().estimate_file(path, keep_activation)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import functools
 
-from musicssl.beat.estimator import MIN_SECONDS, STREAM_MIN_SECONDS
+from musicssl.beat.estimator import MIN_SECONDS
 from musicssl.beat.frontend import SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.meter import meter_frames
 from musicssl.beat.onset import onset_envelope, onset_envelope_of_file
-from musicssl.io.audio import header_seconds, load_audio
+from musicssl.io.audio import is_long, load_audio
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
 
@@ -20,7 +20,7 @@ def prepare_file(path: str, separator=None, keep_waveform: bool = False, meter: 
     (``separator`` None) or separation + VQT of both parts (ZeroNS); with ``meter``
     also ``payload["meter"]``, the beat-numbering features (not for streamed files)."""
 
-    if separator is None and header_seconds(path) > STREAM_MIN_SECONDS:   # long: never held whole
+    if separator is None and is_long(path):   # long: never held whole
         streamed = onset_envelope_of_file(path, waveform_rate=PLOT_RATE if keep_waveform else None,
                                           min_duration=MIN_SECONDS)
         payload = {"duration_s": streamed.n_samples / SAMPLE_RATE, "onset": streamed.activation}

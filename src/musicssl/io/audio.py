@@ -680,6 +680,17 @@ class AudioBlocks:
         return out
 
 
+#: Files longer than this (s, by their header) are analysed without ever being held whole
+#: (key and beats alike; :func:`is_long`).
+STREAM_MIN_SECONDS = 1200.0
+
+
+def is_long(path, offset: float = 0.0, duration: float | None = None) -> bool:
+    """Whether the requested span of ``path`` is longer than :data:`STREAM_MIN_SECONDS` by its
+    header, so that it is to be streamed rather than decoded whole."""
+    return header_seconds(path, offset, duration) > STREAM_MIN_SECONDS
+
+
 def header_seconds(path, offset: float = 0.0, duration: float | None = None) -> float:
     """Length (s) of the requested span of a file by its header, without decoding; 0 when
     the header does not say."""

@@ -23,7 +23,7 @@ from musicssl.dsp.tuning import (
 )
 from musicssl.errors import AudioTooShortError
 from musicssl.io.audio import (
-    header_seconds,
+    is_long,
     iter_audio_blocks,
     load_audio,
     prepare_audio,
@@ -76,7 +76,7 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     the chroma (:func:`musicssl.dsp.chroma.chroma_cqt`: 36 bins per octave from C1,
     each frame scaled to a maximum of 1) at the front end's hop, with the same
     tuning, for the template baselines.
-    ``stream``: a file longer than :data:`STREAM_MIN_SECONDS` is never held whole
+    ``stream``: a file longer than :data:`musicssl.io.audio.STREAM_MIN_SECONDS` is never held whole
     (:func:`streamed_features`: ``magnitude`` is then a :class:`~musicssl.dsp.cqt.FileCQT`,
     which the estimators read chunk by chunk; ``np.asarray`` of it computes all of it);
     False: the whole waveform and CQT in memory.
@@ -86,7 +86,7 @@ def compute_features(source, frontend_config=None, *, sr: int | None = None,
     path = None
     if isinstance(source, (str, Path)):
         path = str(source)
-        if stream and header_seconds(source, offset, duration) > STREAM_MIN_SECONDS:
+        if stream and is_long(source, offset, duration):
             return streamed_features(path, config, device=device, offset=offset, duration=duration,
                                      tuning=tuning, chroma=chroma)
         samples = load_audio(source, sr=config.sr, offset=offset, duration=duration)
@@ -236,11 +236,6 @@ def streamed_features(path, frontend_config, *, device: str = "cpu", offset: flo
             frames[:, first:first + piece.shape[-1]] = piece
     return KeyFeatures(magnitude, duration_s, config.frame_rate, path, cents, compensate,
                        harmonic, contrast, frames)
-
-
-#: Files longer than this (s, by their header) are analysed without holding their samples
-#: or CQT (:func:`compute_features`, ``stream``).
-STREAM_MIN_SECONDS = 1200.0
 
 
 def frame_spans(magnitude, spans: Sequence[tuple[int, int]]) -> Iterable[np.ndarray]:
