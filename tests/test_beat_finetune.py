@@ -19,13 +19,13 @@ from musicssl.beat.finetune import (
     finetuned_estimator,
     read_labelled_songs,
 )
+from musicssl.beat.checkpoint import load_zerons_model, save_zerons_model
 from musicssl.beat.frontend import FPS
-from musicssl.errors import ConfigError
-from musicssl.evaluation.beat_metrics import activation_probe
 from musicssl.beat.losses import widened_beat_targets
 from musicssl.beat.model import ZeroNS
-from musicssl.beat.checkpoint import load_zerons_model, save_zerons_model
 from musicssl.cli.main import main
+from musicssl.errors import ConfigError
+from musicssl.evaluation.beat_metrics import activation_probe
 
 
 def _song(rng, t=200, period=25):
@@ -63,7 +63,7 @@ def test_read_labelled_songs_and_cli(tmp_path):
     out = tmp_path / "tuned"
     assert main(["train-beats", "--finetune", str(tmp_path), "--init", str(init), "--out", str(out),
                  "--steps", "2"]) == 0
-    model, meta = load_zerons_model(out / "zerons_finetuned.safetensors")
+    _, meta = load_zerons_model(out / "zerons_finetuned.safetensors")
     assert meta["provenance"]["finetuned"]["songs"] == [str(tmp_path / "song.wav")]
     assert meta["provenance"]["finetuned"]["config"]["steps"] == 2
     # the file carries its readout; the estimator uses it unless told otherwise
@@ -81,7 +81,7 @@ def test_read_labelled_songs_and_cli(tmp_path):
 
 
 def test_bad_finetune_settings_are_config_errors():
-    for bad in (dict(steps=0), dict(train="body"), dict(init_rate=1.5), dict(lr=0.0)):
+    for bad in ({"steps": 0}, {"train": "body"}, {"init_rate": 1.5}, {"lr": 0.0}, {"stretch": 1.0}):
         with pytest.raises(ConfigError):
             FinetuneConfig(**bad)
 

@@ -34,7 +34,7 @@ from musicssl.beat.checkpoint import save_zerons_model
 from musicssl.beat.estimator import BeatEstimator
 from musicssl.beat.frontend import FPS, SAMPLE_RATE
 from musicssl.beat.losses import beat_bce_logits, widened_beat_targets
-from musicssl.beat.model import ZeroNS, standardize
+from musicssl.beat.model import ZeroNS
 from musicssl.errors import AnnotationError, ConfigError
 from musicssl.evaluation.beat_annotations import (
     load_beat_dataset,
@@ -225,9 +225,8 @@ def finetune_model(model: ZeroNS, songs: Sequence[SongExample], config: Finetune
         batch = [songs[i] for i in rng.integers(0, len(songs), config.batch_size)]
         xp, xa, y, mask = (t.to(device) for t in _batch(batch, frames, rng, config.stretch,
                                                          config.neighbour_weight, config.widen))
-        xp, xa = standardize(xp), standardize(xa)  # as at inference: the whole window at once
-        zp = model.percussive.logits(xp, normalize=False)
-        za = model.non_percussive.logits(xa, normalize=False)
+        zp = model.percussive.logits(xp)  # standardised per window when the model's input_norm is on
+        za = model.non_percussive.logits(xa)
         loss = 0.5 * (beat_bce_logits(zp, y, mask, config.pos_weight)
                       + beat_bce_logits(za, y, mask, config.pos_weight))
         opt.zero_grad()
