@@ -14,7 +14,12 @@ AMLt, first 5 s trimmed):
                               (20 ms jitter, 20 % of beats dropped, uniform noise up to 0.3): a check
                               of the decoder on an activation one can trust
 * ``ZeroNS fine-tuned + DBN`` the model fine-tuned on ``--finetune-songs`` clips (those clips
-                              are left out of every system's score)
+                              are left out of every system's score) with the recipe of
+                              ``musicssl.beat.finetune.FinetuneConfig`` (``--finetune-steps``),
+                              read as the recipe stores it (mean of both outputs, DBN with a
+                              tempo prior)
+* ``ZeroNS from scratch + DBN`` with ``--finetune-scratch``: the same recipe from randomly
+                              initialised networks (does the pretext training help?)
 
 Datasets: ``dev-synth`` (../shared/data/dev-synth: rendered scores, no drums,
 a hard case), ``csv`` (any manifest folder with ``labels.csv`` holding ``path``
@@ -39,6 +44,7 @@ import itertools
 import json
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +142,7 @@ def run_eval(args) -> dict:
 
     from musicssl.beat.dbn import decode_beats
     from musicssl.beat.estimator import BeatEstimator
-    from musicssl.beat.finetune import FinetuneConfig, SongExample, finetune_model
+    from musicssl.beat.finetune import FinetuneConfig, SongExample, finetune_model, finetuned_estimator
     from musicssl.beat.frontend import FPS
     from musicssl.beat.losses import widened_beat_targets
     from musicssl.evaluation.beat_metrics import CORE_METRICS, BeatScores, format_table
@@ -154,17 +160,23 @@ def run_eval(args) -> dict:
     items = [it for it in items if it[0] in feats]
     tune, test = items[:args.finetune_songs], items[args.finetune_songs:]
 
-    tuned = None
+    tuned = {}
     if args.finetune_songs:
+        cfg = FinetuneConfig(seed=args.seed, **({"steps": args.finetune_steps} if args.finetune_steps else {}))
         songs = []
         for ident, _, ref in tune:
             fp, fa = feats[ident]
-            songs.append(SongExample(ident, fp, fa, widened_beat_targets(ref, fp.shape[-1], FPS)))
-        t1 = time.monotonic()
-        tuned_model, hist = finetune_model(est.model, songs, FinetuneConfig(epochs=args.finetune_epochs))
-        print(f"fine-tuned on {len(songs)} clips in {time.monotonic() - t1:.0f} s "
-              f"(BCE {hist[0]:.4f} -> {hist[-1]:.4f})", flush=True)
-        tuned = BeatEstimator(tuned_model, separator=est.separator)
+            songs.append(SongExample(ident, fp, fa, widened_beat_targets(
+                ref, fp.shape[-1], FPS, cfg.neighbour_weight, cfg.widen), np.asarray(ref) * FPS))
+        variants = [("ZeroNS fine-tuned + DBN", cfg)]
+        if args.finetune_scratch:
+            variants.append(("ZeroNS from scratch + DBN", replace(cfg, from_scratch=True)))
+        for name, c in variants:
+            t1 = time.monotonic()
+            tuned_model, hist = finetune_model(est.model, songs, c, log=None)
+            print(f"{name}: {c.steps} steps on {len(songs)} clips in {time.monotonic() - t1:.0f} s "
+                  f"(BCE {np.mean(hist[:10]):.4f} -> {np.mean(hist[-50:]):.4f})", flush=True)
+            tuned[name] = finetuned_estimator(tuned_model, c, separator=est.separator)
 
     from musicssl.beat.estimator import OnsetBeatEstimator
     from musicssl.beat.onset import onset_envelope
@@ -173,9 +185,8 @@ def run_eval(args) -> dict:
     onset = OnsetBeatEstimator()
     systems = ["onset + DBN (default)", "onset + DBN, SPEC params", "librosa beat_track",
                "ZeroNS + DBN", "ZeroNS + librosa DP", "oracle + DBN"]
-    tempo_hits: dict[str, list[float]] = {s: [] for s in systems + ["ZeroNS fine-tuned + DBN"]}
-    if tuned is not None:
-        systems.append("ZeroNS fine-tuned + DBN")
+    systems += list(tuned)
+    tempo_hits: dict[str, list[float]] = {s: [] for s in systems}
     scores = {s: BeatScores() for s in systems}
     for n, (ident, path, ref) in enumerate(test):
         fp, fa = feats[ident]
@@ -189,9 +200,9 @@ def run_eval(args) -> dict:
             "ZeroNS + librosa DP": est.decode(act, "librosa")[0],
             "oracle + DBN": decode_beats(oracle_activation(ref, len(act), FPS, n), FPS).beats,
         }
-        if tuned is not None:
-            act_t = tuned.combine_outputs(*tuned.network_outputs(fp, fa))
-            estimates["ZeroNS fine-tuned + DBN"] = tuned.decode(act_t, "dbn")[0]
+        for name, tuned_est in tuned.items():
+            act_t = tuned_est.combine_outputs(*tuned_est.network_outputs(fp, fa))
+            estimates[name] = tuned_est.decode(act_t, "dbn")[0]
         for system, beats in estimates.items():
             scores[system].add(ident, ref, beats)
             tempo_hits[system].append(tempo_hit(ref, beats))
@@ -204,6 +215,7 @@ def run_eval(args) -> dict:
           + (f" (fine-tuning used {len(tune)} other clips)" if tune else ""))
     print(format_table(rows, list(CORE_METRICS) + ["tempo±4%"], label="system"))
     result = {"dataset": args.dataset, "n_scored": len(test), "finetune_clips": [t[0] for t in tune],
+              "finetune_config": asdict(cfg) if args.finetune_songs else None, "seed": args.seed,
               "checkpoint": str(args.checkpoint or "default"), "mean": rows,
               "per_file": {s: sc.per_file for s, sc in scores.items()},
               "wall_seconds": round(time.monotonic() - t0, 1)}
@@ -266,7 +278,10 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="ZeroNS model (default: shipped)")
     p.add_argument("--limit", type=int, default=None, help="clips to use (random subset, fixed seed)")
     p.add_argument("--finetune-songs", type=int, default=8, help="clips to fine-tune on (0: skip)")
-    p.add_argument("--finetune-epochs", type=int, default=30)
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="fine-tuning steps (default: FinetuneConfig's)")
+    p.add_argument("--finetune-scratch", action="store_true",
+                   help="also fine-tune randomly initialised networks with the same recipe")
     p.add_argument("--cache", default="/tmp/musicssl_beat_eval", help="feature cache folder")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--seed", type=int, default=0)

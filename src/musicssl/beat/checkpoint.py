@@ -40,7 +40,10 @@ from musicssl.io.model_file import (
 #: Beat-model format (``format_version`` 1): the ZeroNS state dict (float32 or
 #: float16) with JSON metadata ``architecture`` (``{"model": "zerons", **ZeroNS.config}``),
 #: ``frontend`` (VQT settings), ``separator``, ``provenance`` and ``polarity``
-#: (``{"percussive": ±1, "non_percussive": ±1, ...}``; optional when reading).
+#: (``{"percussive": ±1, "non_percussive": ±1, ...}``; optional when reading) and
+#: ``readout`` (how :class:`~musicssl.beat.estimator.BeatEstimator` reads the outputs:
+#: ``{"combine": "max"|"mean", "rescale": bool, "tracker_params": {...}}``, any key
+#: optional; a fine-tuned model stores the readout it was trained for).
 ZERONS_FORMAT = "musicssl-zerons"
 
 
@@ -48,6 +51,7 @@ ZERONS_FORMAT_VERSION = 1
 
 
 _DEFAULT_POLARITY = {"percussive": 1, "non_percussive": 1}
+_META_KEYS = ("architecture", "frontend", "separator", "provenance", "polarity", "readout")
 
 
 def _zerons_frontend_dict() -> dict:
@@ -57,10 +61,12 @@ def _zerons_frontend_dict() -> dict:
 
 def save_zerons_model(path: str | os.PathLike, model, separator=None,
                       provenance: Mapping[str, Any] | None = None, half: bool = False,
-                      polarity: Mapping[str, int] | None = None) -> Path:
+                      polarity: Mapping[str, int] | None = None,
+                      readout: Mapping[str, Any] | None = None) -> Path:
     """Write a ZeroNS ``model`` (architecture, front end, separator) to ``.safetensors``.
 
-    ``half`` stores float16 weights (half the size; loaded back as float32).
+    ``half`` stores float16 weights (half the size; loaded back as float32);
+    ``readout``: how the estimator combines and decodes the outputs (see ``ZERONS_FORMAT``).
     """
 
     dtype = torch.float16 if half else torch.float32
@@ -71,6 +77,7 @@ def save_zerons_model(path: str | os.PathLike, model, separator=None,
         "separator": separator_description(separator or get_separator()),
         "provenance": dict(provenance or {}),
         "polarity": dict(polarity or _DEFAULT_POLARITY),
+        "readout": dict(readout or {}),
     }
     return save_model_file(path, tensors, ZERONS_FORMAT, ZERONS_FORMAT_VERSION, fields)
 
@@ -88,6 +95,7 @@ def load_zerons_model(path: str | os.PathLike) -> tuple[Any, dict]:
     except KeyError as exc:
         raise CheckpointError(f"{path}: malformed metadata (missing {exc})") from exc
     meta["polarity"] = raw.get("polarity", dict(_DEFAULT_POLARITY))
+    meta["readout"] = raw.get("readout") or {}
     arch = meta["architecture"]
     if meta["frontend"].get("sr") != SAMPLE_RATE or meta["frontend"].get("hop_length") != HOP_LENGTH:
         raise CheckpointError(f"{path}: front end {meta['frontend']} differs from this musicssl's ZeroNS VQT")
@@ -133,7 +141,7 @@ def zerons_model_onnx(model, meta: Mapping[str, Any]) -> bytes:
     raw = onnx_bytes(_ZeroNSNoNorm(model), (example, example.clone()), ONNX_ZERONS_INPUTS,
                       ONNX_ZERONS_OUTPUTS, 16)
     fields = {"format": ONNX_ZERONS_FORMAT, "format_version": str(ZERONS_FORMAT_VERSION)}
-    fields.update({k: meta.get(k) for k in ("architecture", "frontend", "separator", "provenance", "polarity")})
+    fields.update({k: meta.get(k) for k in _META_KEYS})
     return with_metadata(raw, fields)
 
 
@@ -141,6 +149,7 @@ def load_onnx_zerons_model(path: str | os.PathLike) -> tuple[OnnxNetwork, dict]:
     """``(OnnxNetwork, metadata)`` from a ZeroNS ONNX file, as :func:`load_zerons_model`."""
     data, meta = read_onnx(Path(path), ONNX_ZERONS_FORMAT)
     meta["polarity"] = meta.get("polarity") or dict(_DEFAULT_POLARITY)
+    meta["readout"] = meta.get("readout") or {}
     return OnnxNetwork(data, meta), meta
 
 

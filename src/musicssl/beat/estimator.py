@@ -308,14 +308,23 @@ class OnsetBeatEstimator(_Estimator):
 
 
 class BeatEstimator(_Estimator):
-    """Zero-Note Samba beat tracker: separation -> VQT -> two nets -> activation -> decoder."""
+    """Zero-Note Samba beat tracker: separation -> VQT -> two nets -> activation -> decoder.
+
+    ``combine``, ``rescale`` and the DBN settings default to the model file's
+    ``readout`` metadata (a fine-tuned model stores the readout it was trained
+    for, :mod:`musicssl.beat.finetune`), else ``"max"``, ``True`` and the DBN
+    defaults; ``tracker_params`` given here override the file's.
+    """
 
     activation_name = "zerons"
 
     def __init__(self, model: ZeroNS, separator: Separator | str | None = None, device: str = "cpu",
-                 combine: str = "max", tracker: str = "dbn", tracker_params: Mapping | None = None,
-                 metadata: Mapping | None = None, chunk_seconds: float = 60.0, rescale: bool = True,
+                 combine: str | None = None, tracker: str = "dbn", tracker_params: Mapping | None = None,
+                 metadata: Mapping | None = None, chunk_seconds: float = 60.0, rescale: bool | None = None,
                  meter: str | int | None = None):
+        readout = dict((metadata or {}).get("readout") or {})
+        combine = combine or readout.get("combine", "max")
+        rescale = readout.get("rescale", True) if rescale is None else rescale
         if combine not in COMBINE_MODES:
             raise ConfigError(f"unknown combine mode {combine!r}; choose one of {', '.join(COMBINE_MODES)}")
         if tracker not in TRACKERS:
@@ -330,7 +339,8 @@ class BeatEstimator(_Estimator):
         self.frontend = ZeroNSFrontEnd().to(self.device)
         self.combine = combine
         self.tracker = tracker
-        self.tracker_params = dict(tracker_params or {})
+        model_params = (readout.get("tracker_params") or {}) if tracker == "dbn" else {}
+        self.tracker_params = dict(model_params, **dict(tracker_params or {}))
         self.meter = parse_meter(meter)
         self.chunk_frames = max(256, int(chunk_seconds * FPS))
         self.rescale = bool(rescale)

@@ -2,7 +2,7 @@
 
 * :func:`nt_xent` — the synchrony pretext loss of SPEC §2.3.
 * :func:`shift_frames` — time-shifted copies used as hard negatives.
-* :func:`widened_beat_targets` / :func:`beat_bce` — few-shot fine-tuning.
+* :func:`widened_beat_targets` / :func:`beat_bce_logits` (/ :func:`beat_bce`) — few-shot fine-tuning.
 """
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ def beat_bce(activation: Tensor, target: Tensor, mask: Tensor | None = None,
     """
     act = activation.clamp(1e-6, 1 - 1e-6)
     loss = -(pos_weight * target * torch.log(act) + (1 - target) * torch.log1p(-act))
+    if mask is None:
+        return loss.mean()
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def beat_bce_logits(logits: Tensor, target: Tensor, mask: Tensor | None = None,
+                    pos_weight: float = 1.0) -> Tensor:
+    """Binary cross-entropy of pre-sigmoid ``logits`` against targets, both ``(B, T)``.
+
+    Numerically stable (no clamping, so a saturated output still has a
+    gradient); ``pos_weight`` and ``mask`` as in :func:`beat_bce`.
+    """
+    loss = F.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=torch.tensor(float(pos_weight), device=logits.device), reduction="none")
     if mask is None:
         return loss.mean()
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)

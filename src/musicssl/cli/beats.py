@@ -116,9 +116,10 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
     add_backend_argument(model)
     model.add_argument("--tracker", choices=("dbn", "librosa"), default="dbn",
                        help="beat decoder: the project's DBN, or librosa's dynamic programming (default: dbn)")
-    model.add_argument("--combine", choices=("max", "mean"), default="max",
+    model.add_argument("--combine", choices=("max", "mean"), default=None,
                        help="with --activation zerons: how the two networks' outputs form the activation, "
-                            "frame by frame (default: max)")
+                            "frame by frame (default: the model file's readout, e.g. mean for a fine-tuned "
+                            "model; else max)")
     model.add_argument("--min-bpm", type=float, default=55.0, metavar="BPM",
                        help="slowest tempo the DBN considers, in beats per minute (default: 55)")
     model.add_argument("--max-bpm", type=float, default=215.0, metavar="BPM",

@@ -55,7 +55,7 @@ _SETTINGS = {
     "width": (float, "X", "network width as a fraction of the paper's (1 = full size, 0.125 = the "
                           "shipped small model)"),
     "batch-size": (int, "N", "clips per optimizer step"),
-    "lr": (float, "X", "learning rate of Adam; with --finetune, of the fine-tuning (whose default is 0.0003)"),
+    "lr": (float, "X", "learning rate of Adam; with --finetune, of the fine-tuning (whose default is 0.001)"),
     "max-steps": (int, "N", "stop after N optimizer steps"),
     "max-minutes": (float, "MIN", "stop cleanly after this many minutes of wall clock"),
     "clip-seconds": (float, "SECONDS", "length of a training clip in seconds"),
@@ -129,8 +129,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                     help="fine-tune on these annotated songs: a CSV (path, beats_path) or a folder of audio "
                          "with .beats files (default: off, pretrain)")
     ft.add_argument("--init", metavar="CKPT", help="ZeroNS model to start from (default: the shipped model)")
-    ft.add_argument("--epochs", type=int, default=30, metavar="N",
-                    help="fine-tuning passes over the songs (default: 30)")
+    ft.add_argument("--steps", type=int, default=None, metavar="N",
+                    help="fine-tuning steps, each on 4 random 5 s windows of the songs (default: "
+                         f"{FinetuneConfig.steps})")
+    ft.add_argument("--from-scratch", action="store_true",
+                    help="with --finetune: re-initialise the networks instead of starting from --init's "
+                         "weights (default: off)")
     p.set_defaults(func=run)
     return p
 
@@ -189,9 +193,12 @@ def run(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    cfg = FinetuneConfig(epochs=args.epochs)
+    values = {"from_scratch": args.from_scratch}
+    if args.steps is not None:
+        values["steps"] = args.steps
     if args.lr is not None:
-        cfg.lr = args.lr
+        values["lr"] = args.lr
+    cfg = FinetuneConfig(**values)
     if args.threads:
         import torch
 
