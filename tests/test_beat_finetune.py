@@ -4,6 +4,7 @@ held-out synthetic songs, the readout travels with the model file; labelled song
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
