@@ -22,8 +22,9 @@ DEFAULT_PRIOR = "kostka-payne"
 
 #: Temperatures (:func:`apply_temperature`) of shipped model × prior pairs, fitted by
 #: minimum NLL on dev-synth (``benchmarks/key_calibration.py --fit-on dev-synth``, a grid of
-#: 41 values): the product of two experts is over-confident. ``skey-band+kostka-payne``:
-#: ECE 9.1 → 5.0 % on dev-synth; outside the fit 17.2 → 14.9 % (render24), 24.2 → 19.4 % (tim48).
+#: 41 values): the product of two experts is over-confident. ``skey-band+kostka-payne`` at 1.83:
+#: ECE 6.7 % on dev-synth; outside the fit 14.9 % (render24), 16.8 % (tim48); a refit on
+#: dev-synth would move it to 1.68 for an NLL gain under 0.001, so 1.83 stays.
 FITTED_TEMPERATURES: dict[tuple[str, str | None], float] = {("skey-band", "kostka-payne"): 1.83,
                                                             ("skey-debian", "kostka-payne"): 1.83}
 
