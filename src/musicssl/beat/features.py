@@ -9,7 +9,7 @@ import functools
 from musicssl.beat.estimator import MIN_SECONDS
 from musicssl.beat.frontend import SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.meter import meter_frames
-from musicssl.beat.onset import onset_envelope, onset_envelope_of_file
+from musicssl.beat.onset import onset_envelope, onset_envelope_of_file, stft_magnitude
 from musicssl.io.audio import is_long, load_audio
 
 PLOT_RATE = 1000  # Hz of the waveform kept for plots
@@ -29,14 +29,15 @@ def prepare_file(path: str, separator=None, keep_waveform: bool = False, meter: 
         return payload
     x = load_audio(path, sr=SAMPLE_RATE, min_duration=MIN_SECONDS)
     payload = {"duration_s": len(x) / SAMPLE_RATE}
+    magnitude = stft_magnitude(x) if separator is None and meter else None   # shared by both
     if separator is None:
-        payload["onset"] = onset_envelope(x)
+        payload["onset"] = onset_envelope(x, magnitude)
     else:
         perc, rest = separator(x, SAMPLE_RATE)
         frontend = _frontend()
         payload.update(perc=vqt_features(frontend, perc), rest=vqt_features(frontend, rest))
     if meter:
-        payload["meter"] = meter_frames(x)
+        payload["meter"] = meter_frames(x, magnitude)
     if keep_waveform:
         step = SAMPLE_RATE // PLOT_RATE
         payload["waveform"] = x[: len(x) // step * step].reshape(-1, step).max(axis=1)

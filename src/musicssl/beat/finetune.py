@@ -35,6 +35,7 @@ from musicssl.beat.estimator import BeatEstimator
 from musicssl.beat.frontend import FPS, SAMPLE_RATE
 from musicssl.beat.losses import beat_bce_logits, widened_beat_targets
 from musicssl.beat.model import ZeroNS
+from musicssl.beat.onset import ONSET_DBN_PARAMS
 from musicssl.errors import AnnotationError, ConfigError
 from musicssl.evaluation.beat_annotations import (
     load_beat_dataset,
@@ -48,7 +49,7 @@ MAX_SONGS = 10
 #: DBN settings for a fine-tuned activation (a sigmoid with a low floor and peaks at
 #: beats): beat states 1/8 of each beat and a log-normal tempo prior at 120 BPM (one
 #: octave), as for the onset activation; without the prior the DBN often halves the tempo.
-FINETUNED_DBN_PARAMS = {"observation_lambda": 8.0, "prior_bpm": 120.0, "prior_octaves": 1.0}
+FINETUNED_DBN_PARAMS = dict(ONSET_DBN_PARAMS)
 TRAINED_PARTS = ("all", "head")
 
 

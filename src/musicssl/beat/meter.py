@@ -41,12 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from musicssl.beat.onset import FPS, N_FFT, SAMPLE_RATE, stft_magnitude
 from musicssl.errors import ConfigError
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 256
-FPS = SAMPLE_RATE / HOP_LENGTH
-N_FFT = 2048
 #: band (Hz) of the low-frequency onset feature: kick-drum and bass fundamentals
 LOW_BAND = (30.0, 150.0)
 #: half-width (s) of the window around a beat in which onset features are read
@@ -93,10 +90,6 @@ class Meter:
     scores: dict
     accent: np.ndarray
 
-    def downbeats(self, beats: np.ndarray) -> np.ndarray:
-        """Times (s) of the beats numbered 1."""
-        return np.asarray(beats, dtype=np.float64)[self.numbers == 1]
-
 
 def parse_meter(value) -> str | int | None:
     """``"off"``/None -> None, ``"auto"`` -> ``"auto"``, ``"3"``/3 -> 3 (2..16); else ConfigError."""
@@ -112,12 +105,13 @@ def parse_meter(value) -> str | int | None:
     return m
 
 
-def meter_frames(samples16k: np.ndarray) -> MeterFrames:
-    """Frame features of mono 16 kHz audio ``(N,)``: ``N // 256 + 1`` frames (as the onset activation)."""
+def meter_frames(samples16k: np.ndarray, magnitude: np.ndarray | None = None) -> MeterFrames:
+    """Frame features of mono 16 kHz audio ``(N,)``: ``N // 256 + 1`` frames (as the onset
+    activation); ``magnitude``: its :func:`~musicssl.beat.onset.stft_magnitude` when already
+    computed (same result)."""
     import librosa  # deferred: as musicssl.beat.onset
 
-    x = np.asarray(samples16k, dtype=np.float32).reshape(-1)
-    mag = np.abs(librosa.stft(x, n_fft=N_FFT, hop_length=HOP_LENGTH, center=True))
+    mag = stft_magnitude(samples16k) if magnitude is None else magnitude
     freqs = np.arange(mag.shape[0]) * SAMPLE_RATE / N_FFT
     logmag = np.log1p(100.0 * mag / max(float(mag.max()), 1e-9))
     rise = np.maximum(0.0, np.diff(logmag, axis=1, prepend=logmag[:, :1]))

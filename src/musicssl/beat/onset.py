@@ -34,15 +34,29 @@ _AMIN = 1e-10
 _DELAY = 1 + N_FFT // (2 * HOP_LENGTH)
 
 
-def onset_envelope(samples16k: np.ndarray) -> np.ndarray:
-    """Onset strength ``(N // 256 + 1,)`` float32 in [0, 1] of mono 16 kHz audio ``(N,)``.
+def stft_magnitude(samples16k: np.ndarray) -> np.ndarray:
+    """STFT magnitude ``(N_FFT // 2 + 1, N // 256 + 1)`` of mono 16 kHz audio ``(N,)`` (Hann
+    window of :data:`N_FFT`, centred frames): what the onset envelope and the beat-numbering
+    features (:func:`musicssl.beat.meter.meter_frames`) both read, computed once."""
+    import librosa  # deferred: only the onset tracker needs it
+
+    x = np.asarray(samples16k, dtype=np.float32).reshape(-1)
+    return np.abs(librosa.stft(x, n_fft=N_FFT, hop_length=HOP_LENGTH, center=True))
+
+
+def onset_envelope(samples16k: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray:
+    """Onset strength ``(N // 256 + 1,)`` float32 in [0, 1] of mono 16 kHz audio ``(N,)``
+    (librosa's spectral flux of the log-power mel spectrogram); ``magnitude``: its
+    :func:`stft_magnitude` when already computed (same result).
 
     All zeros for silence or a constant signal.
     """
     import librosa  # deferred: only the onset tracker needs it
 
-    x = np.asarray(samples16k, dtype=np.float32).reshape(-1)
-    env = librosa.onset.onset_strength(y=x, sr=SAMPLE_RATE, hop_length=HOP_LENGTH)
+    if magnitude is None:
+        magnitude = stft_magnitude(samples16k)
+    mel = librosa.feature.melspectrogram(S=magnitude ** 2, sr=SAMPLE_RATE)
+    env = librosa.onset.onset_strength(S=librosa.power_to_db(mel), sr=SAMPLE_RATE, hop_length=HOP_LENGTH)
     return _scaled(env)
 
 

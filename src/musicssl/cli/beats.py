@@ -144,12 +144,11 @@ def add_parser(subparsers, name: str = "beats", help_text: str = "track the beat
 
 
 def _meter_choice(text: str):
-    """``--meter`` value: "auto", "off" or a whole number of beats per bar (2-16)."""
+    """``--meter`` value: "auto", "off" (None) or a whole number of beats per bar (2-16)."""
     try:
-        value = parse_meter(text)
+        return parse_meter(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc))
-    return "off" if value is None else value
 
 
 def estimator_spec(args) -> BeatEstimatorSpec:
@@ -162,7 +161,7 @@ def estimator_spec(args) -> BeatEstimatorSpec:
     return BeatEstimatorSpec(args.activation, args.checkpoint, args.device, args.tracker, params, args.backend,
                              combine=args.combine if zerons else None,
                              separator=args.separator if zerons and args.separator != "hpss" else None,
-                             meter=None if args.meter == "off" else args.meter)
+                             meter=args.meter)
 
 
 def run(args) -> int:

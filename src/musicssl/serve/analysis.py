@@ -13,6 +13,7 @@ A file that cannot be analysed gives the CLI's error record for it
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import shutil
@@ -134,12 +135,14 @@ class Analyzer:
         ``tracker`` (``dbn`` or ``librosa``) and numbering beats with ``meter``; cached."""
         meter = parse_meter(meter)
         with self._lock:
-            if (activation, tracker, meter) not in self._beat_estimators:
+            if (activation, tracker) not in self._beat_estimators:   # models loaded once, whatever the meter
                 checkpoint = self.config.beats_checkpoint
-                self._beat_estimators[(activation, tracker, meter)] = load_beat_estimator(
+                self._beat_estimators[(activation, tracker)] = load_beat_estimator(
                     activation, None if activation == "onset" else checkpoint,
-                    device=self.config.device, tracker=tracker, meter=meter)
-            return self._beat_estimators[(activation, tracker, meter)]
+                    device=self.config.device, tracker=tracker)
+            numbered = copy.copy(self._beat_estimators[(activation, tracker)])   # shares the model
+            numbered.meter = meter
+            return numbered
 
     def describe(self) -> dict:
         """Models and limits, for ``/v1/health``."""
