@@ -23,20 +23,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from timing import best_time  # noqa: E402  (benchmarks/timing.py)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MUSICSSL_SHARED", REPO.parent / "shared"))
 DEV_AUDIO = SHARED / "data" / "dev-synth" / "audio"
-
-
-def best_of(repeats: int, fn):
-    """(smallest wall time in s, last result) of ``repeats`` calls."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main(argv=None) -> int:
@@ -75,16 +66,18 @@ def main(argv=None) -> int:
             logcqt = log_compress(torch.as_tensor(magnitude_cqt(samples, config))[None, None], config.top_db)
             totals["front end"] += time.perf_counter() - start
             seconds += len(samples) / config.sr
-            t, _ = best_of(args.repeats, lambda: model(crop_bins(logcqt, 0, config.crop_bins)))
+            t, _ = best_time(lambda: model(crop_bins(logcqt, 0, config.crop_bins)), args.repeats)
             totals["1 crop"] += t
-            t, old = best_of(args.repeats, lambda: torch.stack(
-                [model(crop_bins(logcqt, o, config.crop_bins)) for o in offsets], dim=1))
+            t, old = best_time(lambda: torch.stack(
+                [model(crop_bins(logcqt, o, config.crop_bins)) for o in offsets], dim=1), args.repeats)
             totals[f"{args.crops} crops, one pass each"] += t
-            t, new = best_of(args.repeats, lambda: model.forward_crops(logcqt, offsets))
+            t, new = best_time(lambda: model.forward_crops(logcqt, offsets), args.repeats)
             totals[f"{args.crops} crops, forward_crops"] += t
             model_module.BATCH_CROPS_ON_CPU = True          # what forward_crops does on a GPU
-            t, batched = best_of(args.repeats, lambda: model.forward_crops(logcqt, offsets))
-            model_module.BATCH_CROPS_ON_CPU = False
+            try:
+                t, batched = best_time(lambda: model.forward_crops(logcqt, offsets), args.repeats)
+            finally:
+                model_module.BATCH_CROPS_ON_CPU = False
             totals[f"{args.crops} crops, as one batch"] += t
             worst = max(worst, float((old - batched).abs().max()))
             worst = max(worst, float((old - new).abs().max()))

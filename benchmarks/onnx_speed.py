@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best_time  # benchmarks/timing.py
 
 from musicssl.beat.estimator import BeatEstimator
 from musicssl.io.audio import load_audio
@@ -27,16 +27,6 @@ from musicssl.key.features import compute_features
 from musicssl.key.registry import load_estimator
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "src" / "musicssl" / "data" / "examples" / "ode_to_joy_d_major.ogg"
-
-
-def best_time(function, repeat: int) -> tuple[float, object]:
-    """(fastest of ``repeat`` calls in seconds, the last result)."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = function()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main(argv=None) -> int:

@@ -505,8 +505,7 @@ class FileCQT:
     def chunks(self, chunk_seconds: float = 60.0) -> Iterator[tuple[int, np.ndarray]]:
         """``(first_frame, magnitude float32 (n_bins, t))`` in order, decoding the file again."""
         c = self.config
-        cqt = CQT(sr=c.sr, hop_length=c.hop_length, fmin=c.fmin, n_bins=c.n_bins,
-                  bins_per_octave=c.bins_per_octave).to(self.device)
+        cqt = CQT.from_config(c).to(self.device)
         peak = np.float32(self.peak)
         blocks = iter_audio_blocks(self.path, c.sr, block_seconds=10.0, offset=self.offset,
                                    duration=self.duration)

@@ -78,10 +78,14 @@ def _soxr():
 
 __all__ = [
     "RESAMPLE_QUALITY",
+    "STREAM_MIN_SECONDS",
     "AudioBlocks",
     "AudioInfo",
     "AudioScan",
     "audio_info",
+    "check_min_duration",
+    "header_seconds",
+    "is_long",
     "iter_audio_blocks",
     "load_audio",
     "prepare_audio",

@@ -269,7 +269,8 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
     log(f"train: {n_train} tracks, val: {data.report.get('val_tracks', len(data.val))} tracks "
         f"({'device-resident batches' if datamodule.device_pipeline else 'DataLoader'}); segments: {counts}")
     module = KeyTrainingModule(config.to_dict())
-    if config.init_model and not config.resume:
+    resume = resolve_resume(config)   # None also for "auto" when nothing is there yet: then init_model applies
+    if config.init_model and resume is None:
         _init_weights(module, config.init_model)
         log(f"weights initialised from {config.init_model}")
     if data.labelled and data.cache is not None:
@@ -280,7 +281,7 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
     trainer = build_trainer(config, callbacks)
     started = time.time()
     # weights_only: resuming never unpickles code, whoever wrote the .ckpt
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(config), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     summary = {"global_step": int(trainer.global_step), "seconds": time.time() - started,
                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
                "data": {k: v for k, v in data.report.items() if k != "scan"}, "segments": counts}
