@@ -4,8 +4,10 @@ One run = a config file plus ``key=value`` overrides (PretrainConfig fields), tr
 on a feature cache for ``max_minutes``; every ``--probe-every`` steps the current
 networks are probed (``benchmarks/zerons_probe.py``: AUC of on- vs off-beat frames of
 the raw branch outputs and the calibrated combined activation) on the first
-``--probe-seconds`` s of ``--probe-clips`` clips of a beat set (monitoring only: no
-selection is made on it). The history goes to ``OUT/probe.json``.
+``--probe-seconds`` s of ``--probe-clips`` clips of a beat set. The history goes to
+``OUT/probe.json``; with ``--keep-probed`` each probed state is saved too, so that a
+checkpoint can be chosen on the probe set (use a set you do not report, e.g. a draw of
+``scripts/render_band.py``, whose drum grid is annotated).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/zerons_diag.py --cache work-data/cache \\
         --out work-data/runs/t01 --config configs/zerons_cpu_small.yaml temperature=0.1 max_minutes=10
@@ -32,7 +34,7 @@ def parse_override(text: str):
     return key, yaml.safe_load(value)
 
 
-def probe_callback(feats, refs, every: int, history: list, out: Path):
+def probe_callback(feats, refs, every: int, history: list, out: Path, keep: Path | None = None):
     import lightning as L
 
     from zerons_probe import calibrated, probe_estimator
@@ -53,6 +55,8 @@ def probe_callback(feats, refs, every: int, history: list, out: Path):
                    "probe_s": round(time.monotonic() - t0, 1)}
             history.append(row)
             out.write_text(json.dumps(history, indent=1))
+            if keep is not None:   # a Lightning checkpoint per probe, for choosing one afterwards
+                trainer.save_checkpoint(str(keep / f"step{step:06d}.ckpt"))
             print(f"probe step {step}: loss {row['loss']:.3f} AUC act {row['act_beat_auc']:.3f} "
                   f"(best lag {row['act_beat_auc_best_lag']:.3f}) perc {row['perc_beat_auc']:.3f} "
                   f"rest {row['rest_beat_auc']:.3f} ratio {row['act_beat_peak_ratio']:.3f}", flush=True)
@@ -81,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--probe-seconds", type=float, default=30.0)
     p.add_argument("--probe-every", type=int, default=20)
     p.add_argument("--probe-cache", default="/tmp/musicssl_zerons_probe")
+    p.add_argument("--keep-probed", action="store_true",
+                   help="save a checkpoint at every probe (OUT/probed/stepNNNNNN.ckpt)")
     args = p.parse_args(argv)
 
     import torch
@@ -104,9 +110,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     history: list = []
+    keep = out / "probed" if args.keep_probed else None
+    if keep is not None:
+        keep.mkdir(exist_ok=True)
     t0 = time.monotonic()
     pretrain(args.cache, out, config, progress=False, export=False,
-             callbacks=[probe_callback(feats, refs, args.probe_every, history, out / "probe.json")])
+             callbacks=[probe_callback(feats, refs, args.probe_every, history, out / "probe.json", keep)])
     print(f"done: {history[-1]['step'] if history else 0} steps in {time.monotonic() - t0:.0f} s")
     return 0
 

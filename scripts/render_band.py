@@ -23,8 +23,11 @@ compression and a limiter to a loudness near -14 dBFS RMS. Every clip is
 transposed by a random amount over all 12 semitones at a random tempo, so
 tonics are uniform. **No key is written anywhere**: the manifest
 (``OUT/manifest.csv``, columns ``path,duration_s,collection,piece_id,title,
-transpose,tempo_bpm,time_signature,melody,chords,bass,seed``) is what
-``musicssl train --data OUT/manifest.csv`` reads.
+transpose,tempo_bpm,time_signature,melody,chords,bass,seed,beats_path``) is what
+``musicssl train --data OUT/manifest.csv`` reads. The drum part's beat grid is
+written to ``OUT/beats/*.beats`` (``time<TAB>beat-in-bar``, column
+``beats_path``), so a draw can also serve as a labelled beat set with drums
+(``benchmarks/beat_eval.py --dataset csv --root OUT``); training never reads it.
 
 Pieces listed in ``--exclude`` manifests (``piece_id`` column; suffixes such
 as ``_t+3`` of transposed renders are stripped) are never used: pass the
@@ -241,6 +244,16 @@ def bass_part(tune: Tune, rng: np.random.Generator) -> list[Note]:
     return notes
 
 
+def beat_grid(tune: Tune, total_q: float) -> list[tuple[float, int]]:
+    """The drum part's beats: ``(time in quarter notes, beat in bar from 1)``, bars from 0."""
+    beats = max(1, round(tune.bar_q / tune.beat_q))
+    grid, t0 = [], 0.0
+    while t0 < total_q - 1e-6:
+        grid += [(t0 + b * tune.beat_q, b + 1) for b in range(beats) if t0 + b * tune.beat_q < total_q - 1e-6]
+        t0 += tune.bar_q
+    return grid
+
+
 def drum_part(tune: Tune, total_q: float, rng: np.random.Generator) -> list[Note]:
     """Kick/snare/hats from the metre, a fill every 4 or 8 bars, crash after it."""
     notes = []
@@ -451,13 +464,14 @@ def render_clip(candidate: Candidate, plan: ClipPlan, rng: np.random.Generator, 
     mix, settings = mix_stems(stems, sr, rng)
     info = {"time_signature": f"{tune.numerator}/{int(round(4 * tune.numerator / tune.bar_q))}",
             "chord_source": tune.chord_source,
+            "beats": [(round(q * seconds_per_q, 6), b) for q, b in beat_grid(tune, total_q)],
             "mix": settings}
     return mix, stems, info
 
 
 # --------------------------------------------------------------------------- the run
 MANIFEST_FIELDS = ["path", "duration_s", "collection", "piece_id", "title", "transpose", "tempo_bpm",
-                   "time_signature", "melody", "chords", "bass", "seed"]
+                   "time_signature", "melody", "chords", "bass", "seed", "beats_path"]
 
 
 def clip_id(index: int, candidate: Candidate) -> str:
@@ -517,6 +531,8 @@ def run(out: Path, *, count: int, seed: int = 0, collections: list[str] = list(D
     """Render until ``count`` clips exist in ``out`` (or the time box ends); returns the manifest rows."""
     import soundfile as sf
 
+    from musicssl.evaluation.beat_annotations import format_beat_annotation
+
     if shutil.which("fluidsynth") is None:
         raise SystemExit("fluidsynth not found: apt-get install fluidsynth fluid-soundfont-gm")
     soundfont = find_soundfont(soundfont)
@@ -524,6 +540,7 @@ def run(out: Path, *, count: int, seed: int = 0, collections: list[str] = list(D
     log(f"{len(pool)} candidate pieces, {n_excluded} excluded ids")
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "meta").mkdir(parents=True, exist_ok=True)
+    (out / "beats").mkdir(parents=True, exist_ok=True)
     started = time.time()
     done = 0
     for index, candidate in enumerate(pool):
@@ -547,16 +564,19 @@ def run(out: Path, *, count: int, seed: int = 0, collections: list[str] = list(D
             _atomic_bytes(failed, str(exc).encode())
             log(f"skip {candidate.piece_id}: {exc}")
             continue
-        rel = Path("audio") / f"{cid}.ogg"
+        rel, beats_rel = Path("audio") / f"{cid}.ogg", Path("beats") / f"{cid}.beats"
         buffer = io.BytesIO()
         sf.write(buffer, mix, sr, format="OGG", subtype="VORBIS")
         _atomic_bytes(out / rel, buffer.getvalue())
+        times, numbers = zip(*info["beats"])
+        _atomic_bytes(out / beats_rel, format_beat_annotation(times, numbers, decimals=6).encode())
         record = {"path": str(rel), "duration_s": round(len(mix) / sr, 3), "collection": candidate.collection,
                   "piece_id": candidate.piece_id, "title": candidate.title, "transpose": plan.transpose,
                   "tempo_bpm": round(plan.qpm, 1), "time_signature": info["time_signature"],
                   "melody": f"{plan.melody_program}:{MELODY_PROGRAMS[plan.melody_program]}",
                   "chords": f"{plan.chord_program}:{CHORD_PROGRAMS[plan.chord_program]}",
                   "bass": f"{plan.bass_program}:{BASS_PROGRAMS[plan.bass_program]}", "seed": seed,
+                  "beats_path": str(beats_rel),
                   "chord_source": info["chord_source"], "mix": info["mix"]}
         _atomic_bytes(meta, json.dumps(record, indent=1).encode())
         done += 1

@@ -37,6 +37,16 @@ def test_fit_triad_finds_the_chord_of_its_tones():
     assert render_band.fit_triad(weights) == (7, (7, 11, 2))
 
 
+def test_beat_grid_follows_the_metre_and_numbers_beats_in_the_bar():
+    def tune(bar_q, beat_q, numerator, compound):
+        return render_band.Tune([], [], bar_q, beat_q, numerator, compound, length_q=bar_q)
+
+    waltz = render_band.beat_grid(tune(3.0, 1.0, 3, False), total_q=7.0)
+    assert waltz == [(0.0, 1), (1.0, 2), (2.0, 3), (3.0, 1), (4.0, 2), (5.0, 3), (6.0, 1)]
+    jig = render_band.beat_grid(tune(3.0, 1.5, 6, True), total_q=6.0)      # 6/8: two dotted-quarter beats
+    assert jig == [(0.0, 1), (1.5, 2), (3.0, 1), (4.5, 2)]
+
+
 def test_compressor_reduces_loud_parts_only():
     t = np.arange(SR) / SR
     x = (np.sin(2 * np.pi * 220 * t) * np.where(t < 0.5, 0.05, 0.8)).astype(np.float32)
@@ -90,6 +100,15 @@ def test_run_writes_an_unlabelled_manifest_excludes_pieces_and_resumes(tmp_path)
     assert rate == SR and audio.ndim == 1 and abs(len(audio) / rate - float(listed[0]["duration_s"])) < 0.01
     meta = next((out / "meta").glob("*.json"))
     assert "key" not in json.loads(meta.read_text())
+    # the drum grid is written as a beat annotation that the beat evaluation reads
+    from musicssl.evaluation.beat_annotations import load_beat_manifest
+
+    reference = load_beat_manifest(out / "manifest.csv").items[0].reference()
+    period = np.diff(reference.times)
+    assert reference.times[0] == 0.0 and reference.times[-1] < float(listed[0]["duration_s"])
+    assert np.allclose(period, period[0], atol=1e-5) and 0.25 < period[0] < 1.6
+    numbers = reference.beat_in_bar
+    assert numbers[0] == 1 and set(numbers) == set(range(1, numbers.max() + 1))
     # the training scanner reads it as unlabelled tracks
     from musicssl.io.tracks import read_manifest
 
