@@ -13,6 +13,8 @@ from beat_synth import SR, chord_track, drum_track
 from musicssl.beat.data import ClipDataset, ClipSettings, CacheSettings, build_cache, percussive_is_silent
 from musicssl.beat.model import ZeroNS
 from musicssl.beat.checkpoint import load_zerons_model, save_zerons_model
+from musicssl.beat.estimator import PRETEXT_READOUT, BeatEstimator
+from musicssl.beat.onset import ONSET_DBN_PARAMS
 from musicssl.beat.config import PretrainConfig
 from musicssl.beat.lightning import make_module
 from musicssl.beat.train import pretrain
@@ -104,6 +106,11 @@ def test_pretrain_exports_and_resumes(tiny_cache, tmp_path):
     model, meta = load_zerons_model(path)
     assert meta["architecture"]["width"] == 1 / 16
     assert meta["provenance"]["steps"] == 2
+    # the readout of pretext models travels with the file, and one sign serves both outputs
+    assert meta["readout"] == PRETEXT_READOUT
+    est = BeatEstimator.from_checkpoint(path)
+    assert est.combine == "mean" and est.tracker_params == ONSET_DBN_PARAMS
+    assert meta["polarity"]["percussive"] == meta["polarity"]["non_percussive"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     cfg.max_steps = 3
     path = pretrain(root / "cache", tmp_path / "run", cfg, resume="last", progress=False)
@@ -155,3 +162,30 @@ def test_pretrain_device_pipeline_resumes_exactly(tiny_cache, tmp_path):
         assert torch.equal(v, b["state_dict"][k]), k
     with pytest.raises(ConfigError):
         PretrainConfig(data_pipeline="gpu").validate()
+
+
+def test_polarity_is_one_sign_read_on_the_percussive_output():
+    from musicssl.beat.estimator import calibrate_polarity, polarity_reference
+    from musicssl.beat.frontend import FPS
+
+    _, beats = polarity_reference()
+    frames = np.round(beats * FPS).astype(int)
+
+    class Fake:   # outputs of opposite signs at the reference's beats
+        def __init__(self, sign):
+            self.sign = sign
+
+        def separate(self, x):
+            return x, x
+
+        def features(self, p, a):
+            return p, a
+
+        def network_outputs(self, p, a):
+            n = int(len(p) / 256) + 1
+            peaks = np.zeros(n)
+            peaks[frames[frames < n]] = 1.0
+            return 0.5 + 0.4 * self.sign * peaks, 0.5 - 0.4 * self.sign * peaks
+
+    assert calibrate_polarity(Fake(+1)) == {"percussive": 1, "non_percussive": 1}
+    assert calibrate_polarity(Fake(-1)) == {"percussive": -1, "non_percussive": -1}

@@ -45,6 +45,7 @@ from musicssl.beat.checkpoint import (
 from musicssl.beat.checkpoint import save_zerons_model
 from musicssl.beat.config import PretrainConfig
 from musicssl.beat.estimator import (
+    PRETEXT_READOUT,
     BeatEstimator,
     calibrate_lag,
     calibrate_polarity,
@@ -534,7 +535,8 @@ def export_zerons(state_dict: dict, step: int, config, perc_reference, rest_refe
         est.polarity = calibrate_polarity(est)
     polarity = {**est.polarity, "lag_frames": calibrate_lag(est)}
     half = sum(p.numel() for p in model.parameters()) * 4 > MAX_OUT_FILE - MIB
-    save_zerons_model(path, model, get_separator(config.separator), half=half, polarity=polarity, provenance={
+    save_zerons_model(path, model, get_separator(config.separator), half=half, polarity=polarity,
+                      readout=PRETEXT_READOUT, provenance={
         "trained_by": "musicssl.gpu_job", "steps": step, "config": config.to_dict(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     return path, half

@@ -96,22 +96,33 @@ def polarity_reference(bpm: float = 100.0, seconds: float = 12.0) -> tuple[np.nd
     return (x / np.abs(x).max()).astype(np.float32), beats
 
 
-def calibrate_polarity(estimator: "BeatEstimator") -> dict[str, int]:
-    """Sign of each network's response to beats (+1: peaks at beats, -1: dips).
+#: How a pretext-trained model is read (stored in the model file at export): the mean of
+#: the two calibrated outputs, min-max rescaled, decoded by the DBN with the onset
+#: settings (log-normal tempo prior at 120 BPM). Chosen on an annotated draw of band
+#: renders (docs/MODEL_CARD_zerons.md): the SPEC DBN without the prior halved or
+#: doubled the tempo of many songs.
+PRETEXT_READOUT = {"combine": "mean", "rescale": True, "tracker_params": dict(ONSET_DBN_PARAMS)}
 
-    A time-centred pretext loss cannot tell an output from its mirror image
-    ``1 - y``; this fixes the sign once per model with :func:`polarity_reference`.
+
+def calibrate_polarity(estimator: "BeatEstimator") -> dict[str, int]:
+    """Sign of the networks' response to beats (+1: peaks at beats, -1: dips), one for both.
+
+    A time-centred pretext loss cannot tell the outputs from their mirror images
+    ``1 - y``, but it flips both together: its positive pairs make the two
+    outputs of a clip positively correlated. So one sign is measured, on the
+    percussive output's response to the kicks of :func:`polarity_reference`, and
+    given to both. (The non-percussive output's response to that signal's
+    sustained tones is no guide: measured alone, it came out negative for some
+    checkpoints of one run and not for others, and the mean of two outputs of
+    opposite signs has no beat left; docs/MODEL_CARD_zerons.md.)
     """
     x, beats = polarity_reference()
-    p, a = estimator.network_outputs(*estimator.features(*estimator.separate(x)))
+    p, _ = estimator.network_outputs(*estimator.features(*estimator.separate(x)))
     frames = np.round(beats * FPS).astype(int)
     near = np.unique(np.clip(np.concatenate([frames + d for d in (-1, 0, 1, 2)]), 0, len(p) - 1))
-
-    def sign(y: np.ndarray) -> int:
-        z = (y - y.mean()) / (y.std() + 1e-9)
-        return 1 if float(z[near].mean()) >= 0 else -1
-
-    return {"percussive": sign(p), "non_percussive": sign(a)}
+    z = (p - p.mean()) / (p.std() + 1e-9)
+    sign = 1 if float(z[near].mean()) >= 0 else -1
+    return {"percussive": sign, "non_percussive": sign}
 
 
 def shift_activation(act: np.ndarray, lag: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 from musicssl.beat.checkpoint import read_training_checkpoint, save_zerons_model
 from musicssl.beat.config import PretrainConfig
 from musicssl.beat.data import ClipDataset, ClipSettings
-from musicssl.beat.estimator import BeatEstimator, calibrate_lag, calibrate_polarity
+from musicssl.beat.estimator import PRETEXT_READOUT, BeatEstimator, calibrate_lag, calibrate_polarity
 from musicssl.beat.lightning import _print_callback, make_module
 from musicssl.beat.model import ZeroNS
 from musicssl.beat.separation import get_separator
@@ -125,7 +125,7 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     path = save_zerons_model(out_dir / "zerons.safetensors", module.model.eval(), get_separator(config.separator),
-                       polarity=model_polarity(module.model, config), provenance={
+                       polarity=model_polarity(module.model, config), readout=PRETEXT_READOUT, provenance={
         "trained_by": "musicssl train-beats", "steps": int(trainer.global_step),
         "wall_seconds_this_run": round(wall, 1), "config": config.to_dict(),
         "final_metrics": metrics, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -141,7 +141,7 @@ def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, hal
     model = ZeroNS(width=config.width, dropout=config.dropout)
     model.load_state_dict(state)
     return save_zerons_model(out_path, model.eval(), get_separator(config.separator), half=half,
-                       polarity=model_polarity(model, config), provenance={
+                       polarity=model_polarity(model, config), readout=PRETEXT_READOUT, provenance={
         "trained_by": "musicssl train-beats", "steps": step,
         "config": config.to_dict(), "exported_from": str(ckpt_path)})
 
