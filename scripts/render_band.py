@@ -244,14 +244,21 @@ def bass_part(tune: Tune, rng: np.random.Generator) -> list[Note]:
     return notes
 
 
+def _bars(tune: Tune, total_q: float) -> list[tuple[float, int, int]]:
+    """Every beat of every bar that starts before ``total_q``: ``(time in quarter notes, beat in
+    bar from 0, bar from 0)``. The drum part plays on it; :func:`beat_grid` annotates it."""
+    beats = max(1, round(tune.bar_q / tune.beat_q))
+    grid, bar, t0 = [], 0, 0.0
+    while t0 < total_q - 1e-6:
+        grid += [(t0 + b * tune.beat_q, b, bar) for b in range(beats)]
+        t0 += tune.bar_q
+        bar += 1
+    return grid
+
+
 def beat_grid(tune: Tune, total_q: float) -> list[tuple[float, int]]:
     """The drum part's beats: ``(time in quarter notes, beat in bar from 1)``, bars from 0."""
-    beats = max(1, round(tune.bar_q / tune.beat_q))
-    grid, t0 = [], 0.0
-    while t0 < total_q - 1e-6:
-        grid += [(t0 + b * tune.beat_q, b + 1) for b in range(beats) if t0 + b * tune.beat_q < total_q - 1e-6]
-        t0 += tune.bar_q
-    return grid
+    return [(t, b + 1) for t, b, _ in _bars(tune, total_q) if t < total_q - 1e-6]
 
 
 def drum_part(tune: Tune, total_q: float, rng: np.random.Generator) -> list[Note]:
@@ -260,34 +267,29 @@ def drum_part(tune: Tune, total_q: float, rng: np.random.Generator) -> list[Note
     fill_every = int(rng.choice([4, 8]))
     beats = max(1, round(tune.bar_q / tune.beat_q))
     ride = rng.random() < 0.25
-    bar, t0 = 0, 0.0
-    while t0 < total_q - 1e-6:
+    sub = tune.beat_q / (3 if tune.compound else 2)
+    for t, b, bar in _bars(tune, total_q):
         fill = (bar + 1) % fill_every == 0
-        if bar % fill_every == 0:
-            notes.append(Note(t0, 1.0, CRASH, 100))
-        sub = tune.beat_q / (3 if tune.compound else 2)
-        for b in range(beats):
-            t = t0 + b * tune.beat_q
-            if fill and b == beats - 1:
-                n_hits = 3 if tune.compound else 4
-                for j in range(n_hits):
-                    notes.append(Note(t + j * tune.beat_q / n_hits, 0.2, int(TOMS[j % 4] if j else SNARE), 100 + 5 * j))
-                continue
-            if beats == 3 and not tune.compound:      # waltz: kick on one, snare on two and three
-                kick, snare = b == 0, b > 0
-            else:                                      # duple/quadruple (simple or compound): backbeat
-                kick, snare = b % 2 == 0, b % 2 == 1
-            if kick:
-                notes.append(Note(t, 0.2, KICK, int(rng.integers(100, 120))))
-            if snare:
-                notes.append(Note(t, 0.2, SNARE, int(rng.integers(95, 115))))
-            if not tune.compound and b % 2 == 1 and rng.random() < 0.3:   # syncopated kick
-                notes.append(Note(t + tune.beat_q / 2, 0.2, KICK, int(rng.integers(90, 110))))
-            for s in range(3 if tune.compound else 2):
-                cymbal = RIDE if ride else (HAT_OPEN if (s == 1 and b == beats - 1 and rng.random() < 0.3) else HAT_CLOSED)
-                notes.append(Note(t + s * sub, 0.1, cymbal, int(rng.integers(60, 90) + (15 if s == 0 else 0))))
-        t0 += tune.bar_q
-        bar += 1
+        if b == 0 and bar % fill_every == 0:
+            notes.append(Note(t, 1.0, CRASH, 100))
+        if fill and b == beats - 1:
+            n_hits = 3 if tune.compound else 4
+            for j in range(n_hits):
+                notes.append(Note(t + j * tune.beat_q / n_hits, 0.2, int(TOMS[j % 4] if j else SNARE), 100 + 5 * j))
+            continue
+        if beats == 3 and not tune.compound:      # waltz: kick on one, snare on two and three
+            kick, snare = b == 0, b > 0
+        else:                                      # duple/quadruple (simple or compound): backbeat
+            kick, snare = b % 2 == 0, b % 2 == 1
+        if kick:
+            notes.append(Note(t, 0.2, KICK, int(rng.integers(100, 120))))
+        if snare:
+            notes.append(Note(t, 0.2, SNARE, int(rng.integers(95, 115))))
+        if not tune.compound and b % 2 == 1 and rng.random() < 0.3:   # syncopated kick
+            notes.append(Note(t + tune.beat_q / 2, 0.2, KICK, int(rng.integers(90, 110))))
+        for s in range(3 if tune.compound else 2):
+            cymbal = RIDE if ride else (HAT_OPEN if (s == 1 and b == beats - 1 and rng.random() < 0.3) else HAT_CLOSED)
+            notes.append(Note(t + s * sub, 0.1, cymbal, int(rng.integers(60, 90) + (15 if s == 0 else 0))))
     return notes
 
 

@@ -124,13 +124,20 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    path = save_zerons_model(out_dir / "zerons.safetensors", module.model.eval(), get_separator(config.separator),
-                       polarity=model_polarity(module.model, config), readout=PRETEXT_READOUT, provenance={
-        "trained_by": "musicssl train-beats", "steps": int(trainer.global_step),
-        "wall_seconds_this_run": round(wall, 1), "config": config.to_dict(),
+    return export_model(module.model, config, out_dir / "zerons.safetensors", {
+        "steps": int(trainer.global_step), "wall_seconds_this_run": round(wall, 1),
         "final_metrics": metrics, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cache": str(cache_dir)})
-    return path
+
+
+def export_model(model: ZeroNS, config: PretrainConfig, path: str | Path, provenance: dict,
+                 half: bool = False) -> Path:
+    """Write a pretext-trained model with its calibration (:func:`model_polarity`), the readout
+    of pretext models (``PRETEXT_READOUT``) and ``provenance`` (plus trainer and config)."""
+    return save_zerons_model(path, model.eval(), get_separator(config.separator), half=half,
+                             polarity=model_polarity(model, config), readout=PRETEXT_READOUT,
+                             provenance={"trained_by": "musicssl train-beats", **provenance,
+                                         "config": config.to_dict()})
 
 
 def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, half: bool = False) -> Path:
@@ -140,10 +147,7 @@ def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, hal
     config = PretrainConfig.from_dict(config_dict)
     model = ZeroNS(width=config.width, dropout=config.dropout)
     model.load_state_dict(state)
-    return save_zerons_model(out_path, model.eval(), get_separator(config.separator), half=half,
-                       polarity=model_polarity(model, config), readout=PRETEXT_READOUT, provenance={
-        "trained_by": "musicssl train-beats", "steps": step,
-        "config": config.to_dict(), "exported_from": str(ckpt_path)})
+    return export_model(model, config, out_path, {"steps": step, "exported_from": str(ckpt_path)}, half=half)
 
 
 def model_polarity(model: ZeroNS, config: PretrainConfig) -> dict[str, int]:
