@@ -81,6 +81,24 @@ def test_balance_term_values():
     ones = torch.ones(4)
     assert L.balance_loss(ones, ones).item() == pytest.approx(0.25)
     assert L.balance_loss(ones, torch.zeros(4)).item() == 0.0
+    assert L.balance_loss(ones, ones, target=0.75).item() == pytest.approx(0.0625)
+
+
+def test_balance_target_pseudo_pulls_to_the_pseudo_label_share():
+    # crafted so that 3 of 4 items get the pseudo-label "major" (authors' rule: c[s] > c[s+3])
+    a = torch.zeros(4, 24)
+    a[:, 2] = 1.0                       # column 2, major row
+    profile = torch.full((4, 12), 0.1)
+    profile[:3, 2] = 0.9                # items 0-2: c[2] > c[5] → major; item 3: equal → minor
+    half, t_half = L.objective(L.ObjectiveConfig(name="skey"), a, a, a, torch.zeros(4), profile=profile)
+    pseudo, t_pseudo = L.objective(L.ObjectiveConfig(name="skey", balance_target="pseudo"), a, a, a,
+                                   torch.zeros(4), profile=profile)
+    assert t_half["pseudo_major"].item() == pytest.approx(0.75)
+    assert t_half["balance"].item() == pytest.approx(0.25)          # share 1 against ½
+    assert t_pseudo["balance"].item() == pytest.approx(0.0625)      # share 1 against ¾
+    assert (half - pseudo).item() == pytest.approx(20 * (0.25 - 0.0625), rel=1e-5)
+    with pytest.raises(ConfigError):
+        L.ObjectiveConfig(name="skey", balance_target="quarter")
 
 
 def test_pseudo_label_rule_on_crafted_profiles():

@@ -63,6 +63,8 @@ _HELP = {
     "key_weight": "weight of the key term of the loss",
     "mode_weight": "weight of the mode term of the loss (S-KEY, 24-STONE)",
     "balance_weight": "weight of the term that keeps the major/minor shares of a batch balanced (S-KEY)",
+    "balance_target": "the major share that term pulls a batch to: half (SPEC) or pseudo (the share of the "
+                      "batch's mode pseudo-labels; a project variant)",
     "supervised_rows": "supervised/semi: 2 = 24 keys, 1 = 12 key signatures",
     "channels": "ChromaNet channels of each stage (one integer per stage)",
     "kernels": "ChromaNet kernel size of each stage (as many as --channels)",

@@ -299,10 +299,16 @@ PSEUDO_LABEL_RULES = {"authors": mode_pseudo_labels, "thirds": thirds_pseudo_lab
 MODE_RULES = tuple(PSEUDO_LABEL_RULES)
 
 
-def balance_loss(m_a: Tensor, m_b: Tensor) -> Tensor:
-    """``(μ − ½)²`` with ``μ`` the mean of ``m`` over the ``2B`` views A and B (SPEC §1.5.4)."""
+def balance_loss(m_a: Tensor, m_b: Tensor, target: Tensor | float = 0.5) -> Tensor:
+    """``(μ − target)²`` with ``μ`` the mean of ``m`` over the ``2B`` views A and B;
+    ``target`` ½ is the SPEC's (§1.5.4)."""
     mu = torch.cat([m_a, m_b]).mean()
-    return (mu - 0.5) ** 2
+    return (mu - target) ** 2
+
+
+#: what the balance term pulls a batch's major share to: "half" (SPEC) or "pseudo"
+#: (the share of its mode pseudo-labels, a project variant)
+BALANCE_TARGETS = ("half", "pseudo")
 
 
 # --------------------------------------------------------------------------- objectives
@@ -328,6 +334,8 @@ class ObjectiveConfig:
     mode_profile: str = "log"
     #: weight of :func:`tonic_loss` (S-KEY only; 0 = off, the SPEC): holds each row to one frame
     tonic_weight: float = 0.0
+    #: the balance term's major share: "half" (SPEC) or "pseudo" (the batch's pseudo-label share)
+    balance_target: str = "half"
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -340,6 +348,9 @@ class ObjectiveConfig:
             raise ConfigError(f"unknown mode_profile {self.mode_profile!r}; choose one of {', '.join(MODE_PROFILES)}")
         if self.supervised_rows not in (1, 2):
             raise ConfigError(f"supervised_rows must be 1 or 2, got {self.supervised_rows}")
+        if self.balance_target not in BALANCE_TARGETS:
+            raise ConfigError(f"unknown balance_target {self.balance_target!r}; "
+                              f"choose one of {', '.join(BALANCE_TARGETS)}")
         if self.tonic_weight < 0:
             raise ConfigError(f"tonic_weight must be >= 0, got {self.tonic_weight}")
 
@@ -420,7 +431,7 @@ def objective(
         ell = PSEUDO_LABEL_RULES[cfg.mode_rule](y_a, y_b, profile)
         l_mode = (binary_cross_entropy(ell, m_a2) + binary_cross_entropy(ell, m_b)
                   + binary_cross_entropy(ell, m_a)).mean()
-        l_bal = balance_loss(m_a, m_b)
+        l_bal = balance_loss(m_a, m_b, ell.mean() if cfg.balance_target == "pseudo" else 0.5)
         total = (cfg.key_weight * l_key + cfg.mode_factor * cfg.mode_weight * l_mode
                  + cfg.balance_factor * cfg.balance_weight * l_bal)
         terms.update(mode=l_mode.detach(), balance=l_bal.detach(), pseudo_major=ell.mean())
