@@ -156,6 +156,46 @@ def test_feature_cache_segments_equal_direct_cqt(corpus, tmp_path):
         D.FeatureCache(tmp_path / "cache", FrontEndConfig(hop_length=512))
 
 
+def test_feature_cache_recomputes_changed_files_and_retries_failures(tmp_path):
+    import json
+    import os
+
+    fe = FrontEndConfig(hop_length=2048)
+    good = _tone_track(tmp_path / "good.wav", 4.0, midi=60)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEjunk")
+    tracks = [T.Track(str(good), 4.0), T.Track(str(bad), 4.0)]
+    cache = D.FeatureCache(tmp_path / "cache", fe)
+    assert set(cache.build(tracks, progress=False)) == {str(bad)}
+    first = cache.index["tracks"][str(good)]["file"]
+    first_frames = cache.n_frames(str(good))
+    # unchanged: nothing is recomputed, the failure stays
+    assert set(cache.build(tracks, progress=False)) == {str(bad)}
+    assert not cache._needs_work(str(good)) and not cache._needs_work(str(bad))
+    assert cache._needs_work(str(bad), retry_failed=True)
+    # both files change (another length, a later mtime): the good one is recomputed, the bad one now decodes
+    _tone_track(good, 6.0, midi=62)
+    _tone_track(bad, 5.0, midi=64)
+    for path in (good, bad):
+        os.utime(path, (os.stat(path).st_atime, os.stat(path).st_mtime + 10))
+    reopened = D.FeatureCache(tmp_path / "cache", fe)
+    assert reopened.build(tracks, progress=False) == {}
+    assert reopened.index["tracks"][str(good)]["file"] != first
+    assert not (tmp_path / "cache" / first).exists()                  # the stale features are gone
+    assert reopened.array(str(good)).shape[1] == reopened.n_frames(str(good)) > first_frames   # 6 s, not 4 s
+    assert str(bad) in reopened and reopened.index["failed"] == {}
+    # a failure recorded without a stamp (older caches) is tried again once
+    index = json.loads((tmp_path / "cache" / D.CACHE_INDEX).read_text())
+    assert index["failed"] == {} and str(bad) in index["tracks"]
+    index["tracks"].pop(str(bad))
+    index["failed"] = {str(bad): "AugmentError: mp3 encoding failed"}
+    index.pop("failed_stamps", None)
+    (tmp_path / "cache" / D.CACHE_INDEX).write_text(json.dumps(index))
+    old = D.FeatureCache(tmp_path / "cache", fe)
+    assert old.build(tracks, progress=False) == {}
+    assert str(bad) in old
+
+
 def test_feature_cache_derived_at_coarser_hop_equals_built(corpus, tmp_path):
     report = T.scan_tracks(T.gather_tracks([corpus]), min_duration_s=3.0)
     fine = D.FeatureCache(tmp_path / "h512", FrontEndConfig(hop_length=512))

@@ -35,6 +35,8 @@ _HELP = {
                  "strongly recommended",
     "derive_cache_from": "an existing feature cache at a finer hop (e.g. 1024 for --hop-length 2048) whose "
                          "frames are subsampled instead of recomputing the CQT",
+    "retry_failed": "compute the tracks the feature cache recorded as failed again (a changed file is "
+                    "always recomputed)",
     "segment_seconds": "length of each of the two segments of a training item, in seconds",
     "short_tracks": "what to do with tracks shorter than two segments: overlap (two overlapping "
                     "segments) or skip",

@@ -26,6 +26,7 @@ class TrainConfig:
     val_fraction: float = 0.05                           # unlabelled validation tracks (split by track)
     cache_dir: str | None = None                         # feature cache (whole-track CQT, float16)
     derive_cache_from: str | None = None                 # finer-hop cache whose frames are subsampled
+    retry_failed: bool = False                           # try the tracks the cache recorded as failed again
     segment_seconds: float = 15.0
     short_tracks: str = "overlap"                        # overlap | skip (tracks < 2 segments)
     min_track_seconds: float = 0.0

@@ -165,7 +165,9 @@ class FeatureCache:
 
     ``index.json``: ``{"version", "frontend": FrontEndConfig dict,
     "max_track_seconds", "tracks": {path: {"file", "n_frames", "stamp"}},
-    "failed": {path: reason}}``.
+    "failed": {path: reason}, "failed_stamps": {path: stamp}}``. A track whose
+    file changed since (size, mtime: :func:`file_stamp`) is computed again, and so
+    is a failed one (failures recorded without a stamp are retried once).
     """
 
     def __init__(self, root: str | Path, frontend_config, augment: dict | None = None):
@@ -254,8 +256,9 @@ class FeatureCache:
 
     def build(self, tracks: Sequence[Track], *, device: str = "cpu", max_track_seconds: float | None = 900.0,
               chunk_seconds: float = 60.0, progress: bool = True, save_every: int = 20,
-              num_workers: int = 1, augment_paths: set[str] | None = None) -> dict[str, str]:
-        """Compute and store every missing track; returns ``{path: reason}`` of tracks that failed.
+              num_workers: int = 1, augment_paths: set[str] | None = None,
+              retry_failed: bool = False) -> dict[str, str]:
+        """Compute and store every missing or changed track; returns ``{path: reason}`` of tracks that failed.
 
         Tracks longer than ``max_track_seconds`` are cut to that length,
         centred on the middle of the track. ``num_workers`` processes decode
@@ -264,11 +267,12 @@ class FeatureCache:
         and at the end). With the cache's ``augment`` settings, the tracks in
         ``augment_paths`` (None: all) are augmented before the CQT
         (:func:`musicssl.key.augment.augment_waveform`, seeded by the settings' seed and the path).
+        A failed track is tried again when its file changed, or always with ``retry_failed``.
         """
 
         c = self.frontend_config
         self.root.mkdir(parents=True, exist_ok=True)
-        todo = [t for t in tracks if t.path not in self.index["tracks"] and t.path not in self.index["failed"]]
+        todo = [t for t in tracks if self._needs_work(t.path, retry_failed)]
         if todo:
             cqt = CQT.from_config(c).to(device)
             loader = DataLoader(_DecodeJobs(todo, c.sr, max_track_seconds, self.augment, augment_paths),
@@ -289,15 +293,42 @@ class FeatureCache:
                         tmp = self.root / f".{name}.{os.getpid()}.tmp.npy"
                         np.save(tmp, db)
                         os.replace(tmp, self.root / name)
+                        self._forget(path)
                         self.index["tracks"][path] = {"file": name, "n_frames": int(db.shape[1]), "stamp": stamp}
                     except (MusicsslError, OSError, RuntimeError, ValueError) as exc:
                         error = f"{type(exc).__name__}: {exc}"
                 if error is not None:
+                    self._forget(path)
                     self.index["failed"][path] = error
+                    self.index.setdefault("failed_stamps", {})[path] = stamp
                 if (i + 1) % save_every == 0:
                     self.save_index()
             self.save_index()
         return {t.path: self.index["failed"][t.path] for t in tracks if t.path in self.index["failed"]}
+
+
+    def _needs_work(self, path: str, retry_failed: bool = False) -> bool:
+        """True when ``path`` has no up-to-date entry: never seen, changed since it was
+        computed or failed, or failed and ``retry_failed``."""
+        try:
+            stamp = file_stamp(path)
+        except OSError:
+            stamp = ""
+        entry = self.index["tracks"].get(path)
+        if entry is not None:
+            return entry.get("stamp") != stamp
+        if path in self.index["failed"]:
+            return retry_failed or self.index.get("failed_stamps", {}).get(path) != stamp
+        return True
+
+    def _forget(self, path: str) -> None:
+        """Drop ``path``'s entries (and its stale feature file) before it is stored again."""
+        self.index["failed"].pop(path, None)
+        self.index.get("failed_stamps", {}).pop(path, None)
+        entry = self.index["tracks"].pop(path, None)
+        self._maps.pop(path, None)
+        if entry is not None:
+            (self.root / entry["file"]).unlink(missing_ok=True)
 
 
 class _DecodeJobs(Dataset):
@@ -313,6 +344,7 @@ class _DecodeJobs(Dataset):
 
     def __getitem__(self, i: int):
         path = self.tracks[i].path
+        stamp = ""
         try:
             stamp = file_stamp(path)
             offset = 0.0
@@ -325,7 +357,7 @@ class _DecodeJobs(Dataset):
                 audio = augment_track(audio, self.sr, self.augment, path)
             return path, stamp, audio, None
         except (MusicsslError, OSError, RuntimeError, ValueError) as exc:
-            return path, "", None, f"{type(exc).__name__}: {exc}"
+            return path, stamp, None, f"{type(exc).__name__}: {exc}"
 
 
 # --------------------------------------------------------------------------- datasets

@@ -127,7 +127,8 @@ def _build_cache_once(config: TrainConfig, fe, tracks: Sequence[Track], log, tim
             added = cache.derive_from(FeatureCache.open(config.derive_cache_from), tracks)
             log(f"feature cache: {added} tracks subsampled from {config.derive_cache_from}")
         cache.build(tracks, max_track_seconds=config.max_track_seconds, progress=config.progress,
-                    num_workers=config.num_workers, augment_paths=augment_paths)
+                    num_workers=config.num_workers, augment_paths=augment_paths,
+                    retry_failed=config.retry_failed)
         ready.write_text("ok")
         return cache
     waited = 0.0
