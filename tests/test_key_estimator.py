@@ -122,8 +122,10 @@ def test_model_names_resolve(monkeypatch, tmp_path):
     assert isinstance(default, KeyEstimator) and est.DEFAULT_MODEL == "skey-band"
     assert (default.name, default.prior) == ("skey-band+kostka-payne", "kostka-payne")  # with its prior
     assert default.feature_options == {"chroma": True}                # which reads chroma frames
-    assert default.temperature == est.FITTED_TEMPERATURES[("skey-band", "kostka-payne")] > 1
-    assert est.load_estimator("skey-band").temperature == 1.0
+    weight, temperature = est.FITTED_COMBINATIONS[("skey-band", "kostka-payne")]
+    assert (default.prior_weight, default.temperature) == (weight, temperature) and 0 < weight < 1 < temperature
+    assert (est.load_estimator("skey-band").prior_weight, est.load_estimator("skey-band").temperature) == (1.0, 1.0)
+    assert est.load_estimator("skey-debian+kostka-payne").prior_weight == 1.0
     assert default.frontend_config.hop_length == 2048           # the hop it was trained at
     alone = est.load_estimator("default", prior="none")
     assert (alone.name, alone.prior) == ("skey-band", None)

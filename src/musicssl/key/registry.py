@@ -20,13 +20,17 @@ from musicssl.key.templates import PROFILES
 DEFAULT_PRIOR = "kostka-payne"
 
 
-#: Temperatures (:func:`apply_temperature`) of shipped model × prior pairs, fitted by
-#: minimum NLL on dev-synth (``benchmarks/key_calibration.py --fit-on dev-synth``, a grid of
-#: 41 values): the product of two experts is over-confident. ``skey-band+kostka-payne`` at 1.83:
-#: ECE 6.7 % on dev-synth; outside the fit 14.9 % (render24), 16.8 % (tim48); a refit on
-#: dev-synth would move it to 1.68 for an NLL gain under 0.001, so 1.83 stays.
-FITTED_TEMPERATURES: dict[tuple[str, str | None], float] = {("skey-band", "kostka-payne"): 1.83,
-                                                            ("skey-debian", "kostka-payne"): 1.83}
+#: How each shipped model × prior pair is combined: ``(prior weight, temperature)``, i.e.
+#: ``p ∝ (p_net · p_prior^weight)^(1/temperature)`` (:func:`combine_with_prior`,
+#: :func:`apply_temperature`). ``skey-band+kostka-payne``: both fitted together by minimum NLL
+#: of the reference keys on dev-synth (``benchmarks/key_combination.py --fit-on dev-synth``):
+#: weight 0.54, T 1.20; NLL 0.48 / 0.69 / 1.72 and ECE 2.5 / 11.8 / 14.9 % on dev-synth /
+#: render24 / tim48, against 0.51 / 0.72 / 1.85 and 6.7 / 14.9 / 16.8 % for the earlier weight 1
+#: (chosen by MIREX) with T 1.83 (fitted after it). ``skey-debian+kostka-payne`` keeps weight 1, T 1.83.
+FITTED_COMBINATIONS: dict[tuple[str, str | None], tuple[float, float]] = {
+    ("skey-band", "kostka-payne"): (0.54, 1.20),
+    ("skey-debian", "kostka-payne"): (1.0, 1.83),
+}
 
 
 #: ``prior`` value that turns a spec's prior off (``"default"`` then means the network alone).
@@ -88,7 +92,7 @@ def load_estimator(spec: str | Path | None = "default", device: str = "cpu",
         estimator = KeyEstimator.from_checkpoint(shipped[name], device, transpositions, prior=chosen,
                                                  backend=backend)
         estimator.name = name if chosen is None else f"{name}+{chosen}"
-        estimator.temperature = FITTED_TEMPERATURES.get((name, chosen), 1.0)
+        estimator.prior_weight, estimator.temperature = FITTED_COMBINATIONS.get((name, chosen), (1.0, 1.0))
         return estimator
     path = Path(name)
     if not path.is_file():
