@@ -39,6 +39,17 @@ def test_streamed_envelope_equals_the_whole_file_one(song):
         onset_envelope_of_file(song, min_duration=100.0)
 
 
+def test_streamed_envelope_decodes_the_file_twice(song, monkeypatch):
+    import musicssl.io.audio as audio
+
+    opened = []
+    real_open = audio._open_source
+    monkeypatch.setattr(audio, "_open_source", lambda path: opened.append(path) or real_open(path))
+    streamed = onset_envelope_of_file(song, waveform_rate=1000)
+    assert len(opened) == 2                  # length, peak and mel maximum; then envelope and waveform
+    assert streamed.waveform is not None and len(streamed.waveform) == streamed.n_samples // 16
+
+
 def test_beats_of_a_streamed_long_file_match(song, capsys, monkeypatch):
     def beats(threshold: float) -> dict:
         monkeypatch.setattr("musicssl.io.audio.STREAM_MIN_SECONDS", threshold)

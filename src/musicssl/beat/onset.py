@@ -83,27 +83,32 @@ class StreamedOnset:
     waveform: np.ndarray | None = None
 
 
-def _mel_power_chunks(blocks, n_samples: int):
+def _mel_power_chunks(blocks, n_samples: int | None = None):
     """Mel power ``(128, t)`` of consecutive frames of the centred STFT of a stream of
-    16 kHz blocks (``n_samples`` in all), chunk by chunk: ``N // 256 + 1`` frames in all,
-    equal to librosa's ``melspectrogram`` of the whole signal (zero padding of n_fft / 2
-    at both ends)."""
+    16 kHz blocks (``n_samples`` in all; None: counted while streaming), chunk by chunk:
+    ``N // 256 + 1`` frames in all, equal to librosa's ``melspectrogram`` of the whole
+    signal (zero padding of n_fft / 2 at both ends)."""
     import librosa  # deferred: only the onset tracker needs it
 
     def mel(segment: np.ndarray) -> np.ndarray:
         return librosa.feature.melspectrogram(y=segment, sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH,
                                               center=False)
 
-    total = n_samples // HOP_LENGTH + 1
+    # frames inside the stream only read samples, so only the last chunk needs the total
+    total = None if n_samples is None else n_samples // HOP_LENGTH + 1
     buffer = np.zeros(N_FFT // 2, dtype=np.float32)
-    done = 0
+    done = seen = 0
     for block in blocks:
-        buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
+        block = np.asarray(block, dtype=np.float32)
+        seen += len(block)
+        buffer = np.concatenate([buffer, block])
         n = (len(buffer) - N_FFT) // HOP_LENGTH + 1 if len(buffer) >= N_FFT else 0
-        n = min(n, total - done)
+        if total is not None:
+            n = min(n, total - done)
         if n > 0:
             yield mel(buffer[:(n - 1) * HOP_LENGTH + N_FFT])
             buffer, done = buffer[n * HOP_LENGTH:], done + n
+    total = seen // HOP_LENGTH + 1 if total is None else total
     buffer = np.concatenate([buffer, np.zeros(N_FFT // 2, dtype=np.float32)])
     n = min((len(buffer) - N_FFT) // HOP_LENGTH + 1, total - done)
     if n > 0:
@@ -115,24 +120,31 @@ def onset_envelope_of_file(path, *, waveform_rate: int | None = None, block_seco
     """:func:`onset_envelope` of a file (peak-normalised 16 kHz mono) without holding its
     samples or its spectrogram: O(frames) memory, not O(samples).
 
-    Three streaming passes: the first finds the length and the peak, the second the
-    largest mel power (for the 80 dB floor), the third the envelope chunk by chunk (and
-    the waveform envelope for plots, a fourth pass when asked). Equal to
-    ``onset_envelope(load_audio(path, 16000))`` up to float rounding.
+    Two streaming passes (two decodes): the first finds the length, the peak and the
+    largest mel power (for the 80 dB floor; mel power scales with the square of the
+    peak normalisation), the second the envelope chunk by chunk and, when asked, the
+    waveform envelope for plots. Equal to ``onset_envelope(load_audio(path, 16000))``
+    up to float rounding.
     """
     scan = iter_audio_blocks(path, SAMPLE_RATE, block_seconds)
-    n_samples = sum(len(block) for block in scan)
+    top_raw = max((float(chunk.max()) for chunk in _mel_power_chunks(scan)), default=0.0)
+    n_samples = scan.n_samples
     peak = float(scan.peak)
     check_min_duration(n_samples, SAMPLE_RATE, min_duration, scan.path)
     scale = 1.0 / peak
-
-    def normalised():
-        return (block * np.float32(scale) for block in iter_audio_blocks(path, SAMPLE_RATE, block_seconds))
-
-    top = max(float(chunk.max()) for chunk in _mel_power_chunks(normalised(), n_samples))
+    top = top_raw * scale * scale
     floor = 10.0 * np.log10(max(_AMIN, top)) - TOP_DB
     total = n_samples // HOP_LENGTH + 1
     env = np.zeros(total, dtype=np.float64)
+    wave = _WaveformEnvelope(SAMPLE_RATE // waveform_rate) if waveform_rate else None
+
+    def normalised():
+        for block in iter_audio_blocks(path, SAMPLE_RATE, block_seconds):
+            block = block * np.float32(scale)
+            if wave is not None:
+                wave.add(block)
+            yield block
+
     previous, done = None, 0
     for chunk in _mel_power_chunks(normalised(), n_samples):
         db = np.maximum(10.0 * np.log10(np.maximum(_AMIN, chunk.astype(np.float64))), floor)
@@ -144,16 +156,23 @@ def onset_envelope_of_file(path, *, waveform_rate: int | None = None, block_seco
         env[where[keep]] = rise[keep]
         done += db.shape[1]
         previous = db[:, -1:]
-    wave = _waveform_of(normalised(), SAMPLE_RATE // waveform_rate) if waveform_rate else None
-    return StreamedOnset(_scaled(env), n_samples, wave)
+    return StreamedOnset(_scaled(env), n_samples, None if wave is None else wave.result())
 
 
-def _waveform_of(blocks, step: int) -> np.ndarray:
-    """Maximum of each ``step`` consecutive samples of a stream (a partial last step dropped)."""
-    parts, carry = [], np.zeros(0, dtype=np.float32)
-    for block in blocks:
-        x = np.concatenate([carry, block])
-        n = len(x) // step * step
-        parts.append(x[:n].reshape(-1, step).max(axis=1))
-        carry = x[n:]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+class _WaveformEnvelope:
+    """Maximum of each ``step`` consecutive samples of a stream fed block by block
+    (a partial last step dropped): :meth:`add` each block, then :meth:`result`."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.parts: list[np.ndarray] = []
+        self.carry = np.zeros(0, dtype=np.float32)
+
+    def add(self, block: np.ndarray) -> None:
+        x = np.concatenate([self.carry, block])
+        n = len(x) // self.step * self.step
+        self.parts.append(x[:n].reshape(-1, self.step).max(axis=1))
+        self.carry = x[n:]
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.float32)
