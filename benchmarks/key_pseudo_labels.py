@@ -18,7 +18,10 @@ For each labelled clip (crop offset 0, whole clip, model in eval mode):
 * the agreement with the true mode of each training rule (``authors``,
   ``thirds``, ``triads``, on the power profile as ``configs/skey_debian.yaml``)
   applied to random batches of 32 of these clips, as in training (the
-  ``thirds`` and ``triads`` rules vote over the batch).
+  ``thirds`` and ``triads`` rules vote over the batch);
+* whether the network's own mode (its calibrated major row against its minor
+  row, same crop) makes the same errors as the ``thirds`` rule: how often the
+  two agree, and how often each is right where they agree and where not.
 
 With ``--training-config CONFIG`` it also draws training batches (from that
 config's feature cache, as in training) and prints which column-to-tonic
@@ -58,7 +61,8 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     pc0 = int(cqt_bin_pitch_class(0))
     offsets = {"major": np.zeros(12, int), "minor": np.zeros(12, int)}
     agree, n = np.zeros(12), 0
-    columns, powers, majors = [], [], []
+    columns, powers, majors, network_major = [], [], [], []
+    major_row = estimator.calibration["row_modes"].index("major")
     ceiling = {"log-CQT": 0, "magnitude": 0, "power": 0}
     for item in items[:limit]:
         key = item.key
@@ -79,9 +83,29 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
         columns.append(s)
         powers.append(linear["power"])
         majors.append(key.is_major)
+        network_major.append(bool(p[major_row].sum() > p[1 - major_row].sum()))
         n += 1
     return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()},
-            "rules": rule_agreement(np.array(columns), np.array(powers), np.array(majors))}
+            "rules": rule_agreement(np.array(columns), np.array(powers), np.array(majors)),
+            "network_vs_rule": network_rule_overlap(np.array(columns), np.array(powers), np.array(majors),
+                                                    np.array(network_major))}
+
+
+def network_rule_overlap(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray,
+                         network_major: np.ndarray) -> dict[str, float]:
+    """The network's mode ``network_major`` ``(N,)`` against the ``thirds`` rule over all ``N``
+    clips as one batch: agreement, and the share of right answers where they agree / differ."""
+    y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+    rule = losses.thirds_pseudo_labels(y, y, torch.as_tensor(profiles).float()).numpy() > 0.5
+    same = rule == network_major
+
+    def share(mask: np.ndarray, right: np.ndarray) -> float:
+        return float(right[mask].mean()) if mask.any() else float("nan")
+
+    return {"agree": float(same.mean()), "right_where_agree": share(same, rule == majors),
+            "rule_right_where_not": share(~same, rule == majors),
+            "network_right_where_not": share(~same, network_major == majors),
+            "rule": float((rule == majors).mean()), "network": float((network_major == majors).mean())}
 
 
 def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray,
@@ -166,6 +190,10 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} profile {v:.2f}" for k, v in r["ceiling"].items()))
         print("  training rules on the power profile, batches of 32: "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["rules"].items()))
+        o = r["network_vs_rule"]
+        print(f"  network's mode vs the thirds rule (all clips one batch): right {o['network']:.2f} vs "
+              f"{o['rule']:.2f}, agree on {o['agree']:.2f}; right where they agree {o['right_where_agree']:.2f}; "
+              f"where not: rule {o['rule_right_where_not']:.2f}, network {o['network_right_where_not']:.2f}")
     return 0
 
 

@@ -1,0 +1,47 @@
+"""Helpers of the key diagnostics benchmarks (key_ssl_signal, key_pseudo_labels)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import key_pseudo_labels as kpl  # noqa: E402
+import key_ssl_signal as kss  # noqa: E402
+
+from musicssl.key.config import TrainConfig  # noqa: E402
+from musicssl.key.model import ChromaNet  # noqa: E402
+
+
+def test_ssl_signal_terms_of_a_model_on_fixed_items():
+    torch.manual_seed(0)
+    config = TrainConfig(objective="skey", mode_rule="thirds", mode_profile="power")
+    items = [{"views": torch.rand(3, 84, 128), "k": int(k), "profile": torch.rand(12)} for k in (1, -3, 5, 7, -11)]
+    model = ChromaNet(channels=[2, 3, 4, 4, 3, 3, 2], kernels=[3, 3, 3, 3, 3, 3, 3]).eval()
+    terms = kss.loss_terms(model, config, items, batch_size=2)          # batches of 2, 2 and 1
+    assert set(kss.TERMS) <= set(terms)
+    assert all(np.isfinite(v) for v in terms.values())
+    assert 0.0 <= terms["pseudo_major"] <= 1.0 and 0.0 <= terms["major_share"] <= 1.0
+    # the batch means of the parts add up to the mean of their sum
+    assert terms["key"] == pytest.approx(terms["pos"] + terms["eq1"] + terms["eq2"], rel=1e-5)
+    assert kss.loss_terms(model, config, items, batch_size=2) == terms   # same items, same numbers
+
+
+def test_network_and_rule_overlap_counts():
+    # column 0 everywhere; the thirds rule reads c[t+4] > c[t+3] with the batch's best shift t = 0
+    profiles = np.full((4, 12), 0.05)
+    profiles[:, 0] = 1.0
+    profiles[:2, 4] = 0.5            # items 0, 1: major third louder → rule says major
+    profiles[2:, 3] = 0.5            # items 2, 3: minor third louder → rule says minor
+    columns = np.zeros(4, dtype=int)
+    majors = np.array([True, False, False, False])
+    network = np.array([True, True, True, False])
+    o = kpl.network_rule_overlap(columns, profiles, majors, network)
+    assert o["rule"] == pytest.approx(0.75) and o["network"] == pytest.approx(0.5)
+    assert o["agree"] == pytest.approx(0.75)                     # items 0, 1 and 3
+    assert o["right_where_agree"] == pytest.approx(2 / 3)        # item 1 is minor
+    assert o["rule_right_where_not"] == pytest.approx(1.0) and o["network_right_where_not"] == pytest.approx(0.0)
