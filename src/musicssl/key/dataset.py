@@ -306,7 +306,6 @@ class FeatureCache:
             self.save_index()
         return {t.path: self.index["failed"][t.path] for t in tracks if t.path in self.index["failed"]}
 
-
     def _needs_work(self, path: str, retry_failed: bool = False) -> bool:
         """True when ``path`` has no up-to-date entry: never seen, changed since it was
         computed or failed, or failed and ``retry_failed``."""
