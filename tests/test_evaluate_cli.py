@@ -174,3 +174,21 @@ def test_pca_of_rotated_profiles_is_a_ring_and_figures_are_written(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(ValueError):
         plot_keygram(np.zeros((5, 12)), np.arange(5), tmp_path / "bad")
+
+
+def test_checkpoints_of_the_same_name_are_told_apart_by_their_folders(tmp_path):
+    import shutil
+
+    from musicssl.cli.evaluate import resolve_estimators
+    from musicssl.key.checkpoint import shipped_key_models
+
+    source = shipped_key_models()["skey-debian"]
+    paths = []
+    for folder in ("a/run", "b/run", "c"):
+        (tmp_path / folder).mkdir(parents=True)
+        paths.append(tmp_path / folder / "model.safetensors")
+        shutil.copy(source, paths[-1])
+    names = list(resolve_estimators([str(p) for p in paths] + [f"{paths[2]}+temperley", str(paths[2])],
+                                    transpositions=1))
+    assert names == ["a/run/model", "b/run/model", "c/model", "model+temperley", "c/model#2"]
+    assert list(resolve_estimators([str(paths[0])], transpositions=1)) == ["model"]   # alone: just the stem

@@ -53,8 +53,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("path", type=Path, metavar="PATH", help="dataset folder or manifest file")
     p.add_argument("--model", action="append", metavar="SPEC", default=None,
                    help="estimator to score, repeatable: default, skey-band, skey-debian, krumhansl, temperley, "
-                        "kostka-payne or a checkpoint path; network specs may end in +PROFILE "
-                        "(default: default)")
+                        "kostka-payne or a checkpoint path (named by its file's stem, with as many "
+                        "folders as tell checkpoints of the same name apart, e.g. run1/model); network "
+                        "specs may end in +PROFILE (default: default)")
     p.add_argument("--checkpoint", action="append", metavar="PATH", type=Path, default=None,
                    help="a key model checkpoint to score, repeatable; the same as --model PATH (default: none)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -91,23 +92,43 @@ def resolve_estimators(specs: list[str], device: str = "cpu", transpositions: in
     """``{display name: estimator}`` for model specs; names are made unique.
     ``prior`` (a profile or ``"none"``) applies to the network specs; templates ignore it."""
 
-    estimators: dict = {}
+    loaded: list[tuple[str, Path | None, object]] = []     # (name, checkpoint path or None, estimator)
     for spec in specs:
         spec = str(spec)
         model, _ = split_spec(spec)
         network_prior = None if model in PROFILES else prior
         est = load_estimator(spec, device, transpositions, network_prior)
         if spec in model_names() and network_prior is None:
-            name = spec
+            loaded.append((spec, None, est))
         elif model in model_names():                       # a shipped network whose prior --prior set
-            name = est.name
+            loaded.append((est.name, None, est))
         else:                                              # a checkpoint path: its stem, then its prior
-            name = Path(model).stem + (f"+{est.prior}" if est.prior else "")
+            path = Path(model)
+            loaded.append((path.stem + (f"+{est.prior}" if est.prior else ""), path, est))
+    estimators: dict = {}
+    for name, path, est in loaded:
+        if path is not None:
+            name = _distinct_checkpoint_name(name, path, [p for other, p, _ in loaded
+                                                          if p is not None and p != path and other == name])
         unique, n = name, 2
         while unique in estimators:
             unique, n = f"{name}#{n}", n + 1
         estimators[unique] = est
     return estimators
+
+
+def _distinct_checkpoint_name(name: str, path: Path, others: list[Path]) -> str:
+    """``name`` (a checkpoint's stem and prior), prefixed by as many of ``path``'s parent
+    folders as it takes to tell it from ``others`` (other checkpoints of the same name),
+    e.g. ``run1/model`` and ``run2/model`` for two ``model.safetensors``."""
+    if not others:
+        return name
+    mine = path.resolve().parent.parts
+    for depth in range(1, len(mine) + 1):
+        prefix = mine[-depth:]
+        if all(p.resolve().parent.parts[-depth:] != prefix for p in others):
+            return "/".join((*prefix, name))
+    return name
 
 
 def run(args: argparse.Namespace) -> int:
