@@ -45,20 +45,18 @@ def held_out_items(config_path: str, data: list[str], cache_dir: str, n_items: i
 
 @torch.inference_mode()
 def loss_terms(model: torch.nn.Module, config, items: list[dict], batch_size: int = 32) -> dict[str, float]:
-    """Mean of the objective's terms over ``items`` in batches of ``batch_size``."""
+    """Mean of the training objective's terms (``musicssl.key.lightning.three_view_objective``)
+    over ``items`` in batches of ``batch_size``."""
     from musicssl.key import losses
+    from musicssl.key.lightning import three_view_objective
 
     objective = losses.ObjectiveConfig(**config.objective_kwargs())
     sums: dict[str, list[float]] = {}
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        views = torch.stack([it["views"] for it in batch])                   # (B, 3, F, T)
-        k = torch.as_tensor([int(it["k"]) for it in batch])
-        profile = losses.mode_label_profile(config.mode_profile, views, torch.stack([it["profile"] for it in batch]),
-                                            config.frontend().top_db)
-        n = len(batch)
-        probs = model(views.transpose(0, 1).reshape(3 * n, 1, *views.shape[2:])).float()
-        _, terms = losses.objective(objective, probs[:n], probs[n:2 * n], probs[2 * n:], k, profile=profile.float())
+        _, terms = three_view_objective(model, objective, torch.stack([it["views"] for it in batch]),
+                                        torch.stack([it["profile"] for it in batch]),
+                                        torch.as_tensor([int(it["k"]) for it in batch]), config.frontend().top_db)
         for name, value in terms.items():
             sums.setdefault(name, []).append(float(value))
     return {name: float(np.mean(values)) for name, values in sums.items()}

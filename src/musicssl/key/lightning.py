@@ -110,6 +110,28 @@ class LabelledValidation:
             model.train(was_training)
 
 
+# --------------------------------------------------------------------------- the objective of a batch
+def three_view_objective(network: torch.nn.Module, objective_config: losses.ObjectiveConfig, views: torch.Tensor,
+                         log_profile: torch.Tensor, k: torch.Tensor, top_db: float, *, channels_last: bool = False,
+                         targets: torch.Tensor | None = None,
+                         labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The training loss of one batch: ``views`` ``(B, 3, F, T)`` (A, B, A′) go through
+    ``network`` as one ``(3B, 1, F, T)`` batch, then :func:`losses.objective` (in float32)
+    with the mode pseudo-label profile of ``objective_config.mode_profile`` (from ``views``
+    or the log-CQT ``log_profile`` ``(B, 12)``), shifts ``k`` ``(B,)`` and, for the
+    label-using objectives, ``targets``/``labelled``. Returns the loss and its terms."""
+    profile = losses.mode_label_profile(objective_config.mode_profile, views, log_profile, top_db)
+    b, _, f, t = views.shape
+    x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    probs = network(x)
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        probs = probs.float()
+        return losses.objective(objective_config, probs[:b], probs[b:2 * b], probs[2 * b:], k,
+                                profile=profile.float(), targets_a=targets, labelled=labelled)
+
+
 # --------------------------------------------------------------------------- the Lightning module
 class KeyTrainingModule(pl.LightningModule):
     """ChromaNet + objective. Batches come from :class:`musicssl.key.dataset.PairDataset`.
@@ -158,22 +180,14 @@ class KeyTrainingModule(pl.LightningModule):
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         views, log_profile = self._views(batch)
-        profile = losses.mode_label_profile(self.objective_config.mode_profile, views, log_profile,
-                                            self.frontend_config.top_db)
-        b, _, f, t = views.shape
-        x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        probs = self._network(x)
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            probs = probs.float()
-            pa, pb, pa2 = probs[:b], probs[b:2 * b], probs[2 * b:]
-            targets = None
-            if self.objective_config.uses_labels:
-                targets = losses.key_targets(batch["tonic_column"], batch["is_major"].bool(),
-                                             self.objective_config.n_rows).to(probs.device)
-            return losses.objective(self.objective_config, pa, pb, pa2, batch["k"], profile=profile.float(),
-                                    targets_a=targets, labelled=batch["labelled"].bool())
+        targets = labelled = None
+        if self.objective_config.uses_labels:
+            targets = losses.key_targets(batch["tonic_column"], batch["is_major"].bool(),
+                                         self.objective_config.n_rows).to(views.device)
+            labelled = batch["labelled"].bool()
+        return three_view_objective(self._network, self.objective_config, views, log_profile, batch["k"],
+                                    self.frontend_config.top_db, channels_last=self.config.channels_last,
+                                    targets=targets, labelled=labelled)
 
     @property
     def final_model(self) -> torch.nn.Module:
