@@ -42,15 +42,8 @@ from typing import Any, Sequence
 from musicssl.beat.checkpoint import (
     read_training_checkpoint as read_zerons_training_checkpoint,
 )
-from musicssl.beat.checkpoint import save_zerons_model
 from musicssl.beat.config import PretrainConfig
-from musicssl.beat.estimator import (
-    PRETEXT_READOUT,
-    BeatEstimator,
-    calibrate_lag,
-    calibrate_polarity,
-    polarity_reference,
-)
+from musicssl.beat.estimator import polarity_reference
 from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import ZeroNS
 from musicssl.beat.separation import get_separator
@@ -522,23 +515,16 @@ def _train_zerons(pack_dir: Path, work: Path, deadline: float, device: str, star
 
 def export_zerons(state_dict: dict, step: int, config, perc_reference, rest_reference,
                   path: Path) -> tuple[Path, bool]:
-    """Export a trained ZeroNS model (``state_dict`` after ``step`` steps) with its polarity and lag calibrated on
-    precomputed reference features (:func:`zerons_reference_features`); float16 when float32 exceeds 16 MiB."""
+    """Export a trained ZeroNS model (``state_dict`` after ``step`` steps) as ``musicssl train-beats`` does
+    (:func:`musicssl.beat.train.export_model`), its polarity and lag calibrated on precomputed reference
+    features (:func:`zerons_reference_features`); float16 when float32 exceeds 16 MiB."""
+    from musicssl.beat.train import export_model
 
     model = ZeroNS(width=config.width, dropout=config.dropout)
     model.load_state_dict(state_dict)
-    model.eval()
-    est = BeatEstimator(model, separator=get_separator(config.separator))
-    est.separate = lambda samples: (None, None)                           # the reference is precomputed
-    est.features = lambda p, a: (perc_reference, rest_reference)
-    if config.center_outputs:
-        est.polarity = calibrate_polarity(est)
-    polarity = {**est.polarity, "lag_frames": calibrate_lag(est)}
     half = sum(p.numel() for p in model.parameters()) * 4 > MAX_OUT_FILE - MIB
-    save_zerons_model(path, model, get_separator(config.separator), half=half, polarity=polarity,
-                      readout=PRETEXT_READOUT, provenance={
-        "trained_by": "musicssl.gpu_job", "steps": step, "config": config.to_dict(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    export_model(model, config, path, {"steps": step, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+                 half=half, reference=(perc_reference, rest_reference), trained_by="musicssl.gpu_job")
     return path, half
 
 

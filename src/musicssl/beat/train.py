@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from musicssl.beat.checkpoint import read_training_checkpoint, save_zerons_model
@@ -131,13 +132,14 @@ def pretrain(cache_dir: str | Path, out_dir: str | Path, config: PretrainConfig,
 
 
 def export_model(model: ZeroNS, config: PretrainConfig, path: str | Path, provenance: dict,
-                 half: bool = False) -> Path:
-    """Write a pretext-trained model with its calibration (:func:`model_polarity`), the readout
-    of pretext models (``PRETEXT_READOUT``) and ``provenance`` (plus trainer and config)."""
+                 half: bool = False, reference: tuple[np.ndarray, np.ndarray] | None = None,
+                 trained_by: str = "musicssl train-beats") -> Path:
+    """Write a pretext-trained model with its calibration (:func:`model_polarity`, on
+    ``reference`` features when given), the readout of pretext models (``PRETEXT_READOUT``)
+    and ``provenance`` (plus ``trained_by`` and the config)."""
     return save_zerons_model(path, model.eval(), get_separator(config.separator), half=half,
-                             polarity=model_polarity(model, config), readout=PRETEXT_READOUT,
-                             provenance={"trained_by": "musicssl train-beats", **provenance,
-                                         "config": config.to_dict()})
+                             polarity=model_polarity(model, config, reference), readout=PRETEXT_READOUT,
+                             provenance={"trained_by": trained_by, **provenance, "config": config.to_dict()})
 
 
 def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, half: bool = False) -> Path:
@@ -150,11 +152,17 @@ def export_lightning_checkpoint(ckpt_path: str | Path, out_path: str | Path, hal
     return export_model(model, config, out_path, {"steps": step, "exported_from": str(ckpt_path)}, half=half)
 
 
-def model_polarity(model: ZeroNS, config: PretrainConfig) -> dict[str, int]:
+def model_polarity(model: ZeroNS, config: PretrainConfig,
+                   reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, int]:
     """Output signs (``estimator.calibrate_polarity``, when the loss was time-centred) and the
-    common delay of the activation (``estimator.calibrate_lag``)."""
+    common delay of the activation (``estimator.calibrate_lag``). ``reference``: the
+    (percussive, non-percussive) features of the calibration signal, precomputed (e.g. by
+    ``musicssl.gpu_job.zerons_reference_features`` where no separator runs); None: computed."""
 
     est = BeatEstimator(model.eval(), separator=get_separator(config.separator))
+    if reference is not None:
+        est.separate = lambda samples: (None, None)
+        est.features = lambda p, a: reference
     if config.center_outputs:
         est.polarity = calibrate_polarity(est)
     return {**est.polarity, "lag_frames": calibrate_lag(est)}
