@@ -104,12 +104,12 @@ def main(argv=None) -> int:
     for label, ea, eb in rows:
         cells = []
         for name in names:
-            log_net, log_prior, keys, targets = data[name]
+            log_net, log_prior, keys, _ = data[name]
             log_p = log_probabilities(log_net, log_prior, ea, eb)
             scores = [score_key(k, Key.from_index(int(i))) for k, i in zip(keys, log_p.argmax(axis=1))]
-            ece = calibration_scores(np.exp(log_p), keys).ece
+            calibration = calibration_scores(np.exp(log_p), keys)
             cells.append(f"{100 * np.mean([s.mirex for s in scores]):.1f} / {100 * np.mean([s.mode for s in scores]):.1f}"
-                         f" / {nll(log_p, targets):.2f} / {100 * ece:.1f}")
+                         f" / {calibration.nll:.2f} / {100 * calibration.ece:.1f}")
         print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
 
