@@ -34,6 +34,8 @@ Labels are only read to score; nothing is trained. Usage::
     python benchmarks/key_pseudo_labels.py runs/skey_default/model.safetensors ../shared/fixtures/skey.pt
     python benchmarks/key_pseudo_labels.py MODEL --manifest work-data/render24/labels.csv --limit 48
     python benchmarks/key_pseudo_labels.py MODEL --training-config configs/skey_debian.yaml --limit 0
+    python benchmarks/key_pseudo_labels.py MODEL --training-config configs/skey_band_finetune.yaml \
+        --training-data work-data/band/manifest.csv --batches 40 --batch-sizes 16 64 --limit 0
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=80, help="labelled clips to diagnose (0: none)")
     p.add_argument("--training-config", help="also count the thirds rule's batch shift on this config's training batches")
     p.add_argument("--batches", type=int, default=12, help="training batches for --training-config")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32],
+                   help="batch sizes to count the shift votes at (--training-config)")
     p.add_argument("--training-data", default="work-data/corpus/manifest.csv",
                    help="training data for --training-config (default: the project's corpus, "
                         "built by scripts/build_corpus.py)")
@@ -175,8 +179,10 @@ def main(argv=None) -> int:
         print(f"{min(args.limit, len(items))} clips of {args.manifest}")
     for ck in args.checkpoints:
         if args.training_config:
-            print(f"\n{ck}: batch shift δ of the thirds rule, wins over {args.batches} training batches:",
-                  batch_shifts(ck, args.training_config, args.batches, data=args.training_data))
+            for size in args.batch_sizes:
+                print(f"\n{ck}: batch shift δ of the thirds rule, wins over {args.batches} training batches "
+                      f"of {size}:", batch_shifts(ck, args.training_config, args.batches, batch_size=size,
+                                                  data=args.training_data))
         if args.limit <= 0:
             continue
         r = diagnose(ck, items, args.limit)

@@ -362,3 +362,51 @@ def test_objective_config_validates_mode_rule_and_profile():
         L.ObjectiveConfig(mode_rule="guess")
     with pytest.raises(ConfigError, match="mode_profile"):
         L.ObjectiveConfig(mode_profile="chroma")
+
+
+def test_running_vote_keeps_the_tonic_shift_of_earlier_batches():
+    # a batch whose own ballot elects δ = 2 (columns 2 below the tonics) ...
+    tonics, majors = [0, 5, 7, 9], [True, False, True, False]
+    profile = _triad_profiles(tonics, majors)
+    y = _one_hot_rows([(t - 2) % 12 for t in tonics])
+    s, own = L.column_shift_scores(y, y, profile)
+    assert int(own.argmax()) == 2
+    assert L.thirds_pseudo_labels(y, y, profile).tolist() == [1.0, 0.0, 1.0, 0.0]
+    # ... reads the thirds elsewhere when the running ballot of earlier batches says δ = 0
+    earlier = torch.zeros(12)
+    earlier[0] = 1.0
+    ballot = L.running_shift_scores(own, earlier, momentum=0.9)
+    assert torch.allclose(ballot, 0.9 * earlier + 0.1 * own)
+    assert int(ballot.argmax()) == 0
+    assert L.thirds_tonic_shift(y, y, profile, ballot)[1].item() == 0
+    at_zero = L.thirds_pseudo_labels(y, y, profile, shift_scores=ballot)
+    assert at_zero.tolist() == L._third_label(profile, s).float().tolist()
+    assert at_zero.tolist() != [1.0, 0.0, 1.0, 0.0]
+    # the first batch votes alone
+    assert torch.equal(L.running_shift_scores(own, None, 0.9), own)
+    # the triads rule ranks its candidates by the same ballot
+    assert L.triad_tonics(y, y, profile, n_candidates=1, shift_scores=ballot).tolist() == s.tolist()
+
+
+def test_objective_returns_the_running_ballot_only_with_a_running_vote():
+    tonics, majors = [0, 5, 7, 9], [True, False, True, False]
+    profile = _triad_profiles(tonics, majors)
+    y = _one_hot_rows([(t - 2) % 12 for t in tonics])
+    probs = torch.cat([y * 0.9 + 0.1 / 24, torch.full((4, 12), 0.1 / 24)], 1)
+    k = torch.zeros(4)
+    plain = L.ObjectiveConfig(name="skey", mode_rule="thirds")
+    voting = L.ObjectiveConfig(name="skey", mode_rule="thirds", shift_momentum=0.9)
+    assert not plain.running_vote and voting.running_vote
+    assert not L.ObjectiveConfig(name="skey", mode_rule="authors", shift_momentum=0.9).running_vote
+    _, t_plain = L.objective(plain, probs, probs, probs, k, profile=profile)
+    assert "shift_scores" not in t_plain
+    _, first = L.objective(voting, probs, probs, probs, k, profile=profile)
+    assert first["tonic_shift"].item() == 2 and first["pseudo_major"].item() == t_plain["pseudo_major"].item()
+    earlier = torch.zeros(12)
+    earlier[0] = 1.0
+    _, later = L.objective(voting, probs, probs, probs, k, profile=profile, shift_scores=earlier)
+    assert later["tonic_shift"].item() == 0
+    assert torch.allclose(later["shift_scores"], 0.9 * earlier + 0.1 * first["shift_scores"])
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="shift_momentum"):
+            L.ObjectiveConfig(name="skey", shift_momentum=bad)

@@ -422,3 +422,27 @@ def test_packed_bank_replaces_data_and_cache(tmp_path, corpus):
     assert "val/loss" in summary["metrics"]
     with pytest.raises(ConfigError):
         TrainConfig(data=["x"], data_pipeline="gpu")
+
+
+def test_running_vote_is_kept_in_checkpoints_and_resumes(tmp_path, corpus):
+    from musicssl.key.lightning import KeyTrainingModule
+
+    cfg = tiny(tmp_path / "vote", corpus, objective="skey", mode_rule="thirds", mode_profile="power",
+               shift_momentum=0.9, max_steps=3)
+    summary = train(cfg, log=lambda *_: None)
+    assert summary["global_step"] == 3
+    assert 0 <= summary["metrics"]["train/tonic_shift"] <= 11
+    ballot = _weights(Path(cfg.out) / "checkpoints" / "last.ckpt")["shift_scores"]
+    assert ballot.shape == (12,) and bool((ballot > 0).all())      # profiles are positive: voted
+    # a run without the running vote has no ballot; resuming it with one starts an empty ballot
+    plain = tiny(tmp_path / "plain", corpus, objective="skey", mode_rule="thirds", max_steps=2)
+    train(plain, log=lambda *_: None)
+    assert "shift_scores" not in _weights(Path(plain.out) / "checkpoints" / "last.ckpt")
+    module = KeyTrainingModule(cfg.to_dict())
+    state = {"state_dict": {}}
+    module.on_load_checkpoint(state)
+    assert torch.equal(state["state_dict"]["shift_scores"], torch.zeros(12))
+    resumed = tiny(tmp_path / "plain", corpus, objective="skey", mode_rule="thirds", shift_momentum=0.9,
+                   max_steps=4, resume=str(Path(plain.out) / "checkpoints" / "last.ckpt"))
+    assert train(resumed, log=lambda *_: None)["global_step"] == 4
+    assert bool((_weights(Path(plain.out) / "checkpoints" / "last.ckpt")["shift_scores"] > 0).all())

@@ -122,3 +122,24 @@ def test_run_writes_an_unlabelled_manifest_excludes_pieces_and_resumes(tmp_path)
     assert again == rows
     other, _ = sf.read(tmp_path / "again" / listed[0]["path"])
     assert np.allclose(other, audio, atol=1e-4)
+
+
+def test_band_render_keys_reads_the_editors_key_for_diagnostics_only(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "band_render_keys", Path(__file__).resolve().parents[1] / "benchmarks" / "band_render_keys.py")
+    keys_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keys_script)
+    pool, _ = render_band.candidate_pool(COLLECTION, [], seed=0)
+    manifest = tmp_path / "band" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,collection,piece_id,transpose\n"
+                        f"audio/a.ogg,{COLLECTION[0]},{pool[0].piece_id},2\n"
+                        f"audio/b.ogg,{COLLECTION[0]},{pool[1].piece_id},-5\n"
+                        f"audio/c.ogg,{COLLECTION[0]},not-a-piece,0\n")
+    out = tmp_path / "keys.csv"
+    assert keys_script.main([str(manifest), "--out", str(out)]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["path"] for r in rows] == [str(manifest.parent / "audio" / n) for n in ("a.ogg", "b.ogg")]
+    assert [r["key"] for r in rows] == [str(pool[0].key.transpose(2)), str(pool[1].key.transpose(-5))]
+    assert str(pool[0].key.transpose(2)) != str(pool[0].key)

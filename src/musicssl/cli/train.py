@@ -65,6 +65,9 @@ _HELP = {
     "key_weight": "weight of the key term of the loss",
     "mode_weight": "weight of the mode term of the loss (S-KEY, 24-STONE)",
     "balance_weight": "weight of the term that keeps the major/minor shares of a batch balanced (S-KEY)",
+    "shift_momentum": "thirds/triads rules: weight of the earlier batches in the vote on where the tonic "
+                      "sits relative to the model's column (0-1; 0.9 = about the last 10 batches; 0 = each "
+                      "batch votes alone, which flips between batches of 16)",
     "balance_target": "the major share that term pulls a batch to: half (SPEC) or pseudo (the share of the "
                       "batch's mode pseudo-labels; a project variant)",
     "supervised_rows": "supervised/semi: 2 = 24 keys, 1 = 12 key signatures",

@@ -54,6 +54,7 @@ class TrainConfig:
     mode_profile: str = "log"                            # profile it reads: log (SPEC) | magnitude | power
     tonic_weight: float = 0.0                            # project: tonic pseudo-target term (0 = off, SPEC)
     balance_target: str = "half"                         # balance term's major share: half (SPEC) | pseudo
+    shift_momentum: float = 0.0                          # project: running tonic-shift vote (0 = per batch)
     channels: list[int] = field(default_factory=lambda: [2, 3, 40, 40, 30, 10, 3])
     kernels: list[int] = field(default_factory=lambda: [7, 7, 7, 7, 7, 5, 5])
     drop_path: float = 0.1
@@ -120,7 +121,7 @@ class TrainConfig:
                     mode_weight=self.mode_weight, balance_weight=self.balance_weight,
                     supervised_rows=self.supervised_rows, mode_rule=self.mode_rule,
                     mode_profile=self.mode_profile, tonic_weight=self.tonic_weight,
-                    balance_target=self.balance_target)
+                    balance_target=self.balance_target, shift_momentum=self.shift_momentum)
 
     def frontend(self):
         return FrontEndConfig(hop_length=self.hop_length)

@@ -113,13 +113,14 @@ class LabelledValidation:
 # --------------------------------------------------------------------------- the objective of a batch
 def three_view_objective(network: torch.nn.Module, objective_config: losses.ObjectiveConfig, views: torch.Tensor,
                          log_profile: torch.Tensor, k: torch.Tensor, top_db: float, *, channels_last: bool = False,
-                         targets: torch.Tensor | None = None,
-                         labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                         targets: torch.Tensor | None = None, labelled: torch.Tensor | None = None,
+                         shift_scores: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The training loss of one batch: ``views`` ``(B, 3, F, T)`` (A, B, A′) go through
     ``network`` as one ``(3B, 1, F, T)`` batch, then :func:`losses.objective` (in float32)
     with the mode pseudo-label profile of ``objective_config.mode_profile`` (from ``views``
     or the log-CQT ``log_profile`` ``(B, 12)``), shifts ``k`` ``(B,)`` and, for the
-    label-using objectives, ``targets``/``labelled``. Returns the loss and its terms."""
+    label-using objectives, ``targets``/``labelled``; ``shift_scores`` ``(12,)``: the running
+    ballot of the voting pseudo-label rules (:func:`losses.objective`). Returns the loss and its terms."""
     profile = losses.mode_label_profile(objective_config.mode_profile, views, log_profile, top_db)
     b, _, f, t = views.shape
     x = views.transpose(0, 1).reshape(3 * b, 1, f, t)
@@ -129,7 +130,8 @@ def three_view_objective(network: torch.nn.Module, objective_config: losses.Obje
     with torch.autocast(device_type=probs.device.type, enabled=False):
         probs = probs.float()
         return losses.objective(objective_config, probs[:b], probs[b:2 * b], probs[2 * b:], k,
-                                profile=profile.float(), targets_a=targets, labelled=labelled)
+                                profile=profile.float(), targets_a=targets, labelled=labelled,
+                                shift_scores=shift_scores)
 
 
 # --------------------------------------------------------------------------- the Lightning module
@@ -163,6 +165,10 @@ class KeyTrainingModule(pl.LightningModule):
         self.labelled_validation: LabelledValidation | None = None
         self._timer: dict[str, float] = {}
         self._window = {"items": 0, "compute": 0.0, "wait": 0.0, "start": None}
+        if self.objective_config.running_vote:
+            # the running ballot of the pseudo-label's tonic-shift vote (zeros: no batch yet);
+            # saved in checkpoints so a resumed run votes as the interrupted one would have
+            self.register_buffer("shift_scores", torch.zeros(12))
 
     # -- network
     def _frontend_module(self):
@@ -178,16 +184,27 @@ class KeyTrainingModule(pl.LightningModule):
             return audio_batch_views(self._frontend_module(), batch["audio"], batch["o"], batch["o2"],
                                      self.frontend_config.crop_bins)
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def _loss(self, batch: dict, update_vote: bool = False) -> tuple[torch.Tensor, dict]:
+        """Loss and loggable terms of a batch; with ``update_vote`` (training steps) the running
+        ballot of the pseudo-label vote takes this batch's (averaged over processes)."""
         views, log_profile = self._views(batch)
         targets = labelled = None
         if self.objective_config.uses_labels:
             targets = losses.key_targets(batch["tonic_column"], batch["is_major"].bool(),
                                          self.objective_config.n_rows).to(views.device)
             labelled = batch["labelled"].bool()
-        return three_view_objective(self._network, self.objective_config, views, log_profile, batch["k"],
-                                    self.frontend_config.top_db, channels_last=self.config.channels_last,
-                                    targets=targets, labelled=labelled)
+        running = None
+        if self.objective_config.running_vote and bool(self.shift_scores.sum() > 0):
+            running = self.shift_scores
+        loss, terms = three_view_objective(self._network, self.objective_config, views, log_profile, batch["k"],
+                                           self.frontend_config.top_db, channels_last=self.config.channels_last,
+                                           targets=targets, labelled=labelled, shift_scores=running)
+        ballot = terms.pop("shift_scores", None)
+        if update_vote and ballot is not None:
+            if self.trainer.world_size > 1:
+                ballot = self.all_gather(ballot).reshape(-1, 12).mean(dim=0)
+            self.shift_scores.copy_(ballot)
+        return loss, terms
 
     @property
     def final_model(self) -> torch.nn.Module:
@@ -219,7 +236,7 @@ class KeyTrainingModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         # stochastic depth randomness from (seed, step, rank): exact resume, distinct ranks
         torch.manual_seed((self.config.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % 2 ** 63)
-        loss, terms = self._loss(batch)
+        loss, terms = self._loss(batch, update_vote=True)
         b = batch["k"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False,
                       batch_size=b)
@@ -301,6 +318,14 @@ class KeyTrainingModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["musicssl"] = {"frontend": self.frontend_config.to_dict(),
                                   "architecture": self.model.architecture()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a run resumed with a running vote from a checkpoint written without one starts its ballot empty
+        state = checkpoint.get("state_dict", {})
+        if self.objective_config.running_vote and "shift_scores" not in state:
+            state["shift_scores"] = torch.zeros(12)
+        elif not self.objective_config.running_vote:
+            state.pop("shift_scores", None)
 
 
 # --------------------------------------------------------------------------- data module

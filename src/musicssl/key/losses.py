@@ -177,21 +177,32 @@ def mode_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
         return (c_s > c_minor_third).to(y_a.dtype)
 
 
-def _column_shift_scores(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tensor, Tensor]:
+def column_shift_scores(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tensor, Tensor]:
     """``s = argmax((y_A + y_B)/2)`` ``(B,)`` and, for each shift ``d``, the batch mean of
-    ``profile_b[s_b + d]`` ``(12,)``: how much the pitch class ``d`` above the model's column sounds."""
-    s = ((y_a + y_b) / 2).argmax(dim=1)
-    shifts = torch.arange(12, device=s.device)
-    columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
-    return s, profile.gather(1, columns).mean(dim=0)
-
-
-def thirds_tonic_shift(y_a: Tensor, y_b: Tensor, profile: Tensor) -> tuple[Tensor, Tensor]:
-    """The batch vote of :func:`thirds_pseudo_labels`: ``s = argmax((y_A + y_B)/2)``
-    ``(B,)`` and the shift ``δ = argmax_d mean_b profile_b[s_b + d]`` (scalar tensor),
-    both in the crop's frame. No gradient."""
+    ``profile_b[s_b + d]`` ``(12,)``: how much the pitch class ``d`` above the model's column
+    sounds (the ballot of the ``thirds`` and ``triads`` rules). No gradient."""
     with torch.no_grad():
-        s, scores = _column_shift_scores(y_a, y_b, profile)
+        s = ((y_a + y_b) / 2).argmax(dim=1)
+        shifts = torch.arange(12, device=s.device)
+        columns = (s[:, None] + shifts[None, :]) % 12                      # (B, 12): s + d
+        return s, profile.gather(1, columns).mean(dim=0)
+
+
+def _columns_and_scores(y_a: Tensor, y_b: Tensor, profile: Tensor,
+                        shift_scores: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`column_shift_scores`, with the batch's ballot replaced by ``shift_scores`` ``(12,)`` if given."""
+    s, scores = column_shift_scores(y_a, y_b, profile)
+    return s, scores if shift_scores is None else shift_scores
+
+
+def thirds_tonic_shift(y_a: Tensor, y_b: Tensor, profile: Tensor,
+                       shift_scores: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The vote of :func:`thirds_pseudo_labels`: ``s = argmax((y_A + y_B)/2)``
+    ``(B,)`` and the shift ``δ = argmax_d mean_b profile_b[s_b + d]`` (scalar tensor),
+    both in the crop's frame; ``shift_scores`` ``(12,)``, if given, are voted on instead of
+    the batch's own (a running ballot, :func:`running_shift_scores`). No gradient."""
+    with torch.no_grad():
+        s, scores = _columns_and_scores(y_a, y_b, profile, shift_scores)
         return s, scores.argmax()
 
 
@@ -202,7 +213,7 @@ def _third_label(profile: Tensor, tonic: Tensor) -> Tensor:
     return major_third > minor_third
 
 
-def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
+def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor, shift_scores: Tensor | None = None) -> Tensor:
     """A mode pseudo-label that does not assume where the model's columns sit (project variant).
 
     ``s = argmax((y_A + y_B)/2)`` as in S-KEY; the batch's column-to-tonic
@@ -210,10 +221,11 @@ def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
     model's column points at that sounds most, on average over the batch;
     :func:`thirds_tonic_shift`); with ``t = s + δ``, ``ℓ = 1`` iff the major third
     sounds more than the minor third: ``profile[t + 4] > profile[t + 3]``. Float ``(B,)``
-    of 0/1, no gradient. ``profile``: ``(B, 12)`` in the crop's frame.
+    of 0/1, no gradient. ``profile``: ``(B, 12)`` in the crop's frame; ``shift_scores``: see
+    :func:`thirds_tonic_shift`.
     """
     with torch.no_grad():
-        s, delta = thirds_tonic_shift(y_a, y_b, profile)
+        s, delta = thirds_tonic_shift(y_a, y_b, profile, shift_scores)
         return _third_label(profile, (s + delta) % 12).to(y_a.dtype)
 
 
@@ -221,18 +233,20 @@ def thirds_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
 TRIAD_CANDIDATES = 3
 
 
-def triad_tonics(y_a: Tensor, y_b: Tensor, profile: Tensor, n_candidates: int = TRIAD_CANDIDATES) -> Tensor:
+def triad_tonics(y_a: Tensor, y_b: Tensor, profile: Tensor, n_candidates: int = TRIAD_CANDIDATES,
+                 shift_scores: Tensor | None = None) -> Tensor:
     """Each item's tonic for the ``triads`` rule, ``(B,)`` long, in the crop's frame. No gradient.
 
     The candidates are ``s + d`` for the ``n_candidates`` shifts ``d`` with the largest
     batch mean ``profile_b[s_b + d]`` (``s = argmax((y_A + y_B)/2)``); each item takes
     the candidate ``t`` whose triad sounds most in its own profile:
-    ``profile[t] + profile[t + 7] + max(profile[t + 3], profile[t + 4])``.
+    ``profile[t] + profile[t + 7] + max(profile[t + 3], profile[t + 4])``. ``shift_scores``
+    ``(12,)``, if given, rank the shifts instead of the batch's own means.
     """
     if not 1 <= n_candidates <= 12:
         raise ConfigError(f"n_candidates must be in 1..12, got {n_candidates}")
     with torch.no_grad():
-        s, scores = _column_shift_scores(y_a, y_b, profile)
+        s, scores = _columns_and_scores(y_a, y_b, profile, shift_scores)
         shifts = scores.topk(n_candidates).indices                             # (n,)
         tonics = (s[:, None] + shifts[None, :]) % 12                           # (B, n)
 
@@ -243,7 +257,7 @@ def triad_tonics(y_a: Tensor, y_b: Tensor, profile: Tensor, n_candidates: int = 
         return tonics.gather(1, triad.argmax(dim=1, keepdim=True))[:, 0]
 
 
-def triad_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
+def triad_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor, shift_scores: Tensor | None = None) -> Tensor:
     """The ``thirds`` label read above a tonic chosen per item (project variant, ``triads``).
 
     The model's column ``s`` sits at different distances from the tonic for
@@ -253,7 +267,7 @@ def triad_pseudo_labels(y_a: Tensor, y_b: Tensor, profile: Tensor) -> Tensor:
     ``ℓ = 1`` iff ``profile[t + 4] > profile[t + 3]``. Float ``(B,)`` of 0/1, no gradient.
     """
     with torch.no_grad():
-        return _third_label(profile, triad_tonics(y_a, y_b, profile)).to(y_a.dtype)
+        return _third_label(profile, triad_tonics(y_a, y_b, profile, shift_scores=shift_scores)).to(y_a.dtype)
 
 
 def tonic_pseudo_targets(y_a: Tensor, y_b: Tensor, profile: Tensor, labels: Tensor) -> Tensor:
@@ -297,6 +311,16 @@ def tonic_loss(targets: Tensor, probs_a: Tensor, probs_b: Tensor, probs_a2: Tens
 PSEUDO_LABEL_RULES = {"authors": mode_pseudo_labels, "thirds": thirds_pseudo_labels, "triads": triad_pseudo_labels}
 #: names of the S-KEY mode pseudo-label rules (``ObjectiveConfig.mode_rule``)
 MODE_RULES = tuple(PSEUDO_LABEL_RULES)
+#: the rules that vote a column-to-tonic shift (they take ``shift_scores``)
+VOTING_RULES = ("thirds", "triads")
+
+
+def running_shift_scores(batch_scores: Tensor, running: Tensor | None, momentum: float) -> Tensor:
+    """The ballot a voting rule reads with a running vote: ``momentum·running + (1 − momentum)·batch``
+    (``(12,)`` each; the batch's own when ``running`` is None, i.e. at the first step)."""
+    if running is None:
+        return batch_scores
+    return momentum * running.to(batch_scores) + (1.0 - momentum) * batch_scores
 
 
 def balance_loss(m_a: Tensor, m_b: Tensor, target: Tensor | float = 0.5) -> Tensor:
@@ -336,6 +360,9 @@ class ObjectiveConfig:
     tonic_weight: float = 0.0
     #: the balance term's major share: "half" (SPEC) or "pseudo" (the batch's pseudo-label share)
     balance_target: str = "half"
+    #: voting rules (``thirds``, ``triads``): weight of the past batches in the column-to-tonic
+    #: vote (:func:`running_shift_scores`); 0 = each batch votes alone
+    shift_momentum: float = 0.0
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -353,6 +380,13 @@ class ObjectiveConfig:
                               f"choose one of {', '.join(BALANCE_TARGETS)}")
         if self.tonic_weight < 0:
             raise ConfigError(f"tonic_weight must be >= 0, got {self.tonic_weight}")
+        if not 0.0 <= self.shift_momentum < 1.0:
+            raise ConfigError(f"shift_momentum must be in [0, 1), got {self.shift_momentum}")
+
+    @property
+    def running_vote(self) -> bool:
+        """Whether the S-KEY pseudo-label votes with a running ballot (:func:`running_shift_scores`)."""
+        return self.name == "skey" and self.mode_rule in VOTING_RULES and self.shift_momentum > 0
 
     @property
     def n_rows(self) -> int:
@@ -397,6 +431,7 @@ def objective(
     profile: Tensor | None = None,
     targets_a: Tensor | None = None,
     labelled: Tensor | None = None,
+    shift_scores: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss of ``cfg.name`` for one batch of three views.
 
@@ -406,8 +441,12 @@ def objective(
     mask for the label-using objectives: a labelled item's view A output is
     replaced by its target (Sup-/Semi-TONE, SPEC §1.4). ``supervised`` uses
     every item's label; ``semi`` only those with ``labelled`` true.
+    ``shift_scores``: ``(12,)`` running ballot of the earlier batches when
+    ``cfg.running_vote`` (None at the first step).
     Returns the scalar loss and detached terms (``loss``, ``key``, ``pos``,
-    ``eq1``, ``eq2``, and ``mode``/``balance``/``pseudo_major``/``tonic`` when they apply).
+    ``eq1``, ``eq2``, and ``mode``/``balance``/``pseudo_major``/``tonic`` when they apply;
+    with ``cfg.running_vote`` also ``shift_scores`` ``(12,)``, the ballot voted on, which is
+    the next step's running ballot, and ``tonic_shift``, the shift it elected).
     """
     n_rows = cfg.n_rows
     if cfg.uses_labels:
@@ -428,7 +467,12 @@ def objective(
     if cfg.name == "skey":
         if profile is None:
             raise ConfigError("the S-KEY objective needs the pitch-class profile of views A and B")
-        ell = PSEUDO_LABEL_RULES[cfg.mode_rule](y_a, y_b, profile)
+        if cfg.running_vote:
+            ballot = running_shift_scores(column_shift_scores(y_a, y_b, profile)[1], shift_scores, cfg.shift_momentum)
+            ell = PSEUDO_LABEL_RULES[cfg.mode_rule](y_a, y_b, profile, shift_scores=ballot)
+            terms.update(shift_scores=ballot.detach(), tonic_shift=ballot.argmax().float())
+        else:
+            ell = PSEUDO_LABEL_RULES[cfg.mode_rule](y_a, y_b, profile)
         l_mode = (binary_cross_entropy(ell, m_a2) + binary_cross_entropy(ell, m_b)
                   + binary_cross_entropy(ell, m_a)).mean()
         l_bal = balance_loss(m_a, m_b, ell.mean() if cfg.balance_target == "pseudo" else 0.5)

@@ -1,0 +1,71 @@
+"""The editor's key of each band render (diagnostics only; never train on this file).
+
+``scripts/render_band.py`` writes no key: the renders are unlabeled training
+audio. To measure how well a mode pseudo-label rule or a model does *on the
+training data itself*, this script looks each clip's piece up in the music21
+corpus, reads the key its editor wrote (the ``K:`` field, as
+``scripts/render_symbolic.py`` does) and transposes it by the clip's
+``transpose``. The CSV it writes (``path,key``, absolute paths) is a dataset for
+``musicssl evaluate --dataset csv`` and ``benchmarks/key_pseudo_labels.py
+--dataset csv``; it prints the major share. Usage::
+
+    python benchmarks/band_render_keys.py work-data/band/manifest.csv work-data/band2/manifest.csv \\
+        --out runs/band_keys.csv
+    python benchmarks/key_pseudo_labels.py src/musicssl/data/models/skey_band.safetensors \\
+        --dataset csv --manifest runs/band_keys.csv --limit 0 ... (or a number of clips)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from render_symbolic import find_candidates
+
+from musicssl.io.atomic import atomic_write_text
+
+
+def _rows(manifest: Path) -> list[dict]:
+    with manifest.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def editor_keys(manifests: list[Path]) -> list[tuple[str, str]]:
+    """``(absolute audio path, key)`` of every clip of ``manifests`` whose piece states its key."""
+    import music21
+
+    rows = [(m, r) for m in manifests for r in _rows(m)]
+    corpus = Path(music21.__file__).parent / "corpus"
+    collections = sorted({r["collection"] for _, r in rows})
+    candidates = {c.piece_id: c for c in find_candidates([corpus / c for c in collections],
+                                                         {"abc", "krn", "xml"})}
+    out = []
+    for manifest, row in rows:
+        candidate = candidates.get(row["piece_id"])
+        if candidate is not None:
+            key = candidate.key.transpose(int(row["transpose"]))
+            out.append((str((manifest.parent / row["path"]).absolute()), str(key)))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("manifests", nargs="+", type=Path, help="manifest.csv files of scripts/render_band.py")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write (path,key)")
+    args = p.parse_args(argv)
+    keys = editor_keys(args.manifests)
+    n = sum(len(_rows(m)) for m in args.manifests)
+    lines = ["path,key"] + [f'"{path}",{key}' for path, key in keys]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    major = sum(key.endswith("major") for _, key in keys)
+    print(f"{len(keys)} of {n} clips with a stated key; {major} major ({100 * major / max(len(keys), 1):.1f} %), "
+          f"{len(keys) - major} minor -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
