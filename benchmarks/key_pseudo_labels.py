@@ -90,7 +90,20 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()},
             "rules": rule_agreement(np.array(columns), np.array(powers), np.array(majors)),
             "network_vs_rule": network_rule_overlap(np.array(columns), np.array(powers), np.array(majors),
-                                                    np.array(network_major))}
+                                                    np.array(network_major)),
+            "shift_flip": shift_flip(np.array(columns), np.array(powers))}
+
+
+def shift_flip(columns: np.ndarray, profiles: np.ndarray) -> tuple[int, int, float]:
+    """The two shifts with the highest ballot over all clips (``(N,)`` columns, ``(N, 12)`` power
+    profiles) and the share of clips whose ``thirds`` label differs between them."""
+    y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+    profile = torch.as_tensor(profiles).float()
+    _, scores = losses.column_shift_scores(y, y, profile)
+    first, second = (int(d) for d in scores.topk(2).indices)
+    labels = [losses.thirds_pseudo_labels(y, y, profile, shift_scores=torch.nn.functional.one_hot(
+        torch.tensor(d), 12).float()) for d in (first, second)]
+    return first, second, float((labels[0] != labels[1]).float().mean())
 
 
 def network_rule_overlap(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray,
@@ -196,6 +209,9 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} profile {v:.2f}" for k, v in r["ceiling"].items()))
         print("  training rules on the power profile, batches of 32: "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["rules"].items()))
+        first, second, flip = r["shift_flip"]
+        print(f"  thirds labels (power profile) that differ between the two best shifts {first} and {second}: "
+              f"{flip:.2f}")
         o = r["network_vs_rule"]
         print(f"  network's mode vs the thirds rule (all clips one batch): right {o['network']:.2f} vs "
               f"{o['rule']:.2f}, agree on {o['agree']:.2f}; right where they agree {o['right_where_agree']:.2f}; "

@@ -45,3 +45,17 @@ def test_network_and_rule_overlap_counts():
     assert o["agree"] == pytest.approx(0.75)                     # items 0, 1 and 3
     assert o["right_where_agree"] == pytest.approx(2 / 3)        # item 1 is minor
     assert o["rule_right_where_not"] == pytest.approx(1.0) and o["network_right_where_not"] == pytest.approx(0.0)
+
+
+def test_shift_flip_counts_labels_that_change_between_the_two_best_shifts():
+    # column 0 everywhere; pitch class 0 sounds most (shift 0), pitch class 7 next (shift 7)
+    profiles = np.full((4, 12), 0.05)
+    profiles[:, 0], profiles[:, 7] = 1.0, 0.8
+    profiles[:, 4] = 0.5                 # above 0: major third louder for all four items
+    profiles[:2, 11] = 0.4               # above 7: items 0, 1 major (B > Bb) ...
+    profiles[2:, 10] = 0.4               # ... items 2, 3 minor (Bb > B)
+    first, second, flip = kpl.shift_flip(np.zeros(4, dtype=int), profiles)
+    assert (first, second) == (0, 7)
+    assert flip == pytest.approx(0.5)
+    profiles[2:, 10], profiles[2:, 11] = 0.05, 0.4      # now every item is major above both shifts
+    assert kpl.shift_flip(np.zeros(4, dtype=int), profiles)[2] == 0.0
