@@ -46,11 +46,12 @@ def held_out_items(config_path: str, data: list[str], cache_dir: str, n_items: i
 @torch.inference_mode()
 def loss_terms(model: torch.nn.Module, config, items: list[dict], batch_size: int = 32) -> dict[str, float]:
     """Mean of the training objective's terms (``musicssl.key.lightning.three_view_objective``)
-    over ``items`` in batches of ``batch_size``."""
+    over ``items`` in batches of ``batch_size`` (each batch votes its own pseudo-label shift:
+    no running vote, so every model is scored on the same footing)."""
     from musicssl.key import losses
     from musicssl.key.lightning import three_view_objective
 
-    objective = losses.ObjectiveConfig(**config.objective_kwargs())
+    objective = losses.ObjectiveConfig(**{**config.objective_kwargs(), "shift_momentum": 0.0})
     sums: dict[str, list[float]] = {}
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]

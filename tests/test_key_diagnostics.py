@@ -29,6 +29,9 @@ def test_ssl_signal_terms_of_a_model_on_fixed_items():
     # the batch means of the parts add up to the mean of their sum
     assert terms["key"] == pytest.approx(terms["pos"] + terms["eq1"] + terms["eq2"], rel=1e-5)
     assert kss.loss_terms(model, config, items, batch_size=2) == terms   # same items, same numbers
+    # a config with a running vote is scored batch by batch, like one without
+    voting = TrainConfig(objective="skey", mode_rule="thirds", mode_profile="power", shift_momentum=0.9)
+    assert kss.loss_terms(model, voting, items, batch_size=2) == terms
 
 
 def test_network_and_rule_overlap_counts():
