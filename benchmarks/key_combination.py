@@ -26,10 +26,18 @@ import numpy as np
 
 
 def log_probabilities(log_net: np.ndarray, log_prior: np.ndarray, a: float, b: float) -> np.ndarray:
-    """``log softmax(a·log p_net + b·log p_prior)`` over the 24 keys; inputs ``(N, 24)``."""
-    z = a * log_net + b * log_prior
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    """``log softmax(a·log p_net + b·log p_prior)`` over the 24 keys; inputs ``(N, 24)``, ``a, b ≥ 0``.
+    Computed by the estimator's own :func:`combine_with_prior` (weight ``b/a``) and
+    :func:`apply_temperature` (``T = 1/a``); ``a = 0`` is the prior alone at ``T = 1/b``."""
+    from musicssl.key.estimator import apply_temperature, combine_with_prior
+
+    if a > 0:
+        p = apply_temperature(combine_with_prior(np.exp(log_net), np.exp(log_prior), b / a), 1.0 / a)
+    elif b > 0:
+        p = apply_temperature(np.exp(log_prior), 1.0 / b)
+    else:
+        raise ValueError("at least one exponent must be positive")
+    return np.log(np.maximum(p, 1e-300))
 
 
 def nll(log_p: np.ndarray, targets: np.ndarray) -> float:
@@ -38,11 +46,16 @@ def nll(log_p: np.ndarray, targets: np.ndarray) -> float:
 
 
 def fit_exponents(log_net: np.ndarray, log_prior: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
-    """``(a, b)`` of minimum NLL (Nelder–Mead from ``(1, 1)``)."""
+    """``(a, b)`` of minimum NLL (Nelder–Mead from ``(1, 1)``, ``a > 0``, ``b ≥ 0``)."""
     from scipy.optimize import minimize
 
-    result = minimize(lambda th: nll(log_probabilities(log_net, log_prior, th[0], th[1]), targets),
-                      np.array([1.0, 1.0]), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
+    def objective(th: np.ndarray) -> float:
+        if th[0] <= 0 or th[1] < 0:                 # outside what the estimator can express
+            return np.inf
+        return nll(log_probabilities(log_net, log_prior, th[0], th[1]), targets)
+
+    result = minimize(objective, np.array([1.0, 1.0]), method="Nelder-Mead",
+                      options={"xatol": 1e-4, "fatol": 1e-7})
     return float(result.x[0]), float(result.x[1])
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -94,15 +95,19 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
             "shift_flip": shift_flip(np.array(columns), np.array(powers))}
 
 
+def _one_hot(columns) -> torch.Tensor:
+    """Model outputs ``(N, 12)`` that put all mass on ``columns`` ``(N,)``: what the rules read of them."""
+    return torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+
+
 def shift_flip(columns: np.ndarray, profiles: np.ndarray) -> tuple[int, int, float]:
     """The two shifts with the highest ballot over all clips (``(N,)`` columns, ``(N, 12)`` power
     profiles) and the share of clips whose ``thirds`` label differs between them."""
-    y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+    y = _one_hot(columns)
     profile = torch.as_tensor(profiles).float()
     _, scores = losses.column_shift_scores(y, y, profile)
     first, second = (int(d) for d in scores.topk(2).indices)
-    labels = [losses.thirds_pseudo_labels(y, y, profile, shift_scores=torch.nn.functional.one_hot(
-        torch.tensor(d), 12).float()) for d in (first, second)]
+    labels = [losses.thirds_pseudo_labels(y, y, profile, shift_scores=_one_hot(d)) for d in (first, second)]
     return first, second, float((labels[0] != labels[1]).float().mean())
 
 
@@ -110,7 +115,7 @@ def network_rule_overlap(columns: np.ndarray, profiles: np.ndarray, majors: np.n
                          network_major: np.ndarray) -> dict[str, float]:
     """The network's mode ``network_major`` ``(N,)`` against the ``thirds`` rule over all ``N``
     clips as one batch: agreement, and the share of right answers where they agree / differ."""
-    y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+    y = _one_hot(columns)
     rule = losses.thirds_pseudo_labels(y, y, torch.as_tensor(profiles).float()).numpy() > 0.5
     same = rule == network_major
 
@@ -131,7 +136,7 @@ def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray
     ``majors``: ``(N,)`` bool.
     """
     rng = np.random.default_rng(seed)
-    y = torch.nn.functional.one_hot(torch.as_tensor(columns), 12).float()
+    y = _one_hot(columns)
     profile = torch.as_tensor(profiles).float()
     size = min(batch_size, len(columns))
     scores: dict[str, list[float]] = {rule: [] for rule in losses.MODE_RULES}
@@ -143,19 +148,22 @@ def rule_agreement(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray
     return {rule: float(np.mean(v)) if v else float("nan") for rule, v in scores.items()}
 
 
-def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_size: int = 32, seed: int = 0,
-                 data: str = "work-data/corpus/manifest.csv") -> dict[int, int]:
-    """How often each shift ``δ`` wins the ``thirds`` rule's batch vote over ``batches`` training
-    batches of ``data`` (the configs name no data)."""
+def batch_shifts(checkpoint: str, config_path: str, batches: int, batch_sizes: Sequence[int] = (32,),
+                 seed: int = 0, data: str = "work-data/corpus/manifest.csv") -> dict[int, dict[int, int]]:
+    """For each batch size, how often each shift ``δ`` wins the ``thirds`` rule's batch vote over
+    ``batches`` training batches of ``data`` (the configs name no data); every size draws its
+    batches from the same seed."""
     from musicssl.key.checkpoint import load_key_model
-    from musicssl.key.lightning import KeyDataModule
     from musicssl.key.config import TrainConfig
-    from musicssl.key.train import prepare_data
+    from musicssl.key.train import training_set
 
     config = TrainConfig.from_yaml(config_path, {"data": [data]})
-    data = prepare_data(config, log=lambda *a: None)
-    dataset = KeyDataModule(config, data.train, data.val, data.cache).train_set
+    dataset = training_set(config, log=lambda *a: None)
     model = load_key_model(checkpoint).model.eval()
+    return {size: _shift_wins(model, config, dataset, batches, size, seed) for size in batch_sizes}
+
+
+def _shift_wins(model, config, dataset, batches: int, batch_size: int, seed: int) -> dict[int, int]:
     rng = np.random.default_rng(seed)
     wins: dict[int, int] = {}
     for _ in range(batches):
@@ -192,10 +200,10 @@ def main(argv=None) -> int:
         print(f"{min(args.limit, len(items))} clips of {args.manifest}")
     for ck in args.checkpoints:
         if args.training_config:
-            for size in args.batch_sizes:
+            shifts = batch_shifts(ck, args.training_config, args.batches, args.batch_sizes, data=args.training_data)
+            for size, wins in shifts.items():
                 print(f"\n{ck}: batch shift δ of the thirds rule, wins over {args.batches} training batches "
-                      f"of {size}:", batch_shifts(ck, args.training_config, args.batches, batch_size=size,
-                                                  data=args.training_data))
+                      f"of {size}:", wins)
         if args.limit <= 0:
             continue
         r = diagnose(ck, items, args.limit)

@@ -30,14 +30,12 @@ TERMS = ("key", "pos", "eq1", "eq2", "mode", "balance", "pseudo_major", "major_s
 def held_out_items(config_path: str, data: list[str], cache_dir: str, n_items: int, seed: int = 0) -> tuple:
     """``(config, items)``: ``n_items`` fixed training items of ``data`` (EQ off)."""
     from musicssl.key.config import TrainConfig
-    from musicssl.key.lightning import KeyDataModule
-    from musicssl.key.train import prepare_data
+    from musicssl.key.train import training_set
 
     config = TrainConfig.from_yaml(config_path, {"data": data, "eq_db": 0.0, "val_fraction": 0.0,
                                                  "cache_dir": cache_dir, "out": tempfile.mkdtemp(),
                                                  "progress": False})
-    prepared = prepare_data(config, log=lambda *a: None)
-    dataset = KeyDataModule(config, prepared.train, prepared.val, prepared.cache).train_set
+    dataset = training_set(config, log=lambda *a: None)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(dataset), min(len(dataset), n_items), replace=False)
     return config, [dataset[int(i)] for i in chosen]

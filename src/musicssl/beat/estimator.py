@@ -104,7 +104,13 @@ def polarity_reference(bpm: float = 100.0, seconds: float = 12.0) -> tuple[np.nd
 PRETEXT_READOUT = {"combine": "mean", "rescale": True, "tracker_params": dict(ONSET_DBN_PARAMS)}
 
 
-def calibrate_polarity(estimator: "BeatEstimator") -> dict[str, int]:
+def reference_features(estimator: "BeatEstimator") -> tuple:
+    """``estimator``'s network inputs (percussive, non-percussive features) for the signal of
+    :func:`polarity_reference`: what :func:`calibrate_polarity` and :func:`calibrate_lag` read."""
+    return estimator.features(*estimator.separate(polarity_reference()[0]))
+
+
+def calibrate_polarity(estimator: "BeatEstimator", features: tuple | None = None) -> dict[str, int]:
     """Sign of the networks' response to beats (+1: peaks at beats, -1: dips), one for both.
 
     A time-centred pretext loss cannot tell the outputs from their mirror images
@@ -114,10 +120,11 @@ def calibrate_polarity(estimator: "BeatEstimator") -> dict[str, int]:
     given to both. (The non-percussive output's response to that signal's
     sustained tones is no guide: measured alone, it came out negative for some
     checkpoints of one run and not for others, and the mean of two outputs of
-    opposite signs has no beat left; docs/MODEL_CARD_zerons.md.)
+    opposite signs has no beat left; docs/MODEL_CARD_zerons.md.) ``features``: the
+    reference's :func:`reference_features`, when already computed.
     """
-    x, beats = polarity_reference()
-    p, _ = estimator.network_outputs(*estimator.features(*estimator.separate(x)))
+    _, beats = polarity_reference()
+    p, _ = estimator.network_outputs(*(features if features is not None else reference_features(estimator)))
     frames = np.round(beats * FPS).astype(int)
     near = np.unique(np.clip(np.concatenate([frames + d for d in (-1, 0, 1, 2)]), 0, len(p) - 1))
     z = (p - p.mean()) / (p.std() + 1e-9)
@@ -133,16 +140,19 @@ def shift_activation(act: np.ndarray, lag: int) -> np.ndarray:
     return act[idx]
 
 
-def calibrate_lag(estimator: "BeatEstimator", max_lag: int = 24) -> int:
+def calibrate_lag(estimator: "BeatEstimator", max_lag: int = 24, features: tuple | None = None) -> int:
     """Frames by which the combined activation peaks after the beats of :func:`polarity_reference`.
 
     The synchrony loss leaves a common delay of both outputs free; this
-    measures it once per model (cross-correlation with the beat train).
+    measures it once per model (cross-correlation with the beat train). ``features``: the
+    reference's :func:`reference_features`, when already computed.
     """
-    x, beats = polarity_reference()
+    _, beats = polarity_reference()
+    if features is None:
+        features = reference_features(estimator)
     saved, estimator.lag_frames = estimator.lag_frames, 0
     try:
-        act = estimator.combine_outputs(*estimator.network_outputs(*estimator.features(*estimator.separate(x))))
+        act = estimator.combine_outputs(*estimator.network_outputs(*features))
     finally:
         estimator.lag_frames = saved
     frames = np.round(beats * FPS).astype(int)

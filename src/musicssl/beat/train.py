@@ -26,7 +26,13 @@ import torch
 from musicssl.beat.checkpoint import read_training_checkpoint, save_zerons_model
 from musicssl.beat.config import PretrainConfig
 from musicssl.beat.data import ClipDataset, ClipSettings
-from musicssl.beat.estimator import PRETEXT_READOUT, BeatEstimator, calibrate_lag, calibrate_polarity
+from musicssl.beat.estimator import (
+    PRETEXT_READOUT,
+    BeatEstimator,
+    calibrate_lag,
+    calibrate_polarity,
+    reference_features,
+)
 from musicssl.beat.lightning import _print_callback, make_module
 from musicssl.beat.model import ZeroNS
 from musicssl.beat.separation import get_separator
@@ -160,9 +166,7 @@ def model_polarity(model: ZeroNS, config: PretrainConfig,
     ``musicssl.gpu_job.zerons_reference_features`` where no separator runs); None: computed."""
 
     est = BeatEstimator(model.eval(), separator=get_separator(config.separator))
-    if reference is not None:
-        est.separate = lambda samples: (None, None)
-        est.features = lambda p, a: reference
+    features = reference if reference is not None else reference_features(est)      # computed once for both
     if config.center_outputs:
-        est.polarity = calibrate_polarity(est)
-    return {**est.polarity, "lag_frames": calibrate_lag(est)}
+        est.polarity = calibrate_polarity(est, features)
+    return {**est.polarity, "lag_frames": calibrate_lag(est, features=features)}

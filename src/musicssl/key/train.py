@@ -247,6 +247,13 @@ def _init_weights(module: KeyTrainingModule, path: str) -> None:
         raise ConfigError(f"{path}: its network does not match the training's architecture: {exc}") from exc
 
 
+def training_set(config: TrainConfig, log=print):
+    """The dataset a run of ``config`` draws its training items from (scan, split, feature
+    cache as :func:`prepare_data`), without training: for diagnostics on training batches."""
+    data = prepare_data(config, log=log)
+    return KeyDataModule(config, data.train, data.val, data.cache).train_set
+
+
 def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print) -> dict:
     """Run a whole training; returns a summary (paths, steps, calibration, last metrics)."""
     if config.threads:
