@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -126,7 +127,11 @@ def fit_triad(weights: np.ndarray) -> tuple[int, tuple[int, ...]]:
 
 
 def read_tune(score) -> Tune:
-    """Melody (top line), chords (symbols or fitted triads) and metre of a music21 score."""
+    """Melody (top line), chords (symbols or fitted triads) and metre of a music21 score.
+
+    A score of two or more parts takes its melody from the first (top) part and fits its triads to the
+    notes of every part; a one-line tune fits them to its melody.
+    """
     from music21 import harmony, meter, stream
 
     if isinstance(score, stream.Opus):
@@ -138,8 +143,11 @@ def read_tune(score) -> Tune:
     numerator = int(ts.numerator)
     compound = ts.denominator == 8 and numerator % 3 == 0 and numerator > 3
     beat_q = 1.5 if compound else float(4 / ts.denominator) if ts.denominator <= 4 else 1.0
+    # several parts (a chorale, a quartet): the melody is the top part, the harmony is fitted to all
+    parts = list(score.parts) if hasattr(score, "parts") else []
+    top = parts[0].flatten() if len(parts) >= 2 else flat
     tops: dict[float, Note] = {}
-    for n in flat.notes:
+    for n in top.notes:
         if isinstance(n, harmony.ChordSymbol):
             continue
         start, dur = float(n.offset), float(n.quarterLength)
@@ -149,6 +157,11 @@ def read_tune(score) -> Tune:
         if start not in tops or pitch > tops[start].pitch:
             tops[start] = Note(start, dur, pitch)
     melody = [tops[k] for k in sorted(tops)]
+    harmony_notes = melody
+    if len(parts) >= 2:
+        harmony_notes = [Note(float(n.offset), float(n.quarterLength), p.midi) for n in flat.notes
+                         if not isinstance(n, harmony.ChordSymbol) and float(n.quarterLength) > 0
+                         for p in n.pitches]
     if len(melody) < 8:
         raise RenderError("fewer than 8 melody notes")
     length_q = max(n.start + n.dur for n in melody)
@@ -168,7 +181,7 @@ def read_tune(score) -> Tune:
         t = 0.0
         while t < length_q:
             weights = np.zeros(12)
-            for n in melody:
+            for n in harmony_notes:
                 overlap = min(n.start + n.dur, t + window) - max(n.start, t)
                 if overlap > 0:
                     weights[n.pitch % 12] += overlap
@@ -505,6 +518,64 @@ def write_manifest(out: Path) -> list[dict]:
     return rows
 
 
+_BWV_IN_TITLE = re.compile(r"\(BWV\s*([^)]*)\)", re.IGNORECASE)
+_BWV_IN_ID = re.compile(r"bwv(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def _title_words(text: str, words: int = 3) -> str:
+    """First ``words`` words of a title, lower case, accents, entities and punctuation removed."""
+    import html
+    import unicodedata
+
+    plain = unicodedata.normalize("NFKD", html.unescape(text)).encode("ascii", "ignore").decode()
+    return " ".join(re.findall(r"[a-z]+", plain.lower())[:words])
+
+
+def excluded_chorales(manifests: list[Path]) -> tuple[set[str], set[str]]:
+    """Bach chorales named in manifests: ``(BWV numbers such as '38.6', first words of their titles)``.
+
+    An evaluation set may hold chorales of another edition (dev-synth: C. Sapp's, ids ``bach370__chorNNN``,
+    titles ``"Aus tiefer Not schrei ich zu dir (BWV 38/6)"``); music21's own chorales (``bach/bwv38.6``)
+    are then matched by BWV number and, for other harmonisations of the same hymn tune, by title.
+    """
+    numbers: set[str] = set()
+    titles: set[str] = set()
+    for manifest in manifests:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                title, piece = row.get("title") or "", row.get("piece_id") or ""
+                found = _BWV_IN_TITLE.search(title)
+                if found:
+                    numbers.update(n.replace("/", ".") for n in re.findall(r"\d+(?:/\d+)?", found.group(1)))
+                    titles.add(_title_words(title[:found.start()]))
+                if piece.startswith("bach"):
+                    numbers.update(_BWV_IN_ID.findall(piece))
+    titles.discard("")
+    return numbers, titles
+
+
+@functools.lru_cache(maxsize=1)
+def _chorale_titles() -> dict[str, str]:
+    """music21's chorale list: BWV number (``'38.6'``) → first words of the hymn's title."""
+    from music21.corpus import chorales
+
+    return {str(k): _title_words(v.get("title") or "") for k, v in chorales.ChoraleListRKBWV().byBWV.items()}
+
+
+def _is_excluded_chorale(candidate: Candidate, numbers: set[str], titles: set[str]) -> bool:
+    """Whether a music21 ``bach`` piece is a chorale (or a harmonisation of a hymn) named in the exclusions."""
+    if not numbers and not titles:
+        return False
+    found = _BWV_IN_ID.search(candidate.path.stem)
+    if candidate.collection != "bach" or not found:
+        return False
+    number = found.group(1)
+    if number in numbers:
+        return True
+    title = _chorale_titles().get(number) or _chorale_titles().get(number.split(".")[0])
+    return bool(title) and title in titles
+
+
 def candidate_pool(collections: list[str], exclude: list[Path], seed: int) -> tuple[list[Candidate], int]:
     """Shuffled (by ``seed``) ABC/kern/MusicXML pieces of the music21 corpus minus the excluded ids."""
     import music21
@@ -515,7 +586,9 @@ def candidate_pool(collections: list[str], exclude: list[Path], seed: int) -> tu
     if missing:
         raise SystemExit(f"music21 corpus collection(s) not found: {', '.join(missing)}")
     excluded = {_SUFFIX.sub("", i) for i in excluded_ids(exclude)}
-    pool = [c for c in find_candidates(roots, {"abc", "krn", "xml"}) if c.piece_id not in excluded]
+    numbers, titles = excluded_chorales(list(exclude))
+    pool = [c for c in find_candidates(roots, {"abc", "krn", "xml"}) if c.piece_id not in excluded
+            and not _is_excluded_chorale(c, numbers, titles)]
     order = np.random.default_rng([seed, 1]).permutation(len(pool))
     return [pool[i] for i in order], len(excluded)
 
@@ -529,8 +602,13 @@ def find_soundfont(path: Path | None) -> Path:
 
 def run(out: Path, *, count: int, seed: int = 0, collections: list[str] = list(DEFAULT_COLLECTIONS),
         exclude: list[Path] = (), soundfont: Path | None = None, sr: int = 22050, min_seconds: float = 40.0,
-        max_seconds: float = 90.0, max_minutes: float | None = None, log=print) -> list[dict]:
-    """Render until ``count`` clips exist in ``out`` (or the time box ends); returns the manifest rows."""
+        max_seconds: float = 90.0, max_minutes: float | None = None, shard: tuple[int, int] = (0, 1),
+        log=print) -> list[dict]:
+    """Render until ``count`` clips exist in ``out`` (or the time box ends); returns the manifest rows.
+
+    ``shard=(k, n)`` takes only the pool's places ``i`` with ``i % n == k`` (and counts only their clips):
+    ``n`` processes with the same ``out`` and ``seed`` and ``k = 0 … n-1`` render one draw in parallel.
+    """
     import soundfile as sf
 
     from musicssl.evaluation.beat_annotations import format_beat_annotation
@@ -545,7 +623,12 @@ def run(out: Path, *, count: int, seed: int = 0, collections: list[str] = list(D
     (out / "beats").mkdir(parents=True, exist_ok=True)
     started = time.time()
     done = 0
+    shard_k, shard_n = shard
+    if not 0 <= shard_k < shard_n:
+        raise SystemExit(f"--shard {shard_k}/{shard_n}: need 0 <= K < N")
     for index, candidate in enumerate(pool):
+        if index % shard_n != shard_k:
+            continue
         if done >= count:
             break
         if max_minutes is not None and time.time() - started > 60 * max_minutes:
@@ -606,13 +689,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=40.0, help="short tunes are repeated up to this")
     ap.add_argument("--max-seconds", type=float, default=90.0, help="clips are cut to this")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shard", default="0/1", metavar="K/N",
+                    help="render only every N-th piece from the K-th (0-based; run K = 0 … N-1 in parallel "
+                         "with the same OUT, --seed and --count per shard)")
     args = ap.parse_args(argv)
+    try:
+        shard = tuple(int(x) for x in args.shard.split("/"))
+        assert len(shard) == 2
+    except (ValueError, AssertionError):
+        ap.error(f"--shard wants K/N, got {args.shard!r}")
     if not args.exclude:
         print("warning: no --exclude given; pass the labels.csv of every evaluation set", file=sys.stderr)
     run(args.out, count=args.count, seed=args.seed, collections=[c.strip() for c in args.collections.split(",")
                                                                   if c.strip()],
         exclude=args.exclude, soundfont=args.soundfont, sr=args.sr, min_seconds=args.min_seconds,
-        max_seconds=args.max_seconds, max_minutes=args.max_minutes,
+        max_seconds=args.max_seconds, max_minutes=args.max_minutes, shard=shard,
         log=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 

@@ -56,6 +56,47 @@ def test_compressor_reduces_loud_parts_only():
     assert render_band.rms_db(y[loud]) < render_band.rms_db(x[loud]) - 6
 
 
+def test_a_score_of_several_parts_takes_its_melody_from_the_top_part_and_its_chords_from_all():
+    from music21 import note, stream
+
+    soprano, bass = stream.Part(), stream.Part()
+    for pitch in ["E5", "E5", "D5", "E5"] * 3:           # the top part alone: E and D, no A
+        soprano.append(note.Note(pitch, quarterLength=1.0))
+    for pitch in ["A2", "A2", "A2", "A2"] * 3:           # the bass makes every bar A minor (A, C in alto)
+        bass.append(note.Note(pitch, quarterLength=1.0))
+    alto = stream.Part([note.Note("C4", quarterLength=4.0) for _ in range(3)])
+    score = stream.Score([soprano, alto, bass])
+    tune = render_band.read_tune(score)
+    assert [n.pitch for n in tune.melody] == [76, 76, 74, 76] * 3        # the soprano, not the other parts
+    assert tune.chord_source == "fitted"
+    assert {(root, pcs) for _, _, root, pcs in tune.chords} == {(9, (9, 0, 4))}
+
+
+def test_chorales_of_an_evaluation_set_are_matched_by_bwv_number_and_hymn_title(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,key,piece_id,title\n"
+                      "a.ogg,A minor,bach370__chor010,Aus tiefer Not schrei ich zu dir (BWV 38/6)\n"
+                      'b.ogg,D minor,bach370__chor047,"Vater unser im Himmelreich (BWV 245/5 & 416)"\n'
+                      "c.ogg,A minor,bach__bwv277__krn,25. Christ lag in Todesbanden\n"
+                      "d.ogg,E minor,oneills1850__x__X1,A reel\n")
+    numbers, titles = render_band.excluded_chorales([labels])
+    assert numbers == {"38.6", "245.5", "416", "277"}
+    assert titles == {"aus tiefer not", "vater unser im"}
+
+    def chorale(stem):
+        return render_band.Candidate("bach", Path(f"/corpus/bach/{stem}.mxl"), None, f"bach__{stem}", stem,
+                                     None, "musicxml <key><mode>")
+
+    assert render_band._is_excluded_chorale(chorale("bwv38.6"), numbers, titles)
+    assert render_band._is_excluded_chorale(chorale("bwv416"), numbers, titles)
+    # another harmonisation of an excluded hymn tune (BWV 90.5 is "Vater unser im Himmelreich" in
+    # music21's chorale list) is excluded by its title; an unrelated chorale is not
+    assert render_band._chorale_titles()["90.5"] == "vater unser im"
+    assert render_band._is_excluded_chorale(chorale("bwv90.5"), numbers, titles)
+    assert not render_band._is_excluded_chorale(chorale("bwv1.6"), numbers, titles)
+    assert not render_band._is_excluded_chorale(chorale("bwv1.6"), set(), set())
+
+
 @needs_fluidsynth
 def test_one_clip_has_every_stem_and_a_produced_level():
     pool, _ = render_band.candidate_pool(COLLECTION, [], seed=0)
@@ -122,6 +163,14 @@ def test_run_writes_an_unlabelled_manifest_excludes_pieces_and_resumes(tmp_path)
     assert again == rows
     other, _ = sf.read(tmp_path / "again" / listed[0]["path"])
     assert np.allclose(other, audio, atol=1e-4)
+    # shards: two processes of one draw take alternate pieces, and together give the whole draw
+    kwargs.update(exclude=[])
+    odd = render_band.run(tmp_path / "shards", shard=(1, 2), **kwargs)
+    assert [r["piece_id"] for r in odd] == [pool[1].piece_id]
+    both = render_band.run(tmp_path / "shards", shard=(0, 2), **kwargs)
+    assert [r["piece_id"] for r in both] == [pool[0].piece_id, pool[1].piece_id]
+    with pytest.raises(SystemExit, match="shard"):
+        render_band.run(tmp_path / "bad", shard=(2, 2), **kwargs)
 
 
 def test_band_render_keys_reads_the_editors_key_for_diagnostics_only(tmp_path):
