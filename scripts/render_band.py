@@ -1,7 +1,7 @@
 """Render band-like UNLABELED audio for self-supervised key training.
 
 Real compositions (tunes of the music21 corpus: ABC folk collections, some with
-chord symbols) are arranged as a small band and synthesised with FluidSynth and
+chord symbols; ``--collections bach`` for the chorales) are arranged as a small band and synthesised with FluidSynth and
 a General MIDI soundfont, one stem at a time:
 
 * **melody** — the tune's top line on a voice patch (choir aahs, voice oohs,
