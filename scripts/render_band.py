@@ -1,8 +1,9 @@
 """Render band-like UNLABELED audio for self-supervised key training.
 
 Real compositions (tunes of the music21 corpus: ABC folk collections, some with
-chord symbols; ``--collections bach`` for the chorales) are arranged as a small band and synthesised with FluidSynth and
-a General MIDI soundfont, one stem at a time:
+chord symbols; ``--collections bach`` for the Bach chorales) are arranged as a
+small band and synthesised with FluidSynth and a General MIDI soundfont, one
+stem at a time:
 
 * **melody** — the tune's top line on a voice patch (choir aahs, voice oohs,
   synth voice, voice lead) or a lead instrument (sax, trumpet, square/saw
@@ -693,11 +694,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="render only every N-th piece from the K-th (0-based; run K = 0 … N-1 in parallel "
                          "with the same OUT, --seed and --count per shard)")
     args = ap.parse_args(argv)
-    try:
-        shard = tuple(int(x) for x in args.shard.split("/"))
-        assert len(shard) == 2
-    except (ValueError, AssertionError):
+    fields = args.shard.split("/")
+    if len(fields) != 2 or not all(f.strip().isdigit() for f in fields):
         ap.error(f"--shard wants K/N, got {args.shard!r}")
+    shard = (int(fields[0]), int(fields[1]))
     if not args.exclude:
         print("warning: no --exclude given; pass the labels.csv of every evaluation set", file=sys.stderr)
     run(args.out, count=args.count, seed=args.seed, collections=[c.strip() for c in args.collections.split(",")

@@ -171,6 +171,8 @@ def test_run_writes_an_unlabelled_manifest_excludes_pieces_and_resumes(tmp_path)
     assert [r["piece_id"] for r in both] == [pool[0].piece_id, pool[1].piece_id]
     with pytest.raises(SystemExit, match="shard"):
         render_band.run(tmp_path / "bad", shard=(2, 2), **kwargs)
+    with pytest.raises(SystemExit):
+        render_band.main([str(tmp_path / "bad"), "--shard", "1-2"])
 
 
 def test_band_render_keys_reads_the_editors_key_for_diagnostics_only(tmp_path):
