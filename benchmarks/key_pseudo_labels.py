@@ -21,7 +21,13 @@ For each labelled clip (crop offset 0, whole clip, model in eval mode):
   ``thirds`` and ``triads`` rules vote over the batch);
 * whether the network's own mode (its calibrated major row against its minor
   row, same crop) makes the same errors as the ``thirds`` rule: how often the
-  two agree, and how often each is right where they agree and where not.
+  two agree, and how often each is right where they agree and where not;
+* the ceiling of profile rules on the decision the network's mode row makes
+  (major key or its relative minor): given the *true* key signature, how often
+  the power profile alone picks the right one of the two (tonic louder, or the
+  major triad's fifth louder than the minor triad's root). A network trained
+  on such labels can learn them exactly (see the agreement above), so this
+  bounds what more steps on them can give.
 
 With ``--training-config CONFIG`` it also draws training batches (from that
 config's feature cache, as in training) and prints which column-to-tonic
@@ -64,7 +70,7 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     pc0 = int(cqt_bin_pitch_class(0))
     offsets = {"major": np.zeros(12, int), "minor": np.zeros(12, int)}
     agree, n = np.zeros(12), 0
-    columns, powers, majors, network_major = [], [], [], []
+    columns, powers, majors, network_major, tonics = [], [], [], [], []
     major_row = estimator.calibration["row_modes"].index("major")
     ceiling = {"log-CQT": 0, "magnitude": 0, "power": 0}
     for item in items[:limit]:
@@ -86,13 +92,35 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
         columns.append(s)
         powers.append(linear["power"])
         majors.append(key.is_major)
+        tonics.append(tonic)
         network_major.append(bool(p[major_row].sum() > p[1 - major_row].sum()))
         n += 1
     return {"n": n, "offsets": offsets, "agreement": agree / n, "ceiling": {k: v / n for k, v in ceiling.items()},
             "rules": rule_agreement(np.array(columns), np.array(powers), np.array(majors)),
             "network_vs_rule": network_rule_overlap(np.array(columns), np.array(powers), np.array(majors),
                                                     np.array(network_major)),
-            "shift_flip": shift_flip(np.array(columns), np.array(powers))}
+            "shift_flip": shift_flip(np.array(columns), np.array(powers)),
+            "relative_pair": relative_pair_ceiling(np.array(powers), np.array(tonics), np.array(majors))}
+
+
+def relative_pair_ceiling(profiles: np.ndarray, tonics: np.ndarray, majors: np.ndarray) -> dict[str, float]:
+    """Share of clips whose mode a profile rule gets right when the key signature is known.
+
+    ``profiles``: ``(N, 12)``; ``tonics``: ``(N,)`` true tonics in the same frame;
+    ``majors``: ``(N,)`` bool. With ``R`` the relative major's tonic (the tonic, or 3
+    above a minor tonic) the rules say major iff ``"tonic"``: ``c[R] > c[R − 3]``;
+    ``"triad"``: the major triad on ``R`` sounds more than the minor triad on ``R − 3``
+    (they share two notes, so ``c[R + 7] > c[R − 3]``).
+    """
+    if len(tonics) == 0:
+        return {"tonic": float("nan"), "triad": float("nan")}
+    rows = np.arange(len(tonics))
+    relative = np.where(majors, tonics, tonics + 3) % 12
+
+    def c(offset: int) -> np.ndarray:
+        return profiles[rows, (relative + offset) % 12]
+
+    return {"tonic": float(((c(0) > c(-3)) == majors).mean()), "triad": float(((c(7) > c(-3)) == majors).mean())}
 
 
 def _one_hot(columns) -> torch.Tensor:
@@ -224,6 +252,8 @@ def main(argv=None) -> int:
         print(f"  network's mode vs the thirds rule (all clips one batch): right {o['network']:.2f} vs "
               f"{o['rule']:.2f}, agree on {o['agree']:.2f}; right where they agree {o['right_where_agree']:.2f}; "
               f"where not: rule {o['rule_right_where_not']:.2f}, network {o['network_right_where_not']:.2f}")
+        print("  major vs relative minor given the true key signature (power profile): "
+              + ", ".join(f"{k} rule {v:.2f}" for k, v in r["relative_pair"].items()))
     return 0
 
 

@@ -50,6 +50,24 @@ def test_network_and_rule_overlap_counts():
     assert o["rule_right_where_not"] == pytest.approx(1.0) and o["network_right_where_not"] == pytest.approx(0.0)
 
 
+def test_relative_pair_ceiling_reads_the_true_signature():
+    # C major (tonic 0) and A minor (tonic 9) share a signature; relative major tonic 0 for both
+    profiles = np.full((3, 12), 0.05)
+    profiles[0, [0, 4, 7]] = 1.0                 # C major triad: C > A and G > A
+    profiles[1, [9, 0, 4]] = 1.0                 # A minor triad with A loudest: A > C and A > G
+    profiles[1, 9] = 1.5
+    profiles[2, [2, 6, 9]] = 1.0                 # D major clip (tonic 2), labelled minor B (tonic 11)
+    tonics, majors = np.array([0, 9, 11]), np.array([True, False, False])
+    r = kpl.relative_pair_ceiling(profiles, tonics, majors)
+    # clip 2: R = 2; tonic rule D (1.0) > B (0.05) → says major, wrong; triad rule A (1.0) > B → major, wrong
+    assert r["tonic"] == pytest.approx(2 / 3) and r["triad"] == pytest.approx(2 / 3)
+    profiles[2, 11] = 2.0                        # now B sounds most: both rules say minor
+    r = kpl.relative_pair_ceiling(profiles, tonics, majors)
+    assert r == {"tonic": 1.0, "triad": 1.0}
+    empty = kpl.relative_pair_ceiling(np.zeros((0, 12)), np.zeros(0, int), np.zeros(0, bool))
+    assert all(np.isnan(v) for v in empty.values())
+
+
 def test_shift_flip_counts_labels_that_change_between_the_two_best_shifts():
     # column 0 everywhere; pitch class 0 sounds most (shift 0), pitch class 7 next (shift 7)
     profiles = np.full((4, 12), 0.05)
