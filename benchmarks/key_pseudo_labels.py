@@ -20,8 +20,9 @@ For each labelled clip (crop offset 0, whole clip, model in eval mode):
   applied to random batches of 32 of these clips, as in training (the
   ``thirds`` and ``triads`` rules vote over the batch);
 * whether the network's own mode (its calibrated major row against its minor
-  row, same crop) makes the same errors as the ``thirds`` rule: how often the
-  two agree, and how often each is right where they agree and where not;
+  row, same crop) makes the same errors as the ``thirds`` rule and as the
+  SPEC's rule (``authors``, log-CQT profile): how often they agree, and how
+  often each is right where they agree and where not;
 * the ceiling of profile rules on the decision the network's mode row makes
   (major key or its relative minor): given the *true* key signature, how often
   the power profile alone picks the right one of the two (tonic louder, or the
@@ -70,7 +71,7 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
     pc0 = int(cqt_bin_pitch_class(0))
     offsets = {"major": np.zeros(12, int), "minor": np.zeros(12, int)}
     agree, n = np.zeros(12), 0
-    columns, powers, majors, network_major, tonics = [], [], [], [], []
+    columns, powers, logs, majors, network_major, tonics = [], [], [], [], [], []
     major_row = estimator.calibration["row_modes"].index("major")
     ceiling = {"log-CQT": 0, "magnitude": 0, "power": 0}
     for item in items[:limit]:
@@ -91,6 +92,7 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
             ceiling[name] += (profile[(tonic + 4) % 12] > profile[(tonic + 3) % 12]) == key.is_major
         columns.append(s)
         powers.append(linear["power"])
+        logs.append(c)
         majors.append(key.is_major)
         tonics.append(tonic)
         network_major.append(bool(p[major_row].sum() > p[1 - major_row].sum()))
@@ -99,6 +101,8 @@ def diagnose(checkpoint: str, items, limit: int) -> dict:
             "rules": rule_agreement(np.array(columns), np.array(powers), np.array(majors)),
             "network_vs_rule": network_rule_overlap(np.array(columns), np.array(powers), np.array(majors),
                                                     np.array(network_major)),
+            "network_vs_spec_rule": network_rule_overlap(np.array(columns), np.array(logs), np.array(majors),
+                                                         np.array(network_major), rule_name="authors"),
             "shift_flip": shift_flip(np.array(columns), np.array(powers)),
             "relative_pair": relative_pair_ceiling(np.array(powers), np.array(tonics), np.array(majors))}
 
@@ -140,11 +144,12 @@ def shift_flip(columns: np.ndarray, profiles: np.ndarray) -> tuple[int, int, flo
 
 
 def network_rule_overlap(columns: np.ndarray, profiles: np.ndarray, majors: np.ndarray,
-                         network_major: np.ndarray) -> dict[str, float]:
-    """The network's mode ``network_major`` ``(N,)`` against the ``thirds`` rule over all ``N``
-    clips as one batch: agreement, and the share of right answers where they agree / differ."""
+                         network_major: np.ndarray, rule_name: str = "thirds") -> dict[str, float]:
+    """The network's mode ``network_major`` ``(N,)`` against the pseudo-label rule ``rule_name``
+    (:data:`losses.PSEUDO_LABEL_RULES`) over all ``N`` clips as one batch: agreement, and the
+    share of right answers where they agree / differ."""
     y = _one_hot(columns)
-    rule = losses.thirds_pseudo_labels(y, y, torch.as_tensor(profiles).float()).numpy() > 0.5
+    rule = losses.PSEUDO_LABEL_RULES[rule_name](y, y, torch.as_tensor(profiles).float()).numpy() > 0.5
     same = rule == network_major
 
     def share(mask: np.ndarray, right: np.ndarray) -> float:
@@ -248,10 +253,11 @@ def main(argv=None) -> int:
         first, second, flip = r["shift_flip"]
         print(f"  thirds labels (power profile) that differ between the two best shifts {first} and {second}: "
               f"{flip:.2f}")
-        o = r["network_vs_rule"]
-        print(f"  network's mode vs the thirds rule (all clips one batch): right {o['network']:.2f} vs "
-              f"{o['rule']:.2f}, agree on {o['agree']:.2f}; right where they agree {o['right_where_agree']:.2f}; "
-              f"where not: rule {o['rule_right_where_not']:.2f}, network {o['network_right_where_not']:.2f}")
+        for name, o in (("the thirds rule (power profile)", r["network_vs_rule"]),
+                        ("the SPEC's rule c[s] > c[s+3] (log-CQT profile)", r["network_vs_spec_rule"])):
+            print(f"  network's mode vs {name}, all clips one batch: right {o['network']:.2f} vs "
+                  f"{o['rule']:.2f}, agree on {o['agree']:.2f}; right where they agree {o['right_where_agree']:.2f}; "
+                  f"where not: rule {o['rule_right_where_not']:.2f}, network {o['network_right_where_not']:.2f}")
         print("  major vs relative minor given the true key signature (power profile): "
               + ", ".join(f"{k} rule {v:.2f}" for k, v in r["relative_pair"].items()))
     return 0

@@ -48,6 +48,9 @@ def test_network_and_rule_overlap_counts():
     assert o["agree"] == pytest.approx(0.75)                     # items 0, 1 and 3
     assert o["right_where_agree"] == pytest.approx(2 / 3)        # item 1 is minor
     assert o["rule_right_where_not"] == pytest.approx(1.0) and o["network_right_where_not"] == pytest.approx(0.0)
+    # the SPEC's rule reads c[s] > c[s + 3] at the column (0): C (1.0) > Eb (0.5 for items 2, 3) → all major
+    spec = kpl.network_rule_overlap(columns, profiles, majors, network, rule_name="authors")
+    assert spec["rule"] == pytest.approx(0.25) and spec["agree"] == pytest.approx(0.75)
 
 
 def test_relative_pair_ceiling_reads_the_true_signature():
