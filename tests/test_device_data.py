@@ -114,6 +114,30 @@ def test_key_bank_file_round_trip(tmp_path):
         KeyBank.load(tmp_path / "junk.safetensors")
 
 
+
+def test_key_bank_uint8_file_keeps_each_track_within_a_quarter_decibel(tmp_path):
+    from musicssl.key.device_data import CODE_RANGE_DB
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.uniform(-60, 12, (FE.n_bins, 50)), rng.uniform(-100, -30, (FE.n_bins, 20))]
+    arrays[0][0, 0] = 12.0                      # track 0 peaks at 12 dB: -115 dB lies below its coded range
+    arrays[0][1, 1] = -115.0
+    bank = KeyBank.from_arrays([a.astype(np.float16) for a in arrays], FE.to_dict(), ["A minor", None])
+    small = bank.save(tmp_path / "u8.safetensors", storage="uint8").stat().st_size
+    exact = bank.save(tmp_path / "f16.safetensors").stat().st_size
+    assert small < 0.55 * exact
+    back = KeyBank.load(tmp_path / "u8.safetensors")
+    assert back.db.dtype == torch.float16 and back.ids == bank.ids and back.tonic.tolist() == [9, -1]
+    error = (back.db.float() - bank.db.float()).abs()
+    floor0 = 12.0 - CODE_RANGE_DB
+    assert float(back.db[1, 1]) == pytest.approx(floor0, abs=0.1)          # clipped to the track's floor
+    error[1, 1] = 0.0
+    assert float(error.max()) <= 0.5 * CODE_RANGE_DB / 255 + 0.07          # half a step (+ float16 rounding)
+    assert torch.equal(KeyBank.load(tmp_path / "f16.safetensors").db, bank.db)
+    with pytest.raises(ConfigError, match="storage"):
+        bank.save(tmp_path / "x.safetensors", storage="int4")
+
+
 # --------------------------------------------------------------------------- ZeroNS clips
 def _clip_bank():
     from musicssl.beat.device_data import ClipBank
@@ -159,3 +183,16 @@ def test_clip_bank_round_trip(tmp_path):
     assert back.seconds == pytest.approx(1600 / 62.5)
     with pytest.raises(ConfigError):
         ClipBank.load(tmp_path / "missing.safetensors")
+
+
+def test_clip_bank_uint8_file_is_half_the_size_and_within_half_a_step(tmp_path):
+    from musicssl.beat.device_data import CODE_SPAN, ClipBank
+
+    bank = _clip_bank()
+    exact = bank.save(tmp_path / "f16.safetensors").stat().st_size
+    back = ClipBank.load(bank.save(tmp_path / "u8.safetensors", storage="uint8"))
+    assert (tmp_path / "u8.safetensors").stat().st_size < 0.55 * exact
+    assert torch.equal(back.rms, bank.rms) and back.ids == bank.ids
+    error = (back.feats.float() - bank.feats.float()).abs()
+    assert float(error.max()) <= 0.5 * CODE_SPAN / 255 + 0.01          # the normal features span < 16
+    assert torch.equal(back.feats[..., 900:], bank.feats[..., 900:])   # a constant track comes back exactly

@@ -36,6 +36,17 @@ def test_rehearsal_smallest_form(caches, tmp_path):
     assert rows[0].startswith("model") and any(r.startswith("skey,") for r in rows)
     key_result, beat_result = gpu_job_rehearsal.load_models(out, wav)
     assert key_result[0]["key"] and "beats" in beat_result[0]
+    # the learning curve: every kept step comes back calibrated, the last one equal to the exported model
+    from musicssl.gpu_job import export_curve
+    from musicssl.key.checkpoint import load_key_model
+
+    written = export_curve(out, tmp_path / "curve", log=lambda *_: None)
+    steps = [load_key_model(p).provenance["global_step"] for p in written]
+    assert steps == sorted(steps) and steps[-1] == gpu_job_rehearsal.global_step(out / "skey_state.ckpt")
+    last, final = load_key_model(written[-1]), load_key_model(out / "skey.safetensors")
+    assert last.calibration == final.calibration
+    for name, value in final.model.state_dict().items():
+        assert torch.equal(last.model.state_dict()[name], value)
 
 
 def test_pack_is_keyed_by_content_and_respects_the_size_limit(caches, tmp_path):
@@ -73,6 +84,27 @@ def test_pack_is_keyed_by_content_and_respects_the_size_limit(caches, tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         pack(tmp_path / "bad", key_cache=str(key_cache), beat_cache=str(beat_cache), key_set=["lr"],
              log=lambda *_: None)
+
+
+def test_pack_takes_several_key_sources_once_each(caches, tmp_path):
+    import json
+
+    from musicssl.gpu_job import pack
+    from musicssl.key.device_data import KeyBank
+
+    _, key_cache, beat_cache, _ = caches
+    paths = sorted(json.loads((key_cache / "index.json").read_text())["tracks"])
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("path,key\n" + "".join(f"{p},C major\n" for p in paths[:5]))
+    second.write_text("path\n" + "".join(f"{p}\n" for p in paths[3:]))
+    manifest = pack(tmp_path / "p", key_cache=[str(key_cache), str(key_cache)], key_manifest=[str(first), str(second)],
+                    beat_cache=str(beat_cache), max_mib=2.5, key_seconds=18.0, log=lambda *_: None)
+    assert manifest["key"]["sources"] == 2 and manifest["key"]["tracks"] == len(paths) == 8
+    bank = KeyBank.load(tmp_path / "p" / "data" / "key_bank.safetensors")
+    assert sorted(bank.tonic.tolist()) == [-1, -1, -1, 0, 0, 0, 0, 0]      # tracks 3, 4 from the first source
+    with pytest.raises(ConfigError, match="one per cache"):
+        pack(tmp_path / "q", key_cache=[str(key_cache), str(key_cache)], key_manifest=[str(first)],
+             beat_cache=str(beat_cache), log=lambda *_: None)
 
 
 def test_zerons_export_on_precomputed_reference_matches_the_separating_export(tmp_path):

@@ -7,8 +7,8 @@ lightning, numpy, scipy, safetensors and pyyaml at the other end::
     DIR/run.sh                      the job: bash run.sh [--minutes 8.5]  (results in $OUT)
     DIR/src/musicssl/               this package (without the shipped models and examples)
     DIR/configs/skey.yaml, zerons.yaml   training settings (configs/gpu_job_*.yaml + --key-set/--beat-set)
-    DIR/data/key_bank.safetensors   key features: CQT dB of the middle --key-seconds of each track
-    DIR/data/zerons_bank.safetensors ZeroNS features: separated log-VQT + percussive RMS
+    DIR/data/key_bank.safetensors   key features: CQT dB of the middle --key-seconds of each track (uint8 codes)
+    DIR/data/zerons_bank.safetensors ZeroNS features: separated log-VQT (uint8 codes) + percussive RMS
     DIR/data/zerons_reference.npz   VQT of the ZeroNS polarity/lag calibration signal (no HPSS there)
     DIR/state/*.ckpt                training state returned by an earlier slot (--state), if any
     DIR/wheels/*.whl                only with --wheel (the training path imports no audio library)
@@ -21,7 +21,9 @@ deadline, samples GPU utilisation (``nvidia-smi``; "n/a" without it),
 calibrates and exports both models and leaves at most 8 files in ``$OUT``:
 ``skey.safetensors``, ``zerons.safetensors``, ``skey_state.ckpt``,
 ``zerons_state.ckpt`` (pass that folder to the next ``pack --state``),
-``job.log``, ``metrics.csv``, ``report.md``. See docs/training.md.
+``skey_curve.safetensors`` (S-KEY weights at :data:`SNAPSHOT_STEPS`; back here,
+``curve`` calibrates each into a model to score), ``job.log``, ``metrics.csv``,
+``report.md``. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ MIB = 2 ** 20
 #: what the GPU image lacks; the training path must not import them (enforced in the children)
 ABSENT_PACKAGES = ("soundfile", "soxr", "librosa", "mir_eval", "av", "mutagen")
 OUT_FILES = ("skey.safetensors", "zerons.safetensors", "skey_state.ckpt", "zerons_state.ckpt",
-             "job.log", "metrics.csv", "report.md")
+             "skey_curve.safetensors", "job.log", "metrics.csv", "report.md")
+#: global steps at which the S-KEY child keeps the weights it would export (25·2^(k/2), and the last
+#: step): a learning curve from one slot, calibrated and scored here afterwards (``curve``)
+SNAPSHOT_STEPS = frozenset(round(25 * 2 ** (k / 2)) for k in range(48))
+CURVE_FORMAT, CURVE_VERSION = "musicssl.key-curve", 1
 MAX_OUT_FILE = 16 * MIB
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,24 +110,43 @@ def zerons_reference_features(separator: str = "hpss") -> tuple:
     return (np.asarray(vqt_features(frontend, perc), np.float32), np.asarray(vqt_features(frontend, rest), np.float32))
 
 
-def _key_tracks(cache, manifest: str | None, val_fraction: float, seed: int):
-    if manifest:
-        tracks = [t for t in read_manifest(manifest)]
-        for t in tracks:
-            t.path = str(Path(t.path).resolve())
-    else:
-        tracks = [Track(path=p) for p in sorted(cache.index["tracks"])]
-    tracks = [t for t in tracks if t.path in cache]
-    train, val = split_tracks(tracks, val_fraction, seed)
-    return train + val, ["train"] * len(train) + ["val"] * len(val)
+def _key_sources(caches: Sequence[str], manifests: Sequence[str], frontend, val_fraction: float, seed: int):
+    """Arrays, keys and splits of the cached key tracks of every ``(cache, manifest)`` source
+    (a source without a manifest takes its whole cache), each source split by track; a track
+    (audio path) in two sources is taken from the first."""
+    if manifests and len(manifests) != len(caches):
+        raise ConfigError(f"{len(manifests)} --key-manifest for {len(caches)} --key-cache: give one per cache "
+                          "or none")
+    arrays, keys, split, seen = [], [], [], set()
+    for i, root in enumerate(caches):
+        cache = FeatureCache(root, frontend)
+        if manifests:
+            tracks = list(read_manifest(manifests[i]))
+            for t in tracks:
+                t.path = str(Path(t.path).resolve())
+        else:
+            tracks = [Track(path=p) for p in sorted(cache.index["tracks"])]
+        train, val = split_tracks([t for t in tracks if t.path in cache], val_fraction, seed)
+        for t, part in [(t, "train") for t in train] + [(t, "val") for t in val]:
+            if t.path not in seen:
+                seen.add(t.path)
+                arrays.append(cache.array(t.path))
+                keys.append(t.key)
+                split.append(part)
+    return arrays, keys, split
 
 
-def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | None = None,
+def pack(out: str | Path, *, key_cache: str | Sequence[str] | None = None,
+         key_manifest: str | Sequence[str] | None = None,
          beat_cache: str | None = None, state: str | None = None, max_mib: float = 56.0,
          key_seconds: float = 32.0, key_config: str | None = None, beat_config: str | None = None,
          key_set: Sequence[str] = (), beat_set: Sequence[str] = (), wheels: Sequence[str] = (),
          log=print) -> dict:
-    """Write the job folder ``out`` (see the module docstring); returns its manifest."""
+    """Write the job folder ``out`` (see the module docstring); returns its manifest.
+
+    ``key_cache``: one or more ``musicssl train`` feature caches; ``key_manifest``: none,
+    or one manifest per cache naming the tracks to take from it.
+    """
     import numpy as np
     import yaml
 
@@ -161,31 +186,33 @@ def pack(out: str | Path, *, key_cache: str | None = None, key_manifest: str | N
                         "-d", str(out / "wheels"), *wheels], check=True)
     budget = int(max_mib * MIB) - _folder_bytes(out) - 64 * 1024          # room for MANIFEST.json
     # key bank: the middle key_seconds of every cached track, fewer seconds if it would take > 60 % of the room
-    cache = FeatureCache(key_cache, key_cfg.frontend())
-    tracks, split = _key_tracks(cache, key_manifest, key_cfg.val_fraction, key_cfg.seed)
-    if not tracks:
-        raise ConfigError(f"no cached key tracks in {key_cache}")
+    caches = [key_cache] if isinstance(key_cache, str) else list(key_cache)
+    manifests = [key_manifest] if isinstance(key_manifest, str) else list(key_manifest or [])
     fe = key_cfg.frontend()
+    arrays, keys, split = _key_sources(caches, manifests, fe, key_cfg.val_fraction, key_cfg.seed)
+    if not arrays:
+        raise ConfigError(f"no cached key tracks in {', '.join(caches)}")
     fps = fe.frame_rate
-    bytes_per_second = len(tracks) * fe.n_bins * 2 * fps
+    bytes_per_second = len(arrays) * fe.n_bins * fps           # uint8 codes: one byte per bin and frame
     seconds = min(key_seconds, 0.6 * budget / bytes_per_second)
     if seconds < key_cfg.segment_seconds:
-        raise ConfigError(f"{len(tracks)} key tracks at >= {key_cfg.segment_seconds} s each do not fit "
+        raise ConfigError(f"{len(arrays)} key tracks at >= {key_cfg.segment_seconds} s each do not fit "
                           f"in {max_mib} MiB; raise --max-mib or pack fewer tracks")
-    key_bank = KeyBank.from_cache(cache, tracks, split, max_seconds=seconds)
-    key_bank.save(out / "data" / "key_bank.safetensors")
+    key_bank = KeyBank.from_arrays(arrays, fe.to_dict(), keys, split, max_seconds=seconds)
+    key_bank.save(out / "data" / "key_bank.safetensors", storage="uint8")
     budget -= (out / "data" / "key_bank.safetensors").stat().st_size
-    # ZeroNS bank: the rest of the room (2 x 96 float16 features + 1 float16 RMS per frame)
-
-    zerons_seconds = (budget - 8192) / (2 * 96 * 2 + 2) / FPS
+    # ZeroNS bank: the rest of the room (2 x 96 uint8 feature codes + 1 float16 RMS per frame)
+    zerons_seconds = (budget - 8192) / (2 * 96 + 2) / FPS
     if zerons_seconds < 2 * beat_cfg.clip_seconds:
         raise ConfigError(f"no room left for ZeroNS features in {max_mib} MiB")
     clip_bank = ClipBank.from_cache(beat_cache, beat_cfg.max_seconds_per_track, zerons_seconds)
-    clip_bank.save(out / "data" / "zerons_bank.safetensors")
+    clip_bank.save(out / "data" / "zerons_bank.safetensors", storage="uint8")
     manifest = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "key": {"tracks": len(key_bank), "val_tracks": key_bank.split.count("val"),
+        "key": {"sources": len(caches), "tracks": len(key_bank), "val_tracks": key_bank.split.count("val"),
                 "seconds_per_track": round(seconds, 1), "hours": round(float(key_bank.lengths.sum()) / fps / 3600, 3),
+                # a track shorter than two segments gives overlapping segments A and B (short_tracks)
+                "segment_overlap_s": round(max(0.0, 2 * key_cfg.segment_seconds - seconds), 1),
                 "hop_length": fe.hop_length},
         "zerons": {"tracks": len(clip_bank), "hours": round(clip_bank.seconds / 3600, 3), "width": beat_cfg.width},
         "state": carried, "wheels": sorted(p.name for p in (out / "wheels").glob("*.whl")) if wheels else [],
@@ -341,7 +368,7 @@ def _collect(pack_dir: Path, work: Path, out: Path, codes: dict, sampler: Utilis
         if not state.is_file():            # training ended but the export did not finish: keep the state
             state = work / model / "run" / "checkpoints" / "last.ckpt"
         for src, name in ((work / model / "export.safetensors", f"{model}.safetensors"),
-                          (state, f"{model}_state.ckpt")):
+                          (state, f"{model}_state.ckpt"), (work / model / "curve.safetensors", f"{model}_curve.safetensors")):
             if src.is_file():
                 if src.stat().st_size > MAX_OUT_FILE:
                     say(f"{name} is {src.stat().st_size / MIB:.1f} MiB > 16 MiB: not returned")
@@ -446,6 +473,66 @@ def _job_meter(deadline: float, items_of):
     return JobMeter()
 
 
+def _snapshots(path: Path):
+    import lightning.pytorch as pl
+
+    class Snapshots(pl.Callback):
+        """Keeps the weights the model would export at the global steps of :data:`SNAPSHOT_STEPS`
+        and at the end of training, rewriting ``path`` (:func:`save_curve`) each time: a
+        process killed at the budget still leaves the curve so far."""
+
+        def __init__(self):
+            self.states: dict[int, dict] = {}
+
+        def _keep(self, step: int, pl_module) -> None:
+            if step not in self.states:
+                self.states[step] = {k: v.detach().to("cpu", copy=True)
+                                     for k, v in pl_module.final_model.state_dict().items()}
+                save_curve(path, self.states)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step in SNAPSHOT_STEPS:
+                self._keep(trainer.global_step, pl_module)
+
+        def on_train_end(self, trainer, pl_module):
+            if trainer.global_step > 0:
+                self._keep(trainer.global_step, pl_module)
+
+    return Snapshots()
+
+
+def save_curve(path: Path, states: dict[int, dict]) -> Path:
+    """One ``.safetensors`` file of state dicts by global step (tensor ``"{step}/{name}"``)."""
+    from musicssl.io.model_file import write_tensor_file
+
+    tensors = {f"{step}/{name}": t for step, state in states.items() for name, t in state.items()}
+    return write_tensor_file(path, tensors, CURVE_FORMAT, CURVE_VERSION, {"steps": sorted(states)})
+
+
+def export_curve(out: str | Path, dest: str | Path, log=print) -> list[Path]:
+    """Calibrate and write every snapshot of a returned ``$OUT`` (``skey_curve.safetensors``, with
+    the architecture and front end of ``skey.safetensors``) as ``dest/skey_step{step:07d}.safetensors``."""
+    from musicssl.io.model_file import read_tensor_file
+    from musicssl.key.calibration import calibrate_model
+    from musicssl.key.checkpoint import load_key_model, save_key_model
+
+    out, dest = Path(out), Path(dest)
+    final = load_key_model(out / "skey.safetensors")
+    tensors, info = read_tensor_file(out / "skey_curve.safetensors", CURVE_FORMAT, CURVE_VERSION,
+                                     "musicssl key learning curve")
+    written = []
+    for step in info["steps"]:
+        prefix = f"{step}/"
+        final.model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        calibration = calibrate_model(final.model.eval(), final.frontend_config)
+        path = save_key_model(dest / f"skey_step{int(step):07d}.safetensors", final.model, final.frontend_config,
+                              calibration, {**final.provenance, "global_step": int(step),
+                                            "snapshot_of": str(out / "skey_curve.safetensors")})
+        log(f"step {step}: {path} (reference accuracy {calibration['reference_accuracy']:.2f})")
+        written.append(path)
+    return written
+
+
 def child(model: str, pack_dir: Path, work: Path, deadline: float, device: str, threads: int) -> int:
     """Train one model of the pack until ``deadline`` (epoch seconds), export, write ``job_summary.json``."""
     _block_absent_packages()
@@ -475,7 +562,8 @@ def _train_key(pack_dir: Path, work: Path, deadline: float, device: str, started
     config.data, config.cache_dir, config.val_manifest, config.derive_cache_from = [], None, None, None
     config.max_minutes = None
     meter = _job_meter(deadline, lambda batch: int(batch["k"].shape[0]))
-    result = train(config, callbacks=[meter], log=lambda text: print(text, flush=True))
+    result = train(config, callbacks=[meter, _snapshots(work / "curve.safetensors")],
+                   log=lambda text: print(text, flush=True))
     shutil.copyfile(work / "run" / "checkpoints" / "last.ckpt", work / "state.ckpt")
     shutil.copyfile(work / "run" / "model.safetensors", work / "export.safetensors")
     return {**meter.summary(_TrainerView(result["global_step"]), started), "resumed_from_state": state.is_file(),
@@ -534,9 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     pk = sub.add_parser("pack", help="write the self-contained job folder")
     pk.add_argument("--out", required=True, metavar="DIR")
-    pk.add_argument("--key-cache", "--cache", dest="key_cache", metavar="DIR",
+    pk.add_argument("--key-cache", "--cache", dest="key_cache", metavar="DIR", action="append",
                     help="key feature cache (cache_dir of musicssl train)")
-    pk.add_argument("--key-manifest", metavar="CSV", help="tracks (and split column) to take from the key cache")
+    pk.add_argument("--key-manifest", metavar="CSV", action="append",
+                    help="tracks to take from the key cache; repeatable, one per --key-cache")
     pk.add_argument("--beat-cache", metavar="DIR", help="ZeroNS feature cache (musicssl train-beats --cache)")
     pk.add_argument("--state", metavar="DIR", help="a returned $OUT: continue its training state")
     pk.add_argument("--max-mib", type=float, default=56.0)
@@ -547,6 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pk.add_argument("--beat-set", action="append", default=[], metavar="KEY=VALUE", help="override a ZeroNS setting")
     pk.add_argument("--wheel", action="append", default=[], metavar="REQ",
                     help="download a py3.12 manylinux wheel into the pack (not needed for training)")
+    cv = sub.add_parser("curve", help="calibrate and write the S-KEY snapshots of a returned $OUT (here, on CPU)")
+    cv.add_argument("returned", metavar="OUT", help="a returned $OUT folder (skey.safetensors, skey_curve.safetensors)")
+    cv.add_argument("--out", required=True, metavar="DIR", help="where the skey_step*.safetensors go")
     rn = sub.add_parser("run", help="run a packed job (what run.sh calls)")
     rn.add_argument("--pack", required=True, metavar="DIR")
     rn.add_argument("--out", required=True, metavar="DIR")
@@ -572,6 +664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = run(args.pack, args.out, args.minutes, args.device, args.threads, args.export_reserve)
             failed = [m for m, s in summary["models"].items() if "error" in s]
             return 1 if failed else 0
+        elif args.command == "curve":
+            export_curve(args.returned, args.out)
         else:
             return child(args.model, Path(args.pack), Path(args.work), args.deadline, args.device, args.threads)
     except MusicsslError as exc:

@@ -27,10 +27,17 @@ import torch
 from musicssl.beat.data import load_cache_entries
 from musicssl.beat.frontend import FPS
 from musicssl.errors import ConfigError
-from musicssl.io.model_file import read_tensor_file, write_tensor_file
+from musicssl.io.model_file import (
+    decode_below_peak,
+    encode_below_peak,
+    read_tensor_file,
+    write_tensor_file,
+)
 
 BANK_FORMAT = "musicssl.zerons-bank"
-BANK_VERSION = 1
+BANK_VERSION = 2                 # 2: the features may be stored as uint8 codes ("storage" in the metadata)
+#: natural-log units a uint8-coded bank keeps below each track's peak (70 dB; steps of 0.063)
+CODE_SPAN = 16.0
 
 
 @dataclass
@@ -107,17 +114,26 @@ class ClipBank:
             total += seconds
         return cls.from_arrays(feats, rms, {"settings": index.get("settings"), "separator": index.get("separator")})
 
-    def save(self, path: str | Path) -> Path:
-        """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-
-        return write_tensor_file(path, {"feats": self.feats, "rms": self.rms, "starts": self.starts,
-                                        "lengths": self.lengths}, BANK_FORMAT, BANK_VERSION,
-                                 {"ids": self.ids, "info": self.info})
+    def save(self, path: str | Path, storage: str = "float16") -> Path:
+        """One ``.safetensors`` file (tensors + JSON metadata), written atomically. ``storage``:
+        ``"float16"`` (exact) or ``"uint8"`` (half the size: log-VQT coded in steps of 0.063 below
+        each track's peak, :func:`musicssl.io.model_file.encode_below_peak`)."""
+        tensors = {"rms": self.rms, "starts": self.starts, "lengths": self.lengths}
+        if storage == "float16":
+            tensors["feats"] = self.feats
+        elif storage == "uint8":
+            tensors["feat_codes"], tensors["feat_peak"] = encode_below_peak(self.feats, self.lengths, CODE_SPAN)
+        else:
+            raise ConfigError(f"ZeroNS bank storage must be float16 or uint8, got {storage!r}")
+        return write_tensor_file(path, tensors, BANK_FORMAT, BANK_VERSION,
+                                 {"ids": self.ids, "info": self.info, "storage": storage})
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "ClipBank":
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl ZeroNS clip bank")
-        return cls(t["feats"], t["rms"], t["starts"], t["lengths"], info["ids"], info["info"]).to(device)
+        feats = (t["feats"] if info.get("storage") == "float16"
+                 else decode_below_peak(t["feat_codes"], t["feat_peak"], t["lengths"], CODE_SPAN))
+        return cls(feats, t["rms"], t["starts"], t["lengths"], info["ids"], info["info"]).to(device)
 
 
 class DeviceClipLoader:

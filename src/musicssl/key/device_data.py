@@ -21,7 +21,10 @@ Batches have the keys and shapes of the DataLoader path's (``views``,
 ``profile``, ``k``, ``o``, ``o2``, ``index``, ``labelled``,
 ``tonic_column``, ``is_major``), so the training step is the same.
 A bank is saved as one ``.safetensors`` file keyed by content (no audio
-paths), which is what the packed GPU job carries (:mod:`musicssl.gpu_job`).
+paths), which is what the packed GPU job carries (:mod:`musicssl.gpu_job`);
+``storage="uint8"`` halves the file (decibels coded in 0.47 dB steps below each
+track's peak, :func:`musicssl.io.model_file.encode_below_peak`), so a pack of
+fixed size carries twice the music.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ import torch
 
 from musicssl.dsp.cqt import compress_db
 from musicssl.errors import ConfigError
-from musicssl.io.model_file import read_tensor_file, write_tensor_file
+from musicssl.io.model_file import (
+    decode_below_peak,
+    encode_below_peak,
+    read_tensor_file,
+    write_tensor_file,
+)
 from musicssl.key.dataset import (
     MAX_CROP_OFFSET,
     EpochSampler,
@@ -48,7 +56,9 @@ from musicssl.key.dataset import (
 from musicssl.keys import cqt_bin_pitch_class, parse_key
 
 BANK_FORMAT = "musicssl.key-bank"
-BANK_VERSION = 1
+BANK_VERSION = 2                 # 2: the decibels may be stored as uint8 codes ("storage" in the metadata)
+#: decibels a uint8-coded bank keeps below each track's peak (the cache floors at −100 dB, peaks are ~10 dB)
+CODE_RANGE_DB = 120.0
 
 
 #: pitch class of CQT bins 0..15 (the crop offsets)
@@ -145,17 +155,26 @@ class KeyBank:
                                [t.key for t in tracks], splits, max_seconds)
 
     # -- files
-    def save(self, path: str | Path) -> Path:
-        """One ``.safetensors`` file (tensors + JSON metadata), written atomically."""
-
-        return write_tensor_file(path, {"db": self.db, "starts": self.starts, "lengths": self.lengths,
-                                        "tonic": self.tonic, "is_major": self.is_major}, BANK_FORMAT, BANK_VERSION,
-                                 {"ids": self.ids, "split": self.split, "frontend": self.frontend})
+    def save(self, path: str | Path, storage: str = "float16") -> Path:
+        """One ``.safetensors`` file (tensors + JSON metadata), written atomically. ``storage``:
+        ``"float16"`` (exact) or ``"uint8"`` (half the size; codes below each track's peak)."""
+        tensors = {"starts": self.starts, "lengths": self.lengths, "tonic": self.tonic, "is_major": self.is_major}
+        if storage == "float16":
+            tensors["db"] = self.db
+        elif storage == "uint8":
+            tensors["db_codes"], tensors["db_peak"] = encode_below_peak(self.db, self.lengths, CODE_RANGE_DB)
+        else:
+            raise ConfigError(f"key bank storage must be float16 or uint8, got {storage!r}")
+        return write_tensor_file(path, tensors, BANK_FORMAT, BANK_VERSION,
+                                 {"ids": self.ids, "split": self.split, "frontend": self.frontend,
+                                  "storage": storage})
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "KeyBank":
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl key bank")
-        return cls(t["db"], t["starts"], t["lengths"], t["tonic"], t["is_major"], info["ids"], info["split"],
+        db = (t["db"] if info.get("storage") == "float16"
+              else decode_below_peak(t["db_codes"], t["db_peak"], t["lengths"], CODE_RANGE_DB))
+        return cls(db, t["starts"], t["lengths"], t["tonic"], t["is_major"], info["ids"], info["split"],
                    info["frontend"]).to(device)
 
 
