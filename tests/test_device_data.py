@@ -134,7 +134,7 @@ def test_key_bank_uint8_file_keeps_each_track_within_a_quarter_decibel(tmp_path)
     error[1, 1] = 0.0
     assert float(error.max()) <= 0.5 * CODE_RANGE_DB / 255 + 0.07          # half a step (+ float16 rounding)
     assert torch.equal(KeyBank.load(tmp_path / "f16.safetensors").db, bank.db)
-    with pytest.raises(ConfigError, match="storage"):
+    with pytest.raises(ConfigError, match="storage must be"):
         bank.save(tmp_path / "x.safetensors", storage="int4")
 
 

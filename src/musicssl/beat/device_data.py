@@ -28,9 +28,9 @@ from musicssl.beat.data import load_cache_entries
 from musicssl.beat.frontend import FPS
 from musicssl.errors import ConfigError
 from musicssl.io.model_file import (
-    decode_below_peak,
-    encode_below_peak,
     read_tensor_file,
+    restored_features,
+    stored_features,
     write_tensor_file,
 )
 
@@ -118,21 +118,15 @@ class ClipBank:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically. ``storage``:
         ``"float16"`` (exact) or ``"uint8"`` (half the size: log-VQT coded in steps of 0.063 below
         each track's peak, :func:`musicssl.io.model_file.encode_below_peak`)."""
-        tensors = {"rms": self.rms, "starts": self.starts, "lengths": self.lengths}
-        if storage == "float16":
-            tensors["feats"] = self.feats
-        elif storage == "uint8":
-            tensors["feat_codes"], tensors["feat_peak"] = encode_below_peak(self.feats, self.lengths, CODE_SPAN)
-        else:
-            raise ConfigError(f"ZeroNS bank storage must be float16 or uint8, got {storage!r}")
+        tensors = {"rms": self.rms, "starts": self.starts, "lengths": self.lengths,
+                   **stored_features("feats", self.feats, self.lengths, CODE_SPAN, storage)}
         return write_tensor_file(path, tensors, BANK_FORMAT, BANK_VERSION,
                                  {"ids": self.ids, "info": self.info, "storage": storage})
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "ClipBank":
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl ZeroNS clip bank")
-        feats = (t["feats"] if info.get("storage") == "float16"
-                 else decode_below_peak(t["feat_codes"], t["feat_peak"], t["lengths"], CODE_SPAN))
+        feats = restored_features(t, "feats", t["lengths"], CODE_SPAN, info.get("storage"))
         return cls(feats, t["rms"], t["starts"], t["lengths"], info["ids"], info["info"]).to(device)
 
 

@@ -132,6 +132,30 @@ def decode_below_peak(codes: torch.Tensor, peaks: torch.Tensor, lengths: torch.T
     return (codes.float() * (span / 255.0) + floor).to(torch.float16)
 
 
+#: how a bank file may store its features: exactly, or as :func:`encode_below_peak` codes
+BANK_STORAGES = ("float16", "uint8")
+
+
+def stored_features(name: str, x: torch.Tensor, lengths: torch.Tensor, span: float,
+                    storage: str) -> dict[str, torch.Tensor]:
+    """The tensors a bank file holds for features ``x (..., N)`` of tracks of ``lengths (n,)`` frames:
+    ``{name: x}`` (``"float16"``) or ``{name_codes, name_peak}`` (``"uint8"``, ``span`` below each peak)."""
+    if storage == "float16":
+        return {name: x}
+    if storage == "uint8":
+        codes, peaks = encode_below_peak(x, lengths, span)
+        return {f"{name}_codes": codes, f"{name}_peak": peaks}
+    raise ConfigError(f"bank storage must be one of {', '.join(BANK_STORAGES)}, got {storage!r}")
+
+
+def restored_features(tensors: Mapping[str, torch.Tensor], name: str, lengths: torch.Tensor, span: float,
+                      storage: str) -> torch.Tensor:
+    """float16 features ``(..., N)`` from the tensors :func:`stored_features` wrote."""
+    if storage == "float16":
+        return tensors[name]
+    return decode_below_peak(tensors[f"{name}_codes"], tensors[f"{name}_peak"], lengths, span)
+
+
 def read_tensor_file(path: str | os.PathLike, kind: str, version: int, what: str) -> tuple[dict, dict]:
     """``(tensors, info)`` of a file written by :func:`write_tensor_file`; anything else
     raises ``ConfigError`` naming ``what`` (no pickle)."""

@@ -40,9 +40,9 @@ import torch
 from musicssl.dsp.cqt import compress_db
 from musicssl.errors import ConfigError
 from musicssl.io.model_file import (
-    decode_below_peak,
-    encode_below_peak,
     read_tensor_file,
+    restored_features,
+    stored_features,
     write_tensor_file,
 )
 from musicssl.key.dataset import (
@@ -158,13 +158,8 @@ class KeyBank:
     def save(self, path: str | Path, storage: str = "float16") -> Path:
         """One ``.safetensors`` file (tensors + JSON metadata), written atomically. ``storage``:
         ``"float16"`` (exact) or ``"uint8"`` (half the size; codes below each track's peak)."""
-        tensors = {"starts": self.starts, "lengths": self.lengths, "tonic": self.tonic, "is_major": self.is_major}
-        if storage == "float16":
-            tensors["db"] = self.db
-        elif storage == "uint8":
-            tensors["db_codes"], tensors["db_peak"] = encode_below_peak(self.db, self.lengths, CODE_RANGE_DB)
-        else:
-            raise ConfigError(f"key bank storage must be float16 or uint8, got {storage!r}")
+        tensors = {"starts": self.starts, "lengths": self.lengths, "tonic": self.tonic, "is_major": self.is_major,
+                   **stored_features("db", self.db, self.lengths, CODE_RANGE_DB, storage)}
         return write_tensor_file(path, tensors, BANK_FORMAT, BANK_VERSION,
                                  {"ids": self.ids, "split": self.split, "frontend": self.frontend,
                                   "storage": storage})
@@ -172,8 +167,7 @@ class KeyBank:
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> "KeyBank":
         t, info = read_tensor_file(path, BANK_FORMAT, BANK_VERSION, "musicssl key bank")
-        db = (t["db"] if info.get("storage") == "float16"
-              else decode_below_peak(t["db_codes"], t["db_peak"], t["lengths"], CODE_RANGE_DB))
+        db = restored_features(t, "db", t["lengths"], CODE_RANGE_DB, info.get("storage"))
         return cls(db, t["starts"], t["lengths"], t["tonic"], t["is_major"], info["ids"], info["split"],
                    info["frontend"]).to(device)
 
