@@ -136,6 +136,12 @@ def test_key_bank_uint8_file_keeps_each_track_within_a_quarter_decibel(tmp_path)
     assert torch.equal(KeyBank.load(tmp_path / "f16.safetensors").db, bank.db)
     with pytest.raises(ConfigError, match="storage must be"):
         bank.save(tmp_path / "x.safetensors", storage="int4")
+    from musicssl.io.model_file import restored_features
+
+    with pytest.raises(ConfigError, match="lacks the tensor"):
+        restored_features({"db": bank.db}, "db", bank.lengths, CODE_RANGE_DB, "uint8")
+    with pytest.raises(ConfigError, match="not one of"):
+        restored_features({"db": bank.db}, "db", bank.lengths, CODE_RANGE_DB, None)
 
 
 # --------------------------------------------------------------------------- ZeroNS clips

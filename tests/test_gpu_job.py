@@ -47,6 +47,11 @@ def test_rehearsal_smallest_form(caches, tmp_path):
     assert last.calibration == final.calibration
     for name, value in final.model.state_dict().items():
         assert torch.equal(last.model.state_dict()[name], value)
+    partial = tmp_path / "partial"                                          # a model but no curve
+    partial.mkdir()
+    (partial / "skey.safetensors").write_bytes((out / "skey.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="learning curve"):
+        export_curve(partial, tmp_path / "nothing", log=lambda *_: None)
 
 
 def test_pack_is_keyed_by_content_and_respects_the_size_limit(caches, tmp_path):

@@ -49,7 +49,7 @@ from musicssl.beat.estimator import polarity_reference
 from musicssl.beat.frontend import FPS, SAMPLE_RATE, ZeroNSFrontEnd, vqt_features
 from musicssl.beat.model import ZeroNS
 from musicssl.beat.separation import get_separator
-from musicssl.errors import ConfigError, MusicsslError
+from musicssl.errors import CheckpointError, ConfigError, MusicsslError
 from musicssl.io.atomic import atomic_open, atomic_write_text
 from musicssl.io.tracks import Track, read_manifest, split_tracks
 from musicssl.key.config import TrainConfig
@@ -368,7 +368,8 @@ def _collect(pack_dir: Path, work: Path, out: Path, codes: dict, sampler: Utilis
         if not state.is_file():            # training ended but the export did not finish: keep the state
             state = work / model / "run" / "checkpoints" / "last.ckpt"
         for src, name in ((work / model / "export.safetensors", f"{model}.safetensors"),
-                          (state, f"{model}_state.ckpt"), (work / model / "curve.safetensors", f"{model}_curve.safetensors")):
+                          (state, f"{model}_state.ckpt"),
+                          (work / model / "curve.safetensors", f"{model}_curve.safetensors")):   # S-KEY only
             if src.is_file():
                 if src.stat().st_size > MAX_OUT_FILE:
                     say(f"{name} is {src.stat().st_size / MIB:.1f} MiB > 16 MiB: not returned")
@@ -523,7 +524,10 @@ def export_curve(out: str | Path, dest: str | Path, log=print) -> list[Path]:
     written = []
     for step in info["steps"]:
         prefix = f"{step}/"
-        final.model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        try:
+            final.model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except RuntimeError as exc:
+            raise CheckpointError(f"{out}: step {step} of the curve does not fit skey.safetensors ({exc})") from exc
         calibration = calibrate_model(final.model.eval(), final.frontend_config)
         path = save_key_model(dest / f"skey_step{int(step):07d}.safetensors", final.model, final.frontend_config,
                               calibration, {**final.provenance, "global_step": int(step),

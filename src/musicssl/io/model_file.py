@@ -150,10 +150,16 @@ def stored_features(name: str, x: torch.Tensor, lengths: torch.Tensor, span: flo
 
 def restored_features(tensors: Mapping[str, torch.Tensor], name: str, lengths: torch.Tensor, span: float,
                       storage: str) -> torch.Tensor:
-    """float16 features ``(..., N)`` from the tensors :func:`stored_features` wrote."""
-    if storage == "float16":
-        return tensors[name]
-    return decode_below_peak(tensors[f"{name}_codes"], tensors[f"{name}_peak"], lengths, span)
+    """float16 features ``(..., N)`` from the tensors :func:`stored_features` wrote (``ConfigError``
+    for another storage or missing tensors)."""
+    try:
+        if storage == "float16":
+            return tensors[name]
+        if storage == "uint8":
+            return decode_below_peak(tensors[f"{name}_codes"], tensors[f"{name}_peak"], lengths, span)
+    except KeyError as exc:
+        raise ConfigError(f"bank file stored as {storage} lacks the tensor {exc}") from exc
+    raise ConfigError(f"bank file says its storage is {storage!r}, not one of {', '.join(BANK_STORAGES)}")
 
 
 def read_tensor_file(path: str | os.PathLike, kind: str, version: int, what: str) -> tuple[dict, dict]:
