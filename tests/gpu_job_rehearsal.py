@@ -5,7 +5,8 @@ drum + chord mixes from :mod:`beat_synth`), builds both feature caches with the
 project's own builders, packs them with ``python -m musicssl.gpu_job pack``
 (the GPU configs, made tiny with ``--key-set``/``--beat-set``), runs the packed
 ``run.sh`` on CPU, checks what ``$OUT`` holds, loads both exported models with
-``musicssl key --checkpoint`` and ``musicssl beats --checkpoint`` and, with
+``musicssl key --checkpoint`` and ``musicssl beats --checkpoint``, calibrates the
+returned S-KEY learning curve with ``python -m musicssl.gpu_job curve`` and, with
 ``--resume``, packs the returned state and runs a second slot that continues it.
 
     python tests/gpu_job_rehearsal.py [--minutes 0.75] [--resume] [--keep DIR]
@@ -138,6 +139,13 @@ def global_step(state: Path) -> int:
     return int(torch.load(str(state), map_location="cpu", weights_only=True)["global_step"])
 
 
+def curve_steps(out: Path, dest: Path) -> list[int]:
+    """``python -m musicssl.gpu_job curve`` on a returned ``$OUT``; the global steps of the models it wrote."""
+    subprocess.run([sys.executable, "-m", "musicssl.gpu_job", "curve", str(out), "--out", str(dest)], check=True,
+                   env=_python_env(), capture_output=True)
+    return sorted(int(p.stem.rsplit("step", 1)[1]) for p in dest.glob("skey_step*.safetensors"))
+
+
 def rehearse(root: Path, minutes: float = 0.75, resume: bool = False, log=print) -> dict:
     t0 = time.time()
     key_cache, beat_cache, wav = make_caches(root)
@@ -148,15 +156,20 @@ def rehearse(root: Path, minutes: float = 0.75, resume: bool = False, log=print)
     facts = check_out(out)
     facts["steps"] = [(global_step(out / "skey_state.ckpt"), global_step(out / "zerons_state.ckpt"))]
     load_models(out, wav)
+    facts["curve"] = [curve_steps(out, root / "curve-1")]
+    assert facts["curve"][0][-1] == facts["steps"][0][0], facts
     if resume:
         out2 = pack_and_run(root, key_cache, beat_cache, minutes, "2", state=out)
         check_out(out2)
         facts["steps"].append((global_step(out2 / "skey_state.ckpt"), global_step(out2 / "zerons_state.ckpt")))
         assert all(b > a for a, b in zip(*facts["steps"])), f"the second slot did not continue: {facts['steps']}"
         load_models(out2, wav)
+        facts["curve"].append(curve_steps(out2, root / "curve-2"))
+        assert facts["curve"][1][0] > facts["steps"][0][0], f"the second curve repeats the first: {facts['curve']}"
         facts["report2"] = (out2 / "report.md").read_text()
     facts["seconds"] = time.time() - t0
-    log(f"rehearsal passed in {facts['seconds']:.1f} s; global steps (S-KEY, ZeroNS) per slot: {facts['steps']}")
+    log(f"rehearsal passed in {facts['seconds']:.1f} s; global steps (S-KEY, ZeroNS) per slot: {facts['steps']}; "
+        f"S-KEY curve steps per slot: {facts['curve']}")
     return facts
 
 
