@@ -95,3 +95,34 @@ def test_released_checkpoint_calibrates_to_the_spec_mapping(shared_fixtures):
     found = calibrate_model(loaded.model, loaded.frontend_config)
     assert {k: found[k] for k in ("n_rows", "row_modes", "row_offsets")} == RELEASED
     assert found["reference_accuracy"] >= 0.9
+
+
+def test_reference_signal_parts_are_the_cadences_then_the_scale():
+    sr = 8000
+    key = Key(2, "minor")
+    whole, cadences, scale = (reference_signal(key, sr, parts=p)
+                              for p in (("cadences", "scale"), ("cadences",), ("scale",)))
+    assert len(cadences) == round(16 * 0.6 * sr) and len(scale) == 15 * round(0.3 * sr)
+    assert len(whole) == len(cadences) + len(scale)
+    # the whole signal is the two parts side by side (each part normalised on its own)
+    assert np.corrcoef(whole[:len(cadences)], cadences)[0, 1] > 0.999
+    assert np.corrcoef(whole[len(cadences):], scale)[0, 1] > 0.999
+    with pytest.raises(ValueError):
+        reference_signal(key, sr, parts=())
+
+
+def test_released_checkpoint_has_one_frame_on_every_reference_part(shared_fixtures):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from key_reference_parts import part_calibrations
+
+    from musicssl.key.checkpoint import load_key_model
+
+    loaded = load_key_model(shared_fixtures / "skey.pt")
+    found = part_calibrations(loaded.model, loaded.frontend_config)
+    assert set(found) == {"whole signal", "cadences", "scale"}
+    for calibration in found.values():
+        assert {k: calibration[k] for k in ("n_rows", "row_modes", "row_offsets")} == RELEASED
+        assert calibration["reference_accuracy"] >= 0.9

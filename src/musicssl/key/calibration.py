@@ -58,25 +58,31 @@ def _tone(midi: float, duration_s: float, sr: int, n_harmonics: int = 6) -> np.n
     return out * envelope
 
 
-def reference_signal(key: Key, sr: int = 22050, chord_s: float = 0.6, note_s: float = 0.3) -> np.ndarray:
-    """A signal in ``key``: four cadences with a bass line, then the scale up
-    and down, in harmonic tones. float32 (n,), peak 1, about 14 s."""
+def reference_signal(key: Key, sr: int = 22050, chord_s: float = 0.6, note_s: float = 0.3,
+                     parts: tuple[str, ...] = ("cadences", "scale")) -> np.ndarray:
+    """A signal in ``key``: four cadences with a bass line (``"cadences"``, 9.6 s), then the
+    scale up and down (``"scale"``, 4.5 s), in harmonic tones. float32 (n,), peak 1, about 14 s
+    with both parts (the calibration's signal)."""
     tonic_midi = 60 + (key.tonic if key.tonic < 6 else key.tonic - 12)  # C4 ± a fourth
     chords = _MAJOR_CADENCE if key.is_major else _MINOR_CADENCE
-    parts = []
-    for _ in range(4):
-        for chord, bass in zip(chords, _CADENCE_BASS):
-            frame = _tone(tonic_midi - 24 + bass, chord_s, sr)
-            for interval in chord:
-                frame = frame + _tone(tonic_midi + interval, chord_s, sr)
-            parts.append(frame)
-    if key.is_major:
-        scale = list(_MAJOR_SCALE) + list(reversed(_MAJOR_SCALE))[1:]
-    else:
-        scale = list(_MELODIC_MINOR_UP) + list(_NATURAL_MINOR_DOWN)[1:]
-    for step in scale:
-        parts.append(_tone(tonic_midi + step, note_s, sr))
-    signal = np.concatenate(parts)
+    pieces = []
+    if "cadences" in parts:
+        for _ in range(4):
+            for chord, bass in zip(chords, _CADENCE_BASS):
+                frame = _tone(tonic_midi - 24 + bass, chord_s, sr)
+                for interval in chord:
+                    frame = frame + _tone(tonic_midi + interval, chord_s, sr)
+                pieces.append(frame)
+    if "scale" in parts:
+        if key.is_major:
+            scale = list(_MAJOR_SCALE) + list(reversed(_MAJOR_SCALE))[1:]
+        else:
+            scale = list(_MELODIC_MINOR_UP) + list(_NATURAL_MINOR_DOWN)[1:]
+        for step in scale:
+            pieces.append(_tone(tonic_midi + step, note_s, sr))
+    if not pieces:
+        raise ValueError(f"reference_signal parts must include 'cadences' or 'scale', got {parts}")
+    signal = np.concatenate(pieces)
     return (signal / np.abs(signal).max()).astype(np.float32)
 
 

@@ -1,0 +1,83 @@
+"""Does a key model's calibration depend on which reference texture it is read from?
+
+SPEC §1.6 calibrates a model (which row is major, which column is which tonic)
+on one synthetic signal per key: four I–IV–V–I cadences with a bass line, then
+the scale up and down. This script calibrates each model three ways: on that
+signal, on its cadences alone and on its scale alone (each part repeated to
+14 s, the length of the whole signal), and prints the three calibrations and
+how many of the 24 reference signals each classifies right. A model whose
+frame is a property of the key agrees with itself on every part (the released
+checkpoint does); a model whose frame depends on texture may also be
+calibrated a fifth away from where music puts it (docs/training.md, "The
+frame drifts a fifth: calibration, not representation").
+
+    python benchmarks/key_reference_parts.py ../shared/fixtures/skey.pt src/musicssl/data/models/skey_band.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from musicssl.dsp.cqt import crop_bins, log_compress
+from musicssl.key.calibration import (
+    calibration_accuracy,
+    fit_calibration,
+    reference_keys,
+    reference_signal,
+)
+from musicssl.key.checkpoint import load_key_model
+from musicssl.key.features import magnitude_cqt
+
+#: the calibration's signal and its two parts
+PARTS = {"whole signal": ("cadences", "scale"), "cadences": ("cadences",), "scale": ("scale",)}
+
+
+def part_calibrations(model: torch.nn.Module, frontend, seconds: float = 14.0) -> dict[str, dict]:
+    """Calibration (``fit_calibration`` + ``"reference_accuracy"``) of ``model`` from each of :data:`PARTS`,
+    every part's signals repeated to at least ``seconds``."""
+    keys = reference_keys()
+    out = {}
+    for name, parts in PARTS.items():
+        signals = []
+        for key in keys:
+            x = reference_signal(key, frontend.sr, parts=parts)
+            signals.append(np.tile(x, int(np.ceil(seconds * frontend.sr / len(x)))))
+        n = min(len(x) for x in signals)
+        with torch.inference_mode():
+            mags = np.stack([magnitude_cqt(x[:n], frontend) for x in signals])
+            logcqt = log_compress(torch.as_tensor(mags)[:, None], frontend.top_db)
+            native = model.eval()(crop_bins(logcqt, 0, frontend.crop_bins)).float().numpy()
+        calibration = fit_calibration(native, keys)
+        calibration["reference_accuracy"] = calibration_accuracy(native, keys, calibration)
+        out[name] = calibration
+    return out
+
+
+def describe(calibration: dict) -> str:
+    """``major row r: column 0 = tonic a; minor row: b`` in words, with the reference accuracy."""
+    rows = {mode: (row, off) for row, (mode, off) in
+            enumerate(zip(calibration["row_modes"], calibration["row_offsets"]))}
+    text = "; ".join(f"{mode} row {row} from {off}" for mode, (row, off) in sorted(rows.items()))
+    return f"{text} ({100 * calibration['reference_accuracy']:.0f} % of 24)"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="key model checkpoints")
+    args = p.parse_args(argv)
+    for path in args.models:
+        loaded = load_key_model(path)
+        calibrations = part_calibrations(loaded.model, loaded.frontend_config)
+        frames = {(tuple(c["row_modes"]), tuple(c["row_offsets"])) for c in calibrations.values()}
+        print(f"{path}: {'one frame' if len(frames) == 1 else f'{len(frames)} different frames'}")
+        for name, calibration in calibrations.items():
+            print(f"  {name:13s} {describe(calibration)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
