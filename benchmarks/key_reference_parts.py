@@ -8,8 +8,8 @@ signal, on its cadences alone and on its scale alone (each part repeated to
 how many of the 24 reference signals each classifies right. A model whose
 frame is a property of the key agrees with itself on every part (the released
 checkpoint does); a model whose frame depends on texture may also be
-calibrated a fifth away from where music puts it (docs/training.md, "The
-frame drifts a fifth: calibration, not representation").
+calibrated a fifth away from where music puts it (docs/training.md,
+"Answers a fifth away").
 
     python benchmarks/key_reference_parts.py ../shared/fixtures/skey.pt src/musicssl/data/models/skey_band.safetensors
 """

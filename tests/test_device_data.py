@@ -114,7 +114,6 @@ def test_key_bank_file_round_trip(tmp_path):
         KeyBank.load(tmp_path / "junk.safetensors")
 
 
-
 def test_key_bank_uint8_file_keeps_each_track_within_a_quarter_decibel(tmp_path):
     from musicssl.key.device_data import CODE_RANGE_DB
 
