@@ -2,10 +2,11 @@
 
 SPEC §1.6 calibrates a model (which row is major, which column is which tonic)
 on one synthetic signal per key: four I–IV–V–I cadences with a bass line, then
-the scale up and down. This script calibrates each model three ways: on that
-signal, on its cadences alone and on its scale alone (each part repeated to
-14 s, the length of the whole signal), and prints the three calibrations and
-how many of the 24 reference signals each classifies right. A model whose
+the scale up and down. This script calibrates each model five ways: on that
+signal, on its cadences alone, on its scale alone (each part repeated to 14 s,
+the length of the whole signal) and on two draws of random diatonic chord
+progressions in the same keys (``progression_signal``), and prints the
+calibrations and how many of the 24 signals each classifies right. A model whose
 frame is a property of the key agrees with itself on every part (the released
 checkpoint does); a model whose frame depends on texture may also be
 calibrated a fifth away from where music puts it (docs/training.md,
@@ -26,14 +27,20 @@ from musicssl.dsp.cqt import crop_bins, log_compress
 from musicssl.key.calibration import (
     calibration_accuracy,
     fit_calibration,
+    progression_signal,
     reference_keys,
     reference_signal,
 )
 from musicssl.key.checkpoint import load_key_model
 from musicssl.key.features import magnitude_cqt
 
-#: the calibration's signal and its two parts
-PARTS = {"whole signal": ("cadences", "scale"), "cadences": ("cadences",), "scale": ("scale",)}
+#: the calibration's signal, its two parts, and random diatonic progressions (two draws)
+PARTS = {"whole signal": ("cadences", "scale"), "cadences": ("cadences",), "scale": ("scale",),
+         "progressions 0": 0, "progressions 1": 1}
+
+
+def _signal(key, sr: int, part) -> np.ndarray:
+    return progression_signal(key, sr, seed=part) if isinstance(part, int) else reference_signal(key, sr, parts=part)
 
 
 def part_calibrations(model: torch.nn.Module, frontend, seconds: float = 14.0) -> dict[str, dict]:
@@ -41,10 +48,10 @@ def part_calibrations(model: torch.nn.Module, frontend, seconds: float = 14.0) -
     every part's signals repeated to at least ``seconds``."""
     keys = reference_keys()
     out = {}
-    for name, parts in PARTS.items():
+    for name, part in PARTS.items():
         signals = []
         for key in keys:
-            x = reference_signal(key, frontend.sr, parts=parts)
+            x = _signal(key, frontend.sr, part)
             signals.append(np.tile(x, int(np.ceil(seconds * frontend.sr / len(x)))))
         n = min(len(x) for x in signals)
         with torch.inference_mode():

@@ -86,6 +86,33 @@ def reference_signal(key: Key, sr: int = 22050, chord_s: float = 0.6, note_s: fl
     return (signal / np.abs(signal).max()).astype(np.float32)
 
 
+# diatonic triads by scale degree, chord tones relative to the tonic (minor: harmonic minor's V)
+_MAJOR_TRIADS = {1: (0, 4, 7), 2: (2, 5, 9), 3: (4, 7, 11), 4: (5, 9, 12), 5: (7, 11, 14), 6: (9, 12, 16)}
+_MINOR_TRIADS = {1: (0, 3, 7), 3: (3, 7, 10), 4: (5, 8, 12), 5: (7, 11, 14), 6: (8, 12, 15), 7: (10, 14, 17)}
+
+
+def progression_signal(key: Key, sr: int = 22050, seed: int = 0, n_chords: int = 24,
+                       chord_s: float = 0.6) -> np.ndarray:
+    """A random diatonic chord progression in ``key``: I (i), ``n_chords − 3`` triads drawn
+    uniformly from the key's other degrees and the tonic, V–I (V–i); random inversions, the
+    root in the bass, harmonic tones. Another texture of known key than :func:`reference_signal`.
+    float32 (n,), peak 1, ``n_chords · chord_s`` s (14.4 s)."""
+    rng = np.random.default_rng([seed, key.tonic, int(key.is_major)])
+    triads = _MAJOR_TRIADS if key.is_major else _MINOR_TRIADS
+    tonic_midi = 60 + (key.tonic if key.tonic < 6 else key.tonic - 12)
+    degrees = [1, *rng.choice(list(triads), n_chords - 3), 5, 1]
+    parts = []
+    for degree in degrees:
+        chord = triads[int(degree)]
+        inversion = int(rng.integers(0, 3))
+        frame = _tone(tonic_midi - 24 + chord[0] % 12, chord_s, sr)
+        for i, interval in enumerate(chord):
+            frame = frame + _tone(tonic_midi + interval + (12 if i < inversion else 0), chord_s, sr)
+        parts.append(frame)
+    signal = np.concatenate(parts)
+    return (signal / np.abs(signal).max()).astype(np.float32)
+
+
 def reference_keys() -> list[Key]:
     """The 24 reference keys: C major and A minor in all 12 transpositions."""
     return [Key(t, "major") for t in range(12)] + [Key((9 + t) % 12, "minor") for t in range(12)]
