@@ -94,8 +94,9 @@ _MINOR_TRIADS = {1: (0, 3, 7), 3: (3, 7, 10), 4: (5, 8, 12), 5: (7, 11, 14), 6: 
 def progression_signal(key: Key, sr: int = 22050, seed: int = 0, n_chords: int = 24,
                        chord_s: float = 0.6) -> np.ndarray:
     """A random diatonic chord progression in ``key``: I (i), ``n_chords − 3`` triads drawn
-    uniformly from the key's other degrees and the tonic, V–I (V–i); random inversions, the
-    root in the bass, harmonic tones. Another texture of known key than :func:`reference_signal`.
+    uniformly from the key's six major and minor triads (no diminished one; minor: harmonic
+    minor's V), V–I (V–i); random inversions, the root in the bass, harmonic tones. Another
+    texture of known key than :func:`reference_signal`.
     float32 (n,), peak 1, ``n_chords · chord_s`` s (14.4 s)."""
     rng = np.random.default_rng([seed, key.tonic, int(key.is_major)])
     triads = _MAJOR_TRIADS if key.is_major else _MINOR_TRIADS
