@@ -23,16 +23,13 @@ import sys
 import numpy as np
 import torch
 
-from musicssl.dsp.cqt import crop_bins, log_compress
 from musicssl.key.calibration import (
-    calibration_accuracy,
-    fit_calibration,
+    calibrate_model,
     progression_signal,
     reference_keys,
     reference_signal,
 )
 from musicssl.key.checkpoint import load_key_model
-from musicssl.key.features import magnitude_cqt
 
 #: the calibration's signal, its two parts, and random diatonic progressions (two draws)
 PARTS = {"whole signal": ("cadences", "scale"), "cadences": ("cadences",), "scale": ("scale",),
@@ -44,23 +41,15 @@ def _signal(key, sr: int, part) -> np.ndarray:
 
 
 def part_calibrations(model: torch.nn.Module, frontend, seconds: float = 14.0) -> dict[str, dict]:
-    """Calibration (``fit_calibration`` + ``"reference_accuracy"``) of ``model`` from each of :data:`PARTS`,
-    every part's signals repeated to at least ``seconds``."""
-    keys = reference_keys()
+    """Calibration (``calibrate_model`` with ``"reference_accuracy"``) of ``model`` from each of
+    :data:`PARTS`, every part's signals repeated to at least ``seconds``."""
     out = {}
     for name, part in PARTS.items():
         signals = []
-        for key in keys:
+        for key in reference_keys():
             x = _signal(key, frontend.sr, part)
             signals.append(np.tile(x, int(np.ceil(seconds * frontend.sr / len(x)))))
-        n = min(len(x) for x in signals)
-        with torch.inference_mode():
-            mags = np.stack([magnitude_cqt(x[:n], frontend) for x in signals])
-            logcqt = log_compress(torch.as_tensor(mags)[:, None], frontend.top_db)
-            native = model.eval()(crop_bins(logcqt, 0, frontend.crop_bins)).float().numpy()
-        calibration = fit_calibration(native, keys)
-        calibration["reference_accuracy"] = calibration_accuracy(native, keys, calibration)
-        out[name] = calibration
+        out[name] = calibrate_model(model, frontend, signals=signals)
     return out
 
 

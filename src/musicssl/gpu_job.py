@@ -51,6 +51,7 @@ from musicssl.beat.model import ZeroNS
 from musicssl.beat.separation import get_separator
 from musicssl.errors import CheckpointError, ConfigError, MusicsslError
 from musicssl.io.atomic import atomic_open, atomic_write_text
+from musicssl.io.model_file import read_tensor_file, write_tensor_file
 from musicssl.io.tracks import Track, read_manifest, split_tracks
 from musicssl.key.config import TrainConfig
 from musicssl.key.dataset import FeatureCache
@@ -504,8 +505,6 @@ def _snapshots(path: Path):
 
 def save_curve(path: Path, states: dict[int, dict]) -> Path:
     """One ``.safetensors`` file of state dicts by global step (tensor ``"{step}/{name}"``)."""
-    from musicssl.io.model_file import write_tensor_file
-
     tensors = {f"{step}/{name}": t for step, state in states.items() for name, t in state.items()}
     return write_tensor_file(path, tensors, CURVE_FORMAT, CURVE_VERSION, {"steps": sorted(states)})
 
@@ -513,7 +512,6 @@ def save_curve(path: Path, states: dict[int, dict]) -> Path:
 def export_curve(out: str | Path, dest: str | Path, log=print) -> list[Path]:
     """Calibrate and write every snapshot of a returned ``$OUT`` (``skey_curve.safetensors``, with
     the architecture and front end of ``skey.safetensors``) as ``dest/skey_step{step:07d}.safetensors``."""
-    from musicssl.io.model_file import read_tensor_file
     from musicssl.key.calibration import calibrate_model
     from musicssl.key.checkpoint import load_key_model, save_key_model
 

@@ -210,14 +210,19 @@ def calibration_accuracy(native: np.ndarray, keys: list[Key], calibration: dict)
     return float(np.mean(hits))
 
 
-def calibrate(native_outputs: Callable[[np.ndarray, int], np.ndarray], sr: int = 22050) -> dict:
+def calibrate(native_outputs: Callable[[np.ndarray, int], np.ndarray], sr: int = 22050,
+              signals: list[np.ndarray] | None = None) -> dict:
     """Calibrate a model given ``native_outputs(waveforms (B, N), sr) -> (B, 12 * n_rows)``.
 
-    Returns the calibration dict plus ``"reference_accuracy"``: how many of the
-    24 reference signals the calibrated model then labels correctly.
+    ``signals``: one waveform per :func:`reference_keys` key (default: :func:`reference_signal`,
+    SPEC §1.6); longer ones are cut to the shortest. Returns the calibration dict plus
+    ``"reference_accuracy"``: how many of the 24 signals the calibrated model then labels correctly.
     """
     keys = reference_keys()
-    signals = [reference_signal(k, sr) for k in keys]
+    if signals is None:
+        signals = [reference_signal(k, sr) for k in keys]
+    if len(signals) != len(keys):
+        raise CalibrationError(f"expected {len(keys)} reference signals, got {len(signals)}")
     length = min(len(s) for s in signals)
     batch = np.stack([s[:length] for s in signals])
     native = np.asarray(native_outputs(batch, sr))
@@ -247,8 +252,10 @@ def cached_calibration(path: Path, loaded, device: str) -> dict:
     return calibration
 
 
-def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu") -> dict:
-    """Calibrate ``model`` (SPEC §1.6) with the package's reference signals."""
+def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu",
+                    signals: list[np.ndarray] | None = None) -> dict:
+    """Calibrate ``model`` (SPEC §1.6) with the package's reference signals (or ``signals``, see
+    :func:`calibrate`)."""
     from musicssl.key.calibration import calibrate
 
     model = model.to(device).eval()
@@ -259,4 +266,4 @@ def calibrate_model(model: torch.nn.Module, frontend_config, device: str = "cpu"
         logcqt = log_compress(torch.as_tensor(mags)[:, None].to(device), frontend_config.top_db)
         return model(crop_bins(logcqt, 0, frontend_config.crop_bins)).float().cpu().numpy()
 
-    return calibrate(native, frontend_config.sr)
+    return calibrate(native, frontend_config.sr, signals)
