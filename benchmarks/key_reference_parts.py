@@ -25,6 +25,7 @@ import torch
 
 from musicssl.key.calibration import (
     calibrate_model,
+    describe_frame,
     progression_signal,
     reference_keys,
     reference_signal,
@@ -54,11 +55,8 @@ def part_calibrations(model: torch.nn.Module, frontend, seconds: float = 14.0) -
 
 
 def describe(calibration: dict) -> str:
-    """``major row r: column 0 = tonic a; minor row: b`` in words, with the reference accuracy."""
-    rows = {mode: (row, off) for row, (mode, off) in
-            enumerate(zip(calibration["row_modes"], calibration["row_offsets"]))}
-    text = "; ".join(f"{mode} row {row} from {off}" for mode, (row, off) in sorted(rows.items()))
-    return f"{text} ({100 * calibration['reference_accuracy']:.0f} % of 24)"
+    """:func:`describe_frame` with the share of the 24 signals classified right."""
+    return f"{describe_frame(calibration)} ({100 * calibration['reference_accuracy']:.0f} % of 24)"
 
 
 def main(argv=None) -> int:

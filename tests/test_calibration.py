@@ -153,3 +153,81 @@ def test_progression_signal_is_diatonic_seeded_and_ends_on_the_tonic():
         chroma = np.bincount(pcs, weights=spectrum[ok], minlength=12)
         third = 4 if key.is_major else 3
         assert set(np.argsort(-chroma)[:3].tolist()) == {key.tonic, (key.tonic + third) % 12, (key.tonic + 7) % 12}
+
+
+def _fake_outputs(calibration, calls=None):
+    """``native_outputs`` of a fake model that answers every signal, in reference-key order,
+    where ``calibration`` puts its key (records the batch sizes it is called with)."""
+    def native(batch, sr):
+        if calls is not None:
+            calls.append(len(batch))
+        keys = reference_keys() * (len(batch) // 24)
+        return _native_for(keys, calibration)
+    return native
+
+
+def test_calibrate_takes_the_reference_keys_several_times_over():
+    from musicssl.key.calibration import calibrate
+
+    calls = []
+    signals = [np.zeros(100, np.float32)] * 48
+    found = calibrate(_fake_outputs(RELEASED, calls), 8000, signals)
+    assert calls == [48] and found["row_offsets"] == [9, 11] and found["reference_accuracy"] == 1.0
+    for wrong in (25, 0):
+        with pytest.raises(CalibrationError, match="multiple of 24"):
+            calibrate(_fake_outputs(RELEASED), 8000, [np.zeros(100, np.float32)] * wrong)
+
+
+def test_frame_check_flags_a_model_that_reads_progressions_a_fifth_away(monkeypatch):
+    from musicssl.key import calibration as cal
+
+    # the progressions themselves are tested above; a short stand-in keeps this test fast
+    monkeypatch.setattr(cal, "progression_signals",
+                        lambda sr, draws: tuple(np.zeros(64, np.float32) for _ in range(24 * len(draws))))
+    calls = []
+    same = cal.frame_check(_fake_outputs(RELEASED, calls), RELEASED, 8000)
+    assert calls == [48] and same["agrees"] is True
+    assert cal.same_frame(same["progressions"], RELEASED)
+
+    fifth = {**RELEASED, "row_offsets": [(9 + 7) % 12, 11]}     # the major row read a fifth above
+    moved = cal.frame_check(_fake_outputs(fifth), RELEASED, 8000)
+    assert moved["agrees"] is False and moved["progressions"]["row_offsets"] == [4, 11]
+    line = cal.describe_frame_check(moved, RELEASED)
+    assert "uncertain" in line and "major row 0 from A" in line and "major row 0 from E" in line
+    assert cal.describe_frame(RELEASED) == "major row 0 from A, minor row 1 from B"
+    assert "same frame" in cal.describe_frame_check(same, RELEASED)
+
+
+def test_progression_signals_are_every_key_draw_after_draw():
+    from musicssl.key.calibration import progression_signal, progression_signals
+
+    signals = progression_signals(8000, (0, 1))
+    assert len(signals) == 48
+    assert np.array_equal(signals[1], progression_signal(reference_keys()[1], 8000, seed=0))
+    assert np.array_equal(signals[24 + 13], progression_signal(reference_keys()[13], 8000, seed=1))
+
+
+def test_released_checkpoint_passes_the_frame_check(shared_fixtures):
+    from musicssl.key.calibration import calibrate_model, check_model_frame
+    from musicssl.key.checkpoint import load_key_model
+
+    loaded = load_key_model(shared_fixtures / "skey.pt")
+    calibration = calibrate_model(loaded.model, loaded.frontend_config)
+    check = check_model_frame(loaded.model, loaded.frontend_config, calibration)
+    assert check["agrees"] is True and check["progressions"]["reference_accuracy"] >= 0.8
+
+
+def test_calibrate_command_prints_and_saves_the_frame_check(shared_fixtures, tmp_path, capsys):
+    import json
+
+    from musicssl.cli.main import main
+    from musicssl.key.checkpoint import load_key_model
+
+    out = tmp_path / "released.safetensors"
+    assert main(["calibrate", str(shared_fixtures / "skey.pt"), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    mapping = json.loads(printed[:printed.index("}") + 1])
+    assert mapping["row_offsets"] == RELEASED["row_offsets"]
+    assert "frame check: random diatonic progressions give the same frame" in printed
+    saved = load_key_model(out)
+    assert saved.calibration["row_offsets"] == [9, 11] and saved.provenance["frame_check"]["agrees"] is True

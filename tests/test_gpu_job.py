@@ -40,11 +40,15 @@ def test_rehearsal_smallest_form(caches, tmp_path):
     from musicssl.gpu_job import export_curve
     from musicssl.key.checkpoint import load_key_model
 
-    written = export_curve(out, tmp_path / "curve", log=lambda *_: None)
+    lines = []
+    written = export_curve(out, tmp_path / "curve", log=lines.append)
     steps = [load_key_model(p).provenance["global_step"] for p in written]
     assert steps == sorted(steps) and steps[-1] == gpu_job_rehearsal.global_step(out / "skey_state.ckpt")
     last, final = load_key_model(written[-1]), load_key_model(out / "skey.safetensors")
     assert last.calibration == final.calibration
+    # each step's frame check is logged and kept; the last step's is the exported model's
+    assert len(lines) == len(written) and all("frame checked" in x or "FRAME UNCERTAIN" in x for x in lines)
+    assert last.provenance["frame_check"] == final.provenance["frame_check"]
     for name, value in final.model.state_dict().items():
         assert torch.equal(last.model.state_dict()[name], value)
     partial = tmp_path / "partial"                                          # a model but no curve

@@ -216,6 +216,11 @@ def test_train_logs_checkpoints_and_exports_a_usable_model(tmp_path, corpus):
     assert losses and all(np.isfinite(losses))
     calibration = summary["calibration"]
     assert calibration["n_rows"] == 2 and set(calibration["row_modes"]) == {"major", "minor"}
+    # the frame is checked on random progressions and the check kept with the model
+    check = calibration["frame_check"]
+    assert isinstance(check["agrees"], bool) and set(check["progressions"]["row_modes"]) == {"major", "minor"}
+    from musicssl.key.checkpoint import load_key_model
+    assert load_key_model(out / "model.safetensors").provenance["frame_check"] == check
     estimator = KeyEstimator.from_checkpoint(out / "model.safetensors")
     assert estimator.frontend_config.hop_length == 1024
     result = estimator.estimate_file(corpus / "track0.wav")

@@ -512,7 +512,11 @@ def save_curve(path: Path, states: dict[int, dict]) -> Path:
 def export_curve(out: str | Path, dest: str | Path, log=print) -> list[Path]:
     """Calibrate and write every snapshot of a returned ``$OUT`` (``skey_curve.safetensors``, with
     the architecture and front end of ``skey.safetensors``) as ``dest/skey_step{step:07d}.safetensors``."""
-    from musicssl.key.calibration import calibrate_model
+    from musicssl.key.calibration import (
+        calibrate_model,
+        check_model_frame,
+        describe_frame,
+    )
     from musicssl.key.checkpoint import load_key_model, save_key_model
 
     out, dest = Path(out), Path(dest)
@@ -527,10 +531,13 @@ def export_curve(out: str | Path, dest: str | Path, log=print) -> list[Path]:
         except RuntimeError as exc:
             raise CheckpointError(f"{out}: step {step} of the curve does not fit skey.safetensors ({exc})") from exc
         calibration = calibrate_model(final.model.eval(), final.frontend_config)
+        check = check_model_frame(final.model, final.frontend_config, calibration)
         path = save_key_model(dest / f"skey_step{int(step):07d}.safetensors", final.model, final.frontend_config,
-                              calibration, {**final.provenance, "global_step": int(step),
+                              calibration, {**final.provenance, "global_step": int(step), "frame_check": check,
                                             "snapshot_of": str(out / "skey_curve.safetensors")})
-        log(f"step {step}: {path} (reference accuracy {calibration['reference_accuracy']:.2f})")
+        frame = "frame checked" if check["agrees"] else \
+            f"FRAME UNCERTAIN: progressions give {describe_frame(check['progressions'])}"
+        log(f"step {step}: {path} (reference accuracy {calibration['reference_accuracy']:.2f}; {frame})")
         written.append(path)
     return written
 

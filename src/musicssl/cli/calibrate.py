@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 
 from musicssl.errors import ConfigError
-from musicssl.key.calibration import calibrate_model
+from musicssl.key.calibration import (
+    calibrate_model,
+    check_model_frame,
+    describe_frame_check,
+)
 from musicssl.key.checkpoint import load_key_model, save_key_model
 
 
@@ -15,7 +19,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=(
         "Run the package's reference signals (cadences and scales in all 24 keys) through a model, "
         "find which output row is major and which column is which tonic (SPEC section 1.6), print the "
-        "mapping as JSON, and with -o save the model with it in the project's .safetensors format."),
+        "mapping as JSON, and with -o save the model with it in the project's .safetensors format. "
+        "A frame check calibrates again on random diatonic chord progressions and says whether they "
+        "agree (where they differ, score the model on clips of known key before trusting it)."),
         epilog="example: musicssl calibrate skey.pt -o skey.safetensors")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="project .safetensors, released S-KEY/STONE .pt, or a training .ckpt written by "
@@ -39,7 +45,9 @@ def run(args) -> int:
         return 0
     loaded = load_key_model(args.checkpoint)
     calibration = calibrate_model(loaded.model, loaded.frontend_config, args.device)
+    check = check_model_frame(loaded.model, loaded.frontend_config, calibration, args.device)
     print(json.dumps(calibration, indent=1))
+    print(describe_frame_check(check, calibration))
     if loaded.calibration is not None:
         stored = {k: loaded.calibration.get(k) for k in ("row_modes", "row_offsets")}
         found = {k: calibration[k] for k in ("row_modes", "row_offsets")}
@@ -47,6 +55,7 @@ def run(args) -> int:
     if args.output:
         provenance = dict(loaded.provenance or {})
         provenance["calibrated_from"] = str(Path(args.checkpoint).name)
+        provenance["frame_check"] = check
         save_key_model(args.output, loaded.model, loaded.frontend_config, calibration, provenance)
         print(f"saved {args.output}")
     return 0

@@ -26,7 +26,11 @@ import torch
 from musicssl.errors import CheckpointError, ConfigError
 from musicssl.io.atomic import atomic_write_text
 from musicssl.key.augment import cache_settings
-from musicssl.key.calibration import calibrate_model
+from musicssl.key.calibration import (
+    calibrate_model,
+    check_model_frame,
+    describe_frame_check,
+)
 from musicssl.key.checkpoint import (
     load_key_model,
     read_training_checkpoint,
@@ -203,15 +207,18 @@ def resolve_resume(config: TrainConfig) -> str | None:
 
 def export_model(module: KeyTrainingModule, path: str | Path, extra_provenance: Mapping[str, Any] | None = None,
                  device: str = "cpu") -> dict:
-    """Calibrate (SPEC §1.6) and write the project checkpoint; returns the calibration."""
+    """Calibrate (SPEC §1.6), check the frame on random progressions and write the project
+    checkpoint (the check in its provenance); returns the calibration with ``"frame_check"``
+    (:func:`musicssl.key.calibration.frame_check`)."""
 
     model = module.final_model.to(device).eval()
     calibration = calibrate_model(model, module.frontend_config, device)
+    check = check_model_frame(model, module.frontend_config, calibration, device)
     provenance = {"trainer": "musicssl.key.train", "objective": module.config.objective,
                   "config": module.config.to_dict(), "global_step": int(module.global_step),
-                  **dict(extra_provenance or {})}
+                  "frame_check": check, **dict(extra_provenance or {})}
     save_key_model(path, model.cpu(), module.frontend_config, calibration, provenance)
-    return calibration
+    return {**calibration, "frame_check": check}
 
 
 def load_training_checkpoint(path: str | Path) -> tuple[KeyTrainingModule, int]:
@@ -297,6 +304,7 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
         path = Path(config.out) / "model.safetensors"
         summary["calibration"] = export_model(module, path, {"train_summary": summary})
         summary["model"] = str(path)
+        log(describe_frame_check(summary["calibration"]["frame_check"], summary["calibration"]))
         if module.labelled_validation is not None:
             summary["final_labelled"] = module.labelled_validation.evaluate(module.final_model, "cpu")
         atomic_write_text(Path(config.out) / "summary.json", json.dumps(summary, indent=1, default=str))
