@@ -231,3 +231,20 @@ def test_calibrate_command_prints_and_saves_the_frame_check(shared_fixtures, tmp
     assert "frame check: random diatonic progressions give the same frame" in printed
     saved = load_key_model(out)
     assert saved.calibration["row_offsets"] == [9, 11] and saved.provenance["frame_check"]["agrees"] is True
+
+
+def test_frame_checker_for_validation_matches_the_export_check(shared_fixtures):
+    from musicssl.key.calibration import FrameChecker
+    from musicssl.key.checkpoint import load_key_model
+
+    loaded = load_key_model(shared_fixtures / "skey.pt")
+    loaded.model.train()
+    checker = FrameChecker(loaded.frontend_config)
+    found = checker(loaded.model)
+    assert loaded.model.training                                  # left as it was
+    assert found["agrees"] is True
+    assert {k: found["calibration"][k] for k in ("n_rows", "row_modes", "row_offsets")} == RELEASED
+    assert found["calibration"]["reference_accuracy"] >= 0.9 and found["progressions"]["reference_accuracy"] >= 0.8
+    assert checker.logcqt("progressions").shape[0] == 48 and checker.logcqt("reference").shape[0] == 24
+    with pytest.raises(ValueError):
+        checker.logcqt("noise")

@@ -210,7 +210,7 @@ def test_train_logs_checkpoints_and_exports_a_usable_model(tmp_path, corpus):
     rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
     columns = set(rows[0])
     for name in ("train/loss", "train/key", "train/mode", "train/balance", "lr", "perf/items_per_s",
-                 "perf/audio_hours_per_s", "perf/data_wait_share", "val/loss"):
+                 "perf/audio_hours_per_s", "perf/data_wait_share", "val/loss", "val/frame_check"):
         assert name in columns, name
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(np.isfinite(losses))

@@ -309,6 +309,58 @@ def cached_calibration(path: Path, loaded, device: str) -> dict:
     return calibration
 
 
+class FrameChecker:
+    """:func:`frame_check` for a model in training: the log-CQT of the SPEC signals and of the
+    progressions is computed once (``CQT`` of the front end), each check is then two forwards.
+    A label-free validation signal (docs/training.md, "Which calibration")."""
+
+    def __init__(self, frontend_config):
+        self.frontend_config = frontend_config
+        self._logcqt: dict[str, torch.Tensor] = {}
+
+    def logcqt(self, which: str) -> torch.Tensor:
+        """``(n, 1, F, T)`` log-CQT of ``"reference"`` (24 SPEC signals) or ``"progressions"`` (48)."""
+        if which not in self._logcqt:
+            from musicssl.dsp.cqt import CQT
+
+            c = self.frontend_config
+            if which == "reference":
+                signals = [reference_signal(k, c.sr) for k in reference_keys()]
+            elif which == "progressions":
+                signals = list(progression_signals(c.sr))
+            else:
+                raise ValueError(f"no reference signals called {which!r}")
+            n = min(len(s) for s in signals)
+            with torch.inference_mode():
+                magnitude = CQT.from_config(c)(torch.from_numpy(np.stack([s[:n] for s in signals])))
+                self._logcqt[which] = log_compress(magnitude, c.top_db)[:, None].clone()
+        return self._logcqt[which]
+
+    def native(self, model: torch.nn.Module, which: str, device) -> np.ndarray:
+        """Outputs ``(n, 12 * n_rows)`` of ``model`` (crop offset 0) for those signals."""
+        x = self.logcqt(which)[:, :, :self.frontend_config.crop_bins].to(device)
+        with torch.no_grad():
+            return model(x).float().cpu().numpy()
+
+    def __call__(self, model: torch.nn.Module, device="cpu") -> dict:
+        """``{"calibration": from the SPEC signals, "progressions": from the progressions, "agrees"}``
+        (each calibration with its ``"reference_accuracy"``); ``model`` is left in its mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            out = {}
+            for name, which in (("calibration", "reference"), ("progressions", "progressions")):
+                native = self.native(model, which, device)
+                keys = reference_keys() * (len(native) // 24)
+                found = fit_calibration(native, keys)
+                found["reference_accuracy"] = calibration_accuracy(native, keys, found)
+                out[name] = found
+        finally:
+            model.train(was_training)
+        out["agrees"] = same_frame(out["calibration"], out["progressions"])
+        return out
+
+
 def model_outputs(model: torch.nn.Module, frontend_config, device: str = "cpu"
                   ) -> Callable[[np.ndarray, int], np.ndarray]:
     """``native_outputs(waveforms (B, N), sr) -> (B, 12 * n_rows)`` of ``model`` (crop offset 0),

@@ -13,15 +13,15 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from musicssl.dsp.cqt import CQT, KeyFrontEnd, compress_db, log_compress
+from musicssl.dsp.cqt import KeyFrontEnd, compress_db
 from musicssl.errors import CalibrationError, ConfigError
 from musicssl.io.tracks import Track
 from musicssl.key import losses
 from musicssl.key.calibration import (
+    FrameChecker,
     calibration_accuracy,
     fit_calibration,
     reference_keys,
-    reference_signal,
     to_canonical,
 )
 from musicssl.key.config import TrainConfig
@@ -64,19 +64,7 @@ class LabelledValidation:
         usable = [t for t in tracks if t.key and t.path in cache]
         self.tracks = usable[:limit] if limit else usable
         self.cache = cache
-        self._reference_logcqt: torch.Tensor | None = None
-
-    def _reference(self) -> tuple[torch.Tensor, list]:
-        keys = reference_keys()
-        if self._reference_logcqt is None:
-            c = self.frontend_config
-            signals = [reference_signal(k, c.sr) for k in keys]
-            n = min(len(s) for s in signals)
-            cqt = CQT.from_config(c)
-            with torch.inference_mode():
-                mag = cqt(torch.from_numpy(np.stack([s[:n] for s in signals])))
-                self._reference_logcqt = log_compress(mag, c.top_db)[:, None].clone()
-        return self._reference_logcqt, keys
+        self.frames = FrameChecker(frontend_config)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, device) -> dict[str, float]:
@@ -86,8 +74,8 @@ class LabelledValidation:
         was_training = model.training
         model.eval()
         try:
-            ref, keys = self._reference()
-            native = model(ref[:, :, :crop].to(device)).float().cpu().numpy()
+            keys = reference_keys()
+            native = self.frames.native(model, "reference", device)
             try:
                 calibration = fit_calibration(native, keys)
             except CalibrationError:
@@ -163,6 +151,7 @@ class KeyTrainingModule(pl.LightningModule):
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.ema_decay > 0 else None
         self._frontend = None            # built on demand for batches of raw audio (no feature cache)
         self.labelled_validation: LabelledValidation | None = None
+        self._frames: FrameChecker | None = None      # the frame check of validation, built on first use
         self._timer: dict[str, float] = {}
         self._window = {"items": 0, "compute": 0.0, "wait": 0.0, "start": None}
         if self.objective_config.running_vote:
@@ -282,7 +271,16 @@ class KeyTrainingModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_end(self):
-        if self.labelled_validation is None or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
+            return
+        if self.global_rank == 0 and self.objective_config.n_rows == 2:
+            # label-free: 1 when random progressions give the SPEC signal's frame (docs/training.md,
+            # "Which calibration"); 0 has come with falling held-out accuracy
+            if self._frames is None:
+                self._frames = FrameChecker(self.frontend_config)
+            check = self._frames(self.final_model, self.device)
+            self.log("val/frame_check", float(check["agrees"]), rank_zero_only=True)
+        if self.labelled_validation is None:
             return
         if self.global_rank == 0:
             metrics = self.labelled_validation.evaluate(self.final_model, self.device)
