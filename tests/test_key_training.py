@@ -451,3 +451,13 @@ def test_running_vote_is_kept_in_checkpoints_and_resumes(tmp_path, corpus):
                    max_steps=4, resume=str(Path(plain.out) / "checkpoints" / "last.ckpt"))
     assert train(resumed, log=lambda *_: None)["global_step"] == 4
     assert bool((_weights(Path(plain.out) / "checkpoints" / "last.ckpt")["shift_scores"] > 0).all())
+
+
+def test_labelled_validation_calibrates_on_the_frame_checkers_signals(shared_fixtures):
+    from musicssl.key.checkpoint import load_key_model
+    from musicssl.key.lightning import LabelledValidation
+
+    loaded = load_key_model(shared_fixtures / "skey.pt")
+    validation = LabelledValidation([], cache=None, frontend_config=loaded.frontend_config)
+    assert validation.evaluate(loaded.model, "cpu")["calib_acc"] >= 0.9     # no clips: the calibration only
+    assert validation.frames.logcqt("reference").shape[0] == 24

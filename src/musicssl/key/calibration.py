@@ -280,8 +280,8 @@ def frame_check(native_outputs: Callable[[np.ndarray, int], np.ndarray], calibra
     compare with ``calibration`` (the SPEC signal's).
 
     Returns ``{"progressions": calibration dict with "reference_accuracy", "agrees": bool}``.
-    On 53 models (docs/training.md) the SPEC signal's frame was the one labelled music
-    picks wherever the two agreed (22 of 22) and for 25 of the 31 where they differed:
+    On 55 models (docs/training.md) the SPEC signal's frame was the one labelled music
+    picks wherever the two agreed (22 of 22) and for 27 of the 33 where they differed:
     ``agrees`` False means the frame is uncertain; check it on clips of known key.
     """
     progressions = calibrate(native_outputs, sr, progression_signals(sr, tuple(draws)))

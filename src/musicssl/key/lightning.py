@@ -276,8 +276,9 @@ class KeyTrainingModule(pl.LightningModule):
         if self.global_rank == 0 and self.objective_config.n_rows == 2:
             # label-free: 1 when random progressions give the SPEC signal's frame (docs/training.md,
             # "Which calibration"); 0 has come with falling held-out accuracy
-            if self._frames is None:
-                self._frames = FrameChecker(self.frontend_config)
+            if self._frames is None:                   # shares the labelled validation's signals
+                self._frames = (self.labelled_validation.frames if self.labelled_validation is not None
+                                else FrameChecker(self.frontend_config))
             check = self._frames(self.final_model, self.device)
             self.log("val/frame_check", float(check["agrees"]), rank_zero_only=True)
         if self.labelled_validation is None:
