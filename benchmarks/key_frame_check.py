@@ -1,7 +1,7 @@
 """Which reference signal gives a key model the frame that labelled music needs?
 
 For each model: its calibration from the SPEC signal (SPEC §1.6, what every export
-stores), from random diatonic progressions (``musicssl.key.calibration.frame_check``),
+stores), from random diatonic progressions (what ``musicssl.key.calibration.frame_check`` fits),
 and from both together; each scored on a labelled set (MIREX / mode %, network
 alone, the estimator's transposition averaging). A last column gives the frame the
 set's labels pick (the calibration fitted to the labelled clips: a diagnostic, never
@@ -24,10 +24,9 @@ from musicssl.dsp.cqt import log_compress
 from musicssl.evaluation.datasets import load_dataset
 from musicssl.evaluation.key_metrics import score_key
 from musicssl.key.calibration import (
-    calibrate,
     describe_frame,
     fit_calibration,
-    frame_check,
+    fit_reference,
     model_outputs,
     progression_signals,
     reference_keys,
@@ -74,10 +73,16 @@ def main(argv=None) -> int:
         estimator = KeyEstimator.from_checkpoint(path)
         native_of = model_outputs(estimator.model, estimator.frontend_config)
         sr = estimator.frontend_config.sr
-        spec = calibrate(native_of, sr)
-        check = frame_check(native_of, spec, sr)
-        signals = [reference_signal(k, sr) for k in reference_keys()]
-        both = calibrate(native_of, sr, [*signals, *progression_signals(sr)])
+        # each signal set through the network once (as calibrate and frame_check cut them)
+        outputs = {}
+        for name, signals in (("spec", [reference_signal(k, sr) for k in reference_keys()]),
+                              ("progressions", progression_signals(sr))):
+            length = min(len(x) for x in signals)
+            outputs[name] = native_of(np.stack([x[:length] for x in signals]), sr)
+        spec = fit_reference(outputs["spec"])
+        check = {"progressions": fit_reference(outputs["progressions"])}
+        check["agrees"] = same_frame(spec, check["progressions"])
+        both = fit_reference(np.concatenate([outputs["spec"], outputs["progressions"]]))
         native = dataset_outputs(estimator, items)
         labels = fit_calibration(native, keys)
         row = [scores(native, keys, c) for c in (spec, check["progressions"], both, labels)]

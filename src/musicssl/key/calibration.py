@@ -67,21 +67,31 @@ def _tone(midi: float, duration_s: float, sr: int, n_harmonics: int = 6) -> np.n
     return out
 
 
+def _tonic_midi(key: Key) -> int:
+    """MIDI note of the signals' tonic: C4 ± a fourth."""
+    return 60 + (key.tonic if key.tonic < 6 else key.tonic - 12)
+
+
+def _chord(bass_midi: int, midis, duration_s: float, sr: int) -> np.ndarray:
+    """A bass note and the notes ``midis`` sounding together, ``duration_s`` long."""
+    frame = _tone(bass_midi, duration_s, sr)
+    for midi in midis:
+        frame = frame + _tone(midi, duration_s, sr)
+    return frame
+
+
 def reference_signal(key: Key, sr: int = 22050, chord_s: float = 0.6, note_s: float = 0.3,
                      parts: tuple[str, ...] = ("cadences", "scale")) -> np.ndarray:
     """A signal in ``key``: four cadences with a bass line (``"cadences"``, 9.6 s), then the
     scale up and down (``"scale"``, 4.5 s), in harmonic tones. float32 (n,), peak 1, about 14 s
     with both parts (the calibration's signal)."""
-    tonic_midi = 60 + (key.tonic if key.tonic < 6 else key.tonic - 12)  # C4 ± a fourth
+    tonic_midi = _tonic_midi(key)
     chords = _MAJOR_CADENCE if key.is_major else _MINOR_CADENCE
     pieces = []
     if "cadences" in parts:
         for _ in range(4):
             for chord, bass in zip(chords, _CADENCE_BASS):
-                frame = _tone(tonic_midi - 24 + bass, chord_s, sr)
-                for interval in chord:
-                    frame = frame + _tone(tonic_midi + interval, chord_s, sr)
-                pieces.append(frame)
+                pieces.append(_chord(tonic_midi - 24 + bass, [tonic_midi + i for i in chord], chord_s, sr))
     if "scale" in parts:
         if key.is_major:
             scale = list(_MAJOR_SCALE) + list(reversed(_MAJOR_SCALE))[1:]
@@ -109,16 +119,14 @@ def progression_signal(key: Key, sr: int = 22050, seed: int = 0, n_chords: int =
     float32 (n,), peak 1, ``n_chords · chord_s`` s (14.4 s)."""
     rng = np.random.default_rng([seed, key.tonic, int(key.is_major)])
     triads = _MAJOR_TRIADS if key.is_major else _MINOR_TRIADS
-    tonic_midi = 60 + (key.tonic if key.tonic < 6 else key.tonic - 12)
+    tonic_midi = _tonic_midi(key)
     degrees = [1, *rng.choice(list(triads), n_chords - 3), 5, 1]
     parts = []
     for degree in degrees:
         chord = triads[int(degree)]
         inversion = int(rng.integers(0, 3))
-        frame = _tone(tonic_midi - 24 + chord[0] % 12, chord_s, sr)
-        for i, interval in enumerate(chord):
-            frame = frame + _tone(tonic_midi + interval + (12 if i < inversion else 0), chord_s, sr)
-        parts.append(frame)
+        upper = [tonic_midi + interval + (12 if i < inversion else 0) for i, interval in enumerate(chord)]
+        parts.append(_chord(tonic_midi - 24 + chord[0] % 12, upper, chord_s, sr))
     signal = np.concatenate(parts)
     return (signal / np.abs(signal).max()).astype(np.float32)
 
@@ -244,10 +252,18 @@ def calibrate(native_outputs: Callable[[np.ndarray, int], np.ndarray], sr: int =
         signals = [reference_signal(k, sr) for k in keys]
     if not signals or len(signals) % len(keys):
         raise CalibrationError(f"expected a multiple of {len(keys)} reference signals, got {len(signals)}")
-    keys = keys * (len(signals) // len(keys))
     length = min(len(s) for s in signals)
     batch = np.stack([s[:length] for s in signals])
-    native = np.asarray(native_outputs(batch, sr))
+    return fit_reference(np.asarray(native_outputs(batch, sr)))
+
+
+def fit_reference(native: np.ndarray) -> dict:
+    """:func:`fit_calibration` of outputs ``(24 * n, 12 * n_rows)`` of signals in the
+    :func:`reference_keys` keys, once or several times over, plus ``"reference_accuracy"``."""
+    keys = reference_keys()
+    if len(native) % len(keys):
+        raise CalibrationError(f"expected outputs for a multiple of {len(keys)} reference signals, got {len(native)}")
+    keys = keys * (len(native) // len(keys))
     calibration = fit_calibration(native, keys)
     calibration["reference_accuracy"] = calibration_accuracy(native, keys, calibration)
     return calibration
@@ -348,13 +364,8 @@ class FrameChecker:
         was_training = model.training
         model.eval()
         try:
-            out = {}
-            for name, which in (("calibration", "reference"), ("progressions", "progressions")):
-                native = self.native(model, which, device)
-                keys = reference_keys() * (len(native) // 24)
-                found = fit_calibration(native, keys)
-                found["reference_accuracy"] = calibration_accuracy(native, keys, found)
-                out[name] = found
+            out = {name: fit_reference(self.native(model, which, device))
+                   for name, which in (("calibration", "reference"), ("progressions", "progressions"))}
         finally:
             model.train(was_training)
         out["agrees"] = same_frame(out["calibration"], out["progressions"])

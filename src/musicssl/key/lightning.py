@@ -19,9 +19,7 @@ from musicssl.io.tracks import Track
 from musicssl.key import losses
 from musicssl.key.calibration import (
     FrameChecker,
-    calibration_accuracy,
-    fit_calibration,
-    reference_keys,
+    fit_reference,
     to_canonical,
 )
 from musicssl.key.config import TrainConfig
@@ -67,20 +65,20 @@ class LabelledValidation:
         self.frames = FrameChecker(frontend_config)
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, device) -> dict[str, float]:
-        """Calibrate ``model`` on the reference signals, then score the labelled clips."""
+    def evaluate(self, model: torch.nn.Module, device, calibration: dict | None = None) -> dict[str, float]:
+        """Calibrate ``model`` on the reference signals (unless its ``calibration``, with
+        ``"reference_accuracy"``, is given), then score the labelled clips."""
 
         crop = self.frontend_config.crop_bins
         was_training = model.training
         model.eval()
         try:
-            keys = reference_keys()
-            native = self.frames.native(model, "reference", device)
-            try:
-                calibration = fit_calibration(native, keys)
-            except CalibrationError:
-                return {"calib_acc": 0.0}
-            out = {"calib_acc": calibration_accuracy(native, keys, calibration)}
+            if calibration is None:
+                try:
+                    calibration = fit_reference(self.frames.native(model, "reference", device))
+                except CalibrationError:
+                    return {"calib_acc": 0.0}
+            out = {"calib_acc": calibration["reference_accuracy"]}
             from musicssl.evaluation import key_metrics  # deferred: mir_eval is absent from the GPU job
 
             scores = []
@@ -281,10 +279,13 @@ class KeyTrainingModule(pl.LightningModule):
                                 else FrameChecker(self.frontend_config))
             check = self._frames(self.final_model, self.device)
             self.log("val/frame_check", float(check["agrees"]), rank_zero_only=True)
+        else:
+            check = None
         if self.labelled_validation is None:
             return
-        if self.global_rank == 0:
-            metrics = self.labelled_validation.evaluate(self.final_model, self.device)
+        if self.global_rank == 0:                      # the check's SPEC calibration serves it too
+            metrics = self.labelled_validation.evaluate(self.final_model, self.device,
+                                                        None if check is None else check["calibration"])
             for k, v in metrics.items():
                 self.log(f"val_labelled/{k}", float(v), rank_zero_only=True)
 
