@@ -461,3 +461,68 @@ def test_labelled_validation_calibrates_on_the_frame_checkers_signals(shared_fix
     validation = LabelledValidation([], cache=None, frontend_config=loaded.frontend_config)
     assert validation.evaluate(loaded.model, "cpu")["calib_acc"] >= 0.9     # no clips: the calibration only
     assert validation.frames.logcqt("reference").shape[0] == 24
+
+
+# --------------------------------------------------------------------------- choosing the step
+def test_frame_selection_exports_the_last_agreeing_step_and_resumes_its_choice(tmp_path, corpus, monkeypatch):
+    from musicssl.key import train as train_module
+    from musicssl.key.checkpoint import load_key_model
+    from musicssl.key.lightning import FrameChecker
+
+    with pytest.raises(ConfigError, match="select must be"):
+        TrainConfig.from_mapping({"select": "best"})
+    # the frame check agrees at steps 1 and 2, then no more (a drifting run)
+    seen = []
+
+    def scripted_check(self, model, device="cpu"):
+        seen.append(len(seen) + 1)
+        return {"agrees": len(seen) <= 2}
+
+    monkeypatch.setattr(FrameChecker, "__call__", scripted_check)
+    real_check = train_module.check_model_frame
+    answers = iter([False, True])                  # export: the last step disagrees, step 2 agrees
+
+    def export_check(*args, **kwargs):
+        return {**real_check(*args, **kwargs), "agrees": next(answers)}
+
+    monkeypatch.setattr(train_module, "check_model_frame", export_check)
+    lines = []
+    cfg = tiny(tmp_path, corpus, objective="skey", max_steps=4, export=True, select_every=1)
+    summary = train(cfg, log=lines.append)
+    out = Path(cfg.out)
+    assert summary["global_step"] == 4 and seen == [1, 2, 3, 4]
+    assert summary["frame_history"] == [[1, True], [2, True], [3, False], [4, False]]
+    assert summary["calibration"]["selected_step"] == 2
+    assert any("weights of step 2" in line for line in lines)
+    with open(out / "logs" / "metrics.csv") as handle:
+        logged = [float(r["train/frame_check"]) for r in csv.DictReader(handle) if r.get("train/frame_check")]
+    assert logged == [1.0, 1.0, 0.0, 0.0]
+    # the exported weights are step 2's (the callback runs before that step's checkpoint is written)
+    exported = load_key_model(out / "model.safetensors")
+    step2 = _weights(out / "checkpoints" / "step0000002.ckpt")
+    last = _weights(out / "checkpoints" / "last.ckpt")
+    state = exported.model.state_dict()
+    assert all(torch.equal(v, step2[f"model.{k}"]) for k, v in state.items())
+    assert any(not torch.equal(v, last[f"model.{k}"]) for k, v in state.items() if k.endswith("weight"))
+    chosen = exported.provenance["selected"]
+    assert chosen["step"] == 2 and chosen["last_step"] == 4 and exported.provenance["global_step"] == 2
+    assert chosen["last_frame_check"]["agrees"] is False and chosen["history"][2] == [3, False]
+    # the choice travels in training checkpoints (read without unpickling code)
+    saved = torch.load(out / "checkpoints" / "step0000004.ckpt", map_location="cpu", weights_only=True)
+    kept = saved["callbacks"]["FrameSelection"]
+    assert kept["step"] == 2 and kept["history"] == [[1, 1], [2, 1], [3, 0], [4, 0]]
+    # resumed at step 4 to step 6: the choice made before the interruption still stands
+    seen.clear()
+    seen.extend([1, 2, 3, 4])
+    answers = iter([False, True])
+    resumed = tiny(tmp_path, corpus, objective="skey", max_steps=6, export=True, select_every=1,
+                   resume=str(out / "checkpoints" / "step0000004.ckpt"))
+    summary = train(resumed, log=lambda *_: None)
+    assert summary["global_step"] == 6 and summary["calibration"]["selected_step"] == 2
+    assert [s for s, _ in summary["frame_history"]] == [1, 2, 3, 4, 5, 6]
+    # select: last writes the last step whatever the check says
+    answers = iter([False])
+    plain = tiny(tmp_path / "last", corpus, objective="skey", max_steps=4, export=True, select="last")
+    summary = train(plain, log=lambda *_: None)
+    assert summary["calibration"]["selected_step"] is None and "frame_history" not in summary
+    assert "selected" not in load_key_model(Path(plain.out) / "model.safetensors").provenance

@@ -103,6 +103,9 @@ _HELP = {
     "val_every": "validate every N epochs",
     "progress": "show a progress bar (on standard error)",
     "export": "at the end, calibrate the model and write OUT/model.safetensors",
+    "select": "which weights a 24-class model exports: last, or frame_check (the last step whose "
+              "label-free frame check agrees, when the last step's does not)",
+    "select_every": "run the frame check of --select frame_check every N optimizer steps",
     "name": "a name for the run, stored in the exported model's provenance",
     "data_pipeline": "how training batches are made: loader (DataLoader workers assemble items) or "
                      "device (the whole feature cache on the training device, batches drawn by tensor "

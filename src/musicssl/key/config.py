@@ -88,6 +88,10 @@ class TrainConfig:
     val_every: int = 1                                   # epochs
     progress: bool = True
     export: bool = True                                  # calibrate + write OUT/model.safetensors
+    select: str = "frame_check"                          # which weights are exported (24-class models):
+                                                         # last | frame_check: the last whose frame check
+                                                         # agrees (docs/training.md, "Choosing the step")
+    select_every: int = 50                               # optimizer steps between frame checks (select)
     name: str | None = None
 
     def __post_init__(self):
@@ -96,7 +100,7 @@ class TrainConfig:
         self.data = [str(d) for d in self.data]
         losses.ObjectiveConfig(**self.objective_kwargs())   # validates
         SegmentConfig(self.segment_seconds, self.short_tracks, self.seed)
-        for name in ("batch_size", "num_nodes", "checkpoint_every", "log_every", "val_every"):
+        for name in ("batch_size", "num_nodes", "checkpoint_every", "log_every", "val_every", "select_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 1 and self.max_steps <= 0:
@@ -110,6 +114,8 @@ class TrainConfig:
         if AugmentConfig.parse(self.augment) is not None and not self.cache_dir:   # validates, too
             raise ConfigError("augment (waveform augmentation) is applied when the feature cache is built: "
                               "set cache_dir")
+        if self.select not in ("last", "frame_check"):
+            raise ConfigError(f"select must be 'last' or 'frame_check', got {self.select!r}")
         if self.data_pipeline not in ("loader", "device"):
             raise ConfigError(f"data_pipeline must be 'loader' or 'device', got {self.data_pipeline!r}")
         if len(self.channels) != len(self.kernels):

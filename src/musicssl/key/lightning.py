@@ -193,6 +193,14 @@ class KeyTrainingModule(pl.LightningModule):
             self.shift_scores.copy_(ballot)
         return loss, terms
 
+    def frame_checker(self) -> FrameChecker:
+        """The frame check of validation and of :class:`FrameSelection` (the labelled
+        validation's signals when there is one), built on first use."""
+        if self._frames is None:
+            self._frames = (self.labelled_validation.frames if self.labelled_validation is not None
+                            else FrameChecker(self.frontend_config))
+        return self._frames
+
     @property
     def final_model(self) -> torch.nn.Module:
         """The network that is validated with labels and exported: the EMA when kept."""
@@ -274,10 +282,7 @@ class KeyTrainingModule(pl.LightningModule):
         if self.global_rank == 0 and self.objective_config.n_rows == 2:
             # label-free: 1 when random progressions give the SPEC signal's frame (docs/training.md,
             # "Which calibration"); 0 has come with falling held-out accuracy
-            if self._frames is None:                   # shares the labelled validation's signals
-                self._frames = (self.labelled_validation.frames if self.labelled_validation is not None
-                                else FrameChecker(self.frontend_config))
-            check = self._frames(self.final_model, self.device)
+            check = self.frame_checker()(self.final_model, self.device)
             self.log("val/frame_check", float(check["agrees"]), rank_zero_only=True)
         else:
             check = None
@@ -326,6 +331,49 @@ class KeyTrainingModule(pl.LightningModule):
             state["shift_scores"] = torch.zeros(12)
         elif not self.objective_config.running_vote:
             state.pop("shift_scores", None)
+
+
+# --------------------------------------------------------------------------- step selection
+class FrameSelection(pl.Callback):
+    """``select: frame_check``: every ``every`` optimizer steps, the frame check (label-free,
+    :class:`musicssl.key.calibration.FrameChecker`) of the weights that would be exported; the
+    weights of the last step where it agrees are kept (CPU) for :func:`musicssl.key.train.export_model`.
+
+    Its history and weights travel in training checkpoints, so a resumed run selects as the
+    interrupted one would have. Rank 0 only; 24-class (two-row) models only.
+    """
+
+    def __init__(self, every: int):
+        self.every = int(every)
+        self.history: list[tuple[int, bool]] = []     # (global step, agrees)
+        self.step: int | None = None                  # the last agreeing step
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def check(self, trainer: pl.Trainer, module: KeyTrainingModule) -> None:
+        step = int(trainer.global_step)
+        if self.history and self.history[-1][0] == step:
+            return
+        agrees = bool(module.frame_checker()(module.final_model, module.device)["agrees"])
+        self.history.append((step, agrees))
+        if agrees:
+            self.step = step
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.final_model.state_dict().items()}
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/frame_check": float(agrees)}, step=step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.is_global_zero and trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self.check(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {"every": self.every, "history": [[s, int(a)] for s, a in self.history],
+                "step": -1 if self.step is None else self.step, "state": dict(self.state or {})}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [(int(s), bool(a)) for s, a in state_dict.get("history", [])]
+        step = int(state_dict.get("step", -1))
+        self.step = None if step < 0 else step
+        self.state = dict(state_dict["state"]) if self.step is not None else None
 
 
 # --------------------------------------------------------------------------- data module

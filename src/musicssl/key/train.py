@@ -14,6 +14,7 @@ restored from the Lightning checkpoint).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -37,7 +38,12 @@ from musicssl.key.checkpoint import (
     save_key_model,
 )
 from musicssl.key.config import TrainConfig
-from musicssl.key.lightning import KeyDataModule, KeyTrainingModule, LabelledValidation
+from musicssl.key.lightning import (
+    FrameSelection,
+    KeyDataModule,
+    KeyTrainingModule,
+    LabelledValidation,
+)
 
 try:  # lightning is a runtime dependency, but keep `import musicssl.key.train` cheap to fail clearly
     import lightning.pytorch as pl
@@ -206,19 +212,45 @@ def resolve_resume(config: TrainConfig) -> str | None:
 
 
 def export_model(module: KeyTrainingModule, path: str | Path, extra_provenance: Mapping[str, Any] | None = None,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", selection: FrameSelection | None = None) -> dict:
     """Calibrate (SPEC §1.6), check the frame on random progressions and write the project
     checkpoint (the check in its provenance); returns the calibration with ``"frame_check"``
-    (:func:`musicssl.key.calibration.frame_check`)."""
+    (:func:`musicssl.key.calibration.frame_check`) and ``"selected_step"``.
 
+    With a ``selection`` (``select: frame_check``) whose last agreeing step is not the last
+    step, and a last step whose frame is uncertain, that step's weights are written instead
+    (provenance ``"selected"``: the rule, both steps, the last step's check, the history).
+    """
     model = module.final_model.to(device).eval()
+    step = int(module.global_step)
     calibration = calibrate_model(model, module.frontend_config, device)
     check = check_model_frame(model, module.frontend_config, calibration, device)
     provenance = {"trainer": "musicssl.key.train", "objective": module.config.objective,
-                  "config": module.config.to_dict(), "global_step": int(module.global_step),
+                  "config": module.config.to_dict(), "global_step": step,
                   "frame_check": check, **dict(extra_provenance or {})}
+    selected = None
+    if selection is not None and selection.step is not None and not check["agrees"] and selection.step != step:
+        earlier = copy.deepcopy(model)
+        earlier.load_state_dict(selection.state)
+        earlier_calibration = calibrate_model(earlier, module.frontend_config, device)
+        earlier_check = check_model_frame(earlier, module.frontend_config, earlier_calibration, device)
+        if earlier_check["agrees"]:
+            selected = selection.step
+            provenance["selected"] = {"rule": "frame_check", "step": selected, "last_step": step,
+                                      "last_frame_check": check,
+                                      "history": [[s, bool(a)] for s, a in selection.history]}
+            model, calibration, check = earlier, earlier_calibration, earlier_check
+            provenance.update(global_step=selected, frame_check=check)
     save_key_model(path, model.cpu(), module.frontend_config, calibration, provenance)
-    return {**calibration, "frame_check": check}
+    return {**calibration, "frame_check": check, "selected_step": selected}
+
+
+def describe_selection(result: Mapping[str, Any], last_step: int) -> str:
+    """One line for a training log: which step's weights :func:`export_model` wrote."""
+    if result.get("selected_step") is None:
+        return f"exported the weights of the last step ({last_step})"
+    return (f"exported the weights of step {result['selected_step']}, the last whose frame check agrees "
+            f"(the last step, {last_step}, has an uncertain frame)")
 
 
 def load_training_checkpoint(path: str | Path) -> tuple[KeyTrainingModule, int]:
@@ -293,6 +325,10 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
                                                         config.val_labelled_limit)
     elif data.labelled:
         log("labelled validation needs the feature cache (--cache-dir); skipped")
+    selection = None
+    if config.select == "frame_check" and module.objective_config.n_rows == 2:
+        selection = FrameSelection(config.select_every)
+        callbacks = [selection, *callbacks]
     trainer = build_trainer(config, callbacks)
     started = time.time()
     # weights_only: resuming never unpickles code, whoever wrote the .ckpt
@@ -302,11 +338,14 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
                "data": {k: v for k, v in data.report.items() if k != "scan"}, "segments": counts}
     if config.export and trainer.is_global_zero:
         path = Path(config.out) / "model.safetensors"
-        summary["calibration"] = export_model(module, path, {"train_summary": summary})
+        summary["calibration"] = export_model(module, path, {"train_summary": summary}, selection=selection)
         summary["model"] = str(path)
+        if selection is not None:
+            summary["frame_history"] = [[s, bool(a)] for s, a in selection.history]
+            log(describe_selection(summary["calibration"], summary["global_step"]))
         log(describe_frame_check(summary["calibration"]["frame_check"], summary["calibration"]))
-        if module.labelled_validation is not None:
-            summary["final_labelled"] = module.labelled_validation.evaluate(module.final_model, "cpu")
+        if module.labelled_validation is not None:            # what was written, selected or last
+            summary["final_labelled"] = module.labelled_validation.evaluate(load_key_model(path).model, "cpu")
         atomic_write_text(Path(config.out) / "summary.json", json.dumps(summary, indent=1, default=str))
         log(f"model written to {path}")
     return summary
