@@ -287,13 +287,42 @@ def beat_times(score, qpm: float, limit_s: float) -> tuple[np.ndarray, str]:
     return np.array(sorted(set(np.round(times, 6)))), first_ts
 
 
+def end_with_sound_off(midi_path: Path) -> None:
+    """Rewrite a Standard MIDI File so every track ends with *all notes off* and *all sound
+    off* (controllers 123 and 120) on all 16 channels, at its end-of-track time.
+
+    FluidSynth's file renderer stops only when no voice sounds. music21's MIDI export
+    sometimes writes a note-off before the note-on of the same pitch and tick, so a
+    voice is held to the end; on a looping patch (organ, strings) it never decays and
+    the render never ends (seen: 6 of 56 render24 pieces skipped after two 60 s timeouts).
+    Done on the bytes (chunk by chunk), so meta events no parser accepts (music21 writes
+    key signatures of 8 sharps) pass through unchanged.
+    """
+    data = midi_path.read_bytes()
+    if data[:4] != b"MThd":
+        raise RenderError(f"{midi_path.name}: not a Standard MIDI File")
+    silence = b"".join(bytes([0xB0 | channel, control, 0, 0]) for channel in range(16) for control in (123, 120))
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
+        body = data[pos + 8:pos + 8 + size]
+        if kind == b"MTrk" and body.endswith(b"\xff\x2f\x00"):
+            # the end-of-track's delta now precedes the first controller; each event after
+            # it (and the end of track) follows with delta 0
+            body = body[:-3] + silence + b"\xff\x2f\x00"
+        out.append(kind + len(body).to_bytes(4, "big") + body)
+        pos += 8 + size
+    midi_path.write_bytes(b"".join(out) + data[pos:])
+
+
 def synthesize(midi_path: Path, wav_path: Path, soundfont: Path, sr: int, timeout_s: float = 60.0,
                attempts: int = 2) -> None:
-    """FluidSynth: MIDI → WAV at ``sr``.
+    """FluidSynth: MIDI → WAV at ``sr`` (the MIDI file is first ended by :func:`end_with_sound_off`).
 
-    FluidSynth occasionally hung on this (heavily loaded) machine on files that
-    render in 2 s when retried, so a run that exceeds ``timeout_s`` is retried.
+    A run that exceeds ``timeout_s`` is retried once: FluidSynth occasionally hung on a
+    heavily loaded machine on files that rendered in 2 s when retried.
     """
+    end_with_sound_off(midi_path)
     cmd = ["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(sr), "-F", str(wav_path), str(soundfont), str(midi_path)]
     for attempt in range(attempts):
         try:

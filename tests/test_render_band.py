@@ -194,3 +194,60 @@ def test_band_render_keys_reads_the_editors_key_for_diagnostics_only(tmp_path):
     assert [r["path"] for r in rows] == [str(manifest.parent / "audio" / n) for n in ("a.ogg", "b.ogg")]
     assert [r["key"] for r in rows] == [str(pool[0].key.transpose(2)), str(pool[1].key.transpose(-5))]
     assert str(pool[0].key.transpose(2)) != str(pool[0].key)
+
+
+def _held_note_midi(path: Path) -> None:
+    """An organ part whose second note's off comes before its on at the same tick (as music21
+    sometimes writes), so one voice is never released."""
+    import mido
+
+    midi = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    track.append(mido.Message("program_change", channel=2, program=19, time=0))
+    track.append(mido.Message("note_on", channel=2, note=60, velocity=90, time=0))
+    track.append(mido.Message("note_off", channel=2, note=64, velocity=0, time=480))   # orphan off
+    track.append(mido.Message("note_on", channel=2, note=64, velocity=90, time=0))     # never released
+    track.append(mido.Message("note_off", channel=2, note=60, velocity=0, time=480))
+    track.append(mido.MetaMessage("end_of_track", time=240))
+    midi.tracks.append(track)
+    midi.save(path)
+
+
+def test_midi_files_end_with_all_sound_off_on_every_channel(tmp_path):
+    import mido
+    from render_symbolic import RenderError, end_with_sound_off
+
+    path = tmp_path / "held.mid"
+    _held_note_midi(path)
+    before = mido.MidiFile(path)
+    end_with_sound_off(path)
+    after = mido.MidiFile(path)
+    assert after.length == pytest.approx(before.length)          # the timeline is unchanged
+    events = list(after.tracks[0])
+    assert events[:len(before.tracks[0]) - 1] == list(before.tracks[0])[:-1]
+    tail = events[len(before.tracks[0]) - 1:]
+    assert [(m.channel, m.control) for m in tail[:-1]] == [(c, k) for c in range(16) for k in (123, 120)]
+    assert tail[0].time == 240 and all(m.time == 0 for m in tail[1:]) and tail[-1].type == "end_of_track"
+    # a key signature no MIDI parser decodes (8 sharps, as music21 writes) passes through unchanged
+    odd = tmp_path / "odd.mid"
+    _held_note_midi(odd)
+    data = odd.read_bytes()
+    track = data.index(b"MTrk")
+    body = b"\x00\xff\x59\x02\x08\x00" + data[track + 8:]
+    odd.write_bytes(data[:track] + b"MTrk" + len(body).to_bytes(4, "big") + body)
+    end_with_sound_off(odd)
+    assert b"\xff\x59\x02\x08\x00" in odd.read_bytes() and odd.read_bytes().endswith(b"\x00\xff\x2f\x00")
+    (tmp_path / "not.mid").write_bytes(b"RIFF....")
+    with pytest.raises(RenderError, match="not a Standard MIDI File"):
+        end_with_sound_off(tmp_path / "not.mid")
+
+
+@needs_fluidsynth
+def test_a_held_note_on_a_looping_patch_does_not_hang_fluidsynth(tmp_path):
+    from render_symbolic import synthesize
+
+    path = tmp_path / "held.mid"
+    _held_note_midi(path)
+    synthesize(path, tmp_path / "held.wav", _SOUNDFONT, SR, timeout_s=20, attempts=1)
+    audio, sr = sf.read(tmp_path / "held.wav")
+    assert sr == SR and 1.0 < len(audio) / sr < 4.0             # 1.25 s of music and a short release
