@@ -526,3 +526,21 @@ def test_frame_selection_exports_the_last_agreeing_step_and_resumes_its_choice(t
     summary = train(plain, log=lambda *_: None)
     assert summary["calibration"]["selected_step"] is None and "frame_history" not in summary
     assert "selected" not in load_key_model(Path(plain.out) / "model.safetensors").provenance
+
+
+def test_auto_precision_uses_bf16_on_a_cpu_only_where_it_is_native(monkeypatch):
+    from musicssl.key import train as train_module
+
+    cpu = TrainConfig.from_mapping({"accelerator": "cpu"})
+    asked = TrainConfig.from_mapping({"accelerator": "cpu", "precision": "bf16-mixed"})
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert train_module._precision(cpu, "cpu") == ("bf16-mixed" if native else "32-true")
+        assert train_module._precision(asked, "cpu") == "bf16-mixed"          # what was asked for is kept
+        note = train_module.precision_note(asked)
+        assert (note is None) == native
+        assert train_module.precision_note(cpu) is None
+    assert "32-true" in note and "slower" in note
+    for name in ("skey_default", "skey_debian", "skey_band_finetune", "gpu_job_skey"):
+        assert TrainConfig.from_yaml(REPO / "configs" / f"{name}.yaml").precision == "auto", name
