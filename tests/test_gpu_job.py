@@ -45,6 +45,7 @@ def test_rehearsal_smallest_form(caches, tmp_path):
     steps = [load_key_model(p).provenance["global_step"] for p in written]
     assert steps == sorted(steps) and steps[-1] == gpu_job_rehearsal.global_step(out / "skey_state.ckpt")
     last, final = load_key_model(written[-1]), load_key_model(out / "skey.safetensors")
+    assert f"calibrated (24 reference signals), step {final.provenance['global_step']}" in report
     assert last.calibration == final.calibration
     # each step's frame check is logged and kept; the last step's is the exported model's
     assert len(lines) == len(written) and all("frame checked" in x or "FRAME UNCERTAIN" in x for x in lines)

@@ -575,8 +575,13 @@ def _train_key(pack_dir: Path, work: Path, deadline: float, device: str, started
                    log=lambda text: print(text, flush=True))
     shutil.copyfile(work / "run" / "checkpoints" / "last.ckpt", work / "state.ckpt")
     shutil.copyfile(work / "run" / "model.safetensors", work / "export.safetensors")
+    selected = result.get("calibration", {}).get("selected_step")   # select: frame_check chose an earlier step
+    exported = result["global_step"] if selected is None else selected
+    export = f"calibrated (24 reference signals), step {exported}" + (
+        "" if selected is None else f" (the last agreeing frame check; step {result['global_step']} uncertain)")
     return {**meter.summary(_TrainerView(result["global_step"]), started), "resumed_from_state": state.is_file(),
-            "export": "calibrated (24 reference signals)", "metrics": result.get("metrics", {})}
+            "export": export, "exported_step": exported, "frame_history": result.get("frame_history", []),
+            "metrics": result.get("metrics", {})}
 
 
 class _TrainerView:
