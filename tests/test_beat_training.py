@@ -33,22 +33,30 @@ def _toy_batch(rng, n=8, t=64):
 
 
 def test_a_few_steps_reduce_the_pretext_loss():
+    # measured on 8 fixed batches (a single batch of 8 scores sync_acc in steps of 1/8 and moved
+    # across 0.5 with the thread count); Adam at 1e-3: at 3e-3 the toy collapsed after ~20 steps
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     module = make_module(PretrainConfig(width=1 / 16, dropout=0.0, batch_size=8))
-    opt = torch.optim.Adam(module.model.parameters(), lr=3e-3)
-    fixed = _toy_batch(np.random.default_rng(123))
-    with torch.no_grad():
-        before = float(module.pretext_loss(*fixed)[0])
-    for _ in range(12):
+    opt = torch.optim.Adam(module.model.parameters(), lr=1e-3)
+    fixed_rng = np.random.default_rng(123)
+    fixed = [_toy_batch(fixed_rng) for _ in range(8)]
+
+    def measure() -> tuple[float, float]:
+        with torch.no_grad():
+            out = [module.pretext_loss(*batch) for batch in fixed]
+        return (float(np.mean([float(loss) for loss, _ in out])),
+                float(np.mean([float(extra["sync_acc"]) for _, extra in out])))
+
+    loss_before, acc_before = measure()
+    for _ in range(20):
         loss, _ = module.pretext_loss(*_toy_batch(rng))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        after, extra = module.pretext_loss(*fixed)
-    assert float(after) < before - 0.2
-    assert float(extra["sync_acc"]) > 0.5
+    loss_after, acc_after = measure()
+    assert loss_after < loss_before - 0.3          # 0.9-1.3 lower over seeds 0-3 and 1 or 2 threads
+    assert acc_after > 0.4 and acc_after > acc_before + 0.3      # from 0.02-0.19 (chance 1/8) to 0.59-1.0
 
 
 def test_config_validation():
