@@ -365,8 +365,12 @@ class FrameSelection(pl.Callback):
         if trainer.is_global_zero and trainer.global_step > 0 and trainer.global_step % self.every == 0:
             self.check(trainer, pl_module)
 
+    def rows(self) -> list[list]:
+        """The history as ``[[step, agrees], ...]`` (for summaries and provenance)."""
+        return [[s, a] for s, a in self.history]
+
     def state_dict(self) -> dict:
-        return {"every": self.every, "history": [[s, int(a)] for s, a in self.history],
+        return {"history": [[s, int(a)] for s, a in self.history],
                 "step": -1 if self.step is None else self.step, "state": dict(self.state or {})}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -259,7 +259,7 @@ def export_model(module: KeyTrainingModule, path: str | Path, extra_provenance: 
             selected = selection.step
             provenance["selected"] = {"rule": "frame_check", "step": selected, "last_step": step,
                                       "last_frame_check": check,
-                                      "history": [[s, bool(a)] for s, a in selection.history]}
+                                      "history": selection.rows()}
             model, calibration, check = earlier, earlier_calibration, earlier_check
             provenance.update(global_step=selected, frame_check=check)
     save_key_model(path, model.cpu(), module.frontend_config, calibration, provenance)
@@ -365,7 +365,7 @@ def train(config: TrainConfig, callbacks: Sequence[pl.Callback] = (), log=print)
         summary["calibration"] = export_model(module, path, {"train_summary": summary}, selection=selection)
         summary["model"] = str(path)
         if selection is not None:
-            summary["frame_history"] = [[s, bool(a)] for s, a in selection.history]
+            summary["frame_history"] = selection.rows()
             log(describe_selection(summary["calibration"], summary["global_step"]))
         log(describe_frame_check(summary["calibration"]["frame_check"], summary["calibration"]))
         if module.labelled_validation is not None:            # what was written, selected or last
