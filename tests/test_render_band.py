@@ -196,6 +196,55 @@ def test_band_render_keys_reads_the_editors_key_for_diagnostics_only(tmp_path):
     assert str(pool[0].key.transpose(2)) != str(pool[0].key)
 
 
+def _two_part_score(path: Path, fifths: int, bass_midi: list[int]) -> None:
+    """A MusicXML score stating ``fifths`` and minor mode, its bass ending on ``bass_midi[-1]``."""
+    from music21 import key, note, stream
+
+    score = stream.Score()
+    for pitches in ([67, 70, 74, 67], bass_midi):
+        part = stream.Part()
+        part.append(key.KeySignature(fifths))
+        for midi in pitches:
+            part.append(note.Note(midi, quarterLength=1.0))
+        score.insert(0, part)
+    text = score.write("musicxml", fp=path).read_text()
+    assert "<fifths>" in text
+    path.write_text(text.replace("<fifths>", "<mode>minor</mode><fifths>", 1)
+                    if "<mode>" not in text else text.replace("major</mode>", "minor</mode>"))
+
+
+def test_band_render_keys_final_tonic_drops_pieces_whose_stated_key_is_not_where_they_end(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "band_render_keys", Path(__file__).resolve().parents[1] / "benchmarks" / "band_render_keys.py")
+    keys_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keys_script)
+    from musicssl.keys import Key
+
+    # G minor written with the older one-flat (Dorian) signature: the file says D minor, the bass ends on G
+    dorian, modern = tmp_path / "dorian.musicxml", tmp_path / "modern.musicxml"
+    _two_part_score(dorian, -1, [43, 50, 46, 43])
+    _two_part_score(modern, -2, [43, 50, 46, 55])
+    import render_symbolic
+    stated = [render_symbolic.musicxml_key(f.read_text()) for f in (dorian, modern)]
+    assert stated == [Key(2, "minor"), Key(7, "minor")]
+    candidates = [render_symbolic.Candidate("bach", f, None, f.stem, f.stem, k, "musicxml <key><mode>")
+                  for f, k in zip((dorian, modern), stated)]
+    assert [keys_script.final_bass_pitch_class(c) for c in candidates] == [7, 7]
+
+    # the filter: only clips whose piece ends on its stated tonic are kept
+    monkeypatch.setattr(keys_script, "find_candidates", lambda roots, formats: candidates)
+    manifest = tmp_path / "band" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,collection,piece_id,transpose\n"
+                        "audio/a.ogg,bach,dorian,3\naudio/b.ogg,bach,modern,-2\n")
+    assert [k for _, k in keys_script.editor_keys([manifest])] == ["F minor", "F minor"]
+    out = tmp_path / "keys.csv"
+    assert keys_script.main([str(manifest), "--final-tonic", "--out", str(out)]) == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{"path": str(manifest.parent / "audio" / "b.ogg"), "key": "F minor"}]
+
+
 def _held_note_midi(path: Path) -> None:
     """An organ part whose second note's off comes before its on at the same tick (as music21
     sometimes writes), so one voice is never released."""
