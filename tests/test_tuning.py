@@ -95,3 +95,19 @@ def test_key_records_carry_tuning(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["key", str(path), "--model", "krumhansl", "--tuning", "nonsense"])
     assert exit_info.value.code == 2
+
+
+def test_spectral_peaks_give_their_frames():
+    from musicssl.dsp.tuning import HOP, N_FFT, spectral_peaks
+
+    sr = 22050
+    x = np.zeros(sr, np.float32)
+    x[sr // 2:] = np.sin(2 * np.pi * 300.0 * np.arange(sr - sr // 2) / sr)     # a tone from 0.5 s
+    freq, mag = spectral_peaks(x, sr, 80.0, 2000.0)
+    freq2, mag2, frame = spectral_peaks(x, sr, 80.0, 2000.0, with_frames=True)
+    np.testing.assert_array_equal(freq, freq2)
+    np.testing.assert_array_equal(mag, mag2)
+    assert frame.dtype == np.int64 and np.all(np.diff(frame) >= 0)
+    assert frame.min() * HOP >= sr // 2 - N_FFT                                # nothing before the tone
+    steady = frame * HOP >= sr // 2 + N_FFT                                    # past the onset's frames
+    assert steady.sum() > 10 and np.allclose(freq[steady], 300.0, atol=2.0)

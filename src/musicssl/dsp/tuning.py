@@ -69,13 +69,15 @@ PEAK_THRESHOLD = 0.1
 _BLOCK_FRAMES = 512
 
 
-def spectral_peaks(x: np.ndarray, sr: float, fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray]:
+def spectral_peaks(x: np.ndarray, sr: float, fmin: float, fmax: float, *,
+                   with_frames: bool = False) -> tuple[np.ndarray, ...]:
     """Peaks of the STFT magnitude of mono ``x`` (n,) at ``sr`` Hz (periodic Hann window of
     :data:`N_FFT`, hop :data:`HOP`, zero-padded by ``N_FFT // 2`` at both ends): bins
     with ``fmin <= f < fmax`` higher than the bin below, not lower than the bin above and
     above :data:`PEAK_THRESHOLD` of their frame's maximum. Returns float64 ``(frequency
     in Hz, magnitude)`` of every peak, both ``(n_peaks,)``, refined by fitting a parabola
-    through the peak and its two neighbours."""
+    through the peak and its two neighbours, in frame order; ``with_frames`` adds each
+    peak's STFT frame index (int64 ``(n_peaks,)``) as a third array."""
     x = np.pad(np.asarray(x, np.float32), N_FFT // 2)
     n_frames = 1 + (len(x) - N_FFT) // HOP
     window = (np.hanning(N_FFT + 1)[:-1]).astype(np.float32)
@@ -83,7 +85,7 @@ def spectral_peaks(x: np.ndarray, sr: float, fmin: float, fmax: float) -> tuple[
     lo, hi = int(np.ceil(fmin / bin_hz)), int(np.ceil(fmax / bin_hz))   # bins lo .. hi-1
     lo, hi = max(lo, 1), min(hi, N_FFT // 2)                            # each with two neighbours
     frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP][:n_frames]
-    found_f, found_m = [], []
+    found_f, found_m, found_t = [], [], []
     for start in range(0, n_frames, _BLOCK_FRAMES):
         mag = np.abs(np.fft.rfft(frames[start:start + _BLOCK_FRAMES] * window, axis=-1)).astype(np.float64)
         a, b, c = mag[:, lo - 1:hi - 1], mag[:, lo:hi], mag[:, lo + 1:hi + 1]
@@ -94,7 +96,9 @@ def spectral_peaks(x: np.ndarray, sr: float, fmin: float, fmax: float) -> tuple[
         offset = np.divide(0.5 * (c - a), curvature, out=np.zeros_like(b), where=curvature > 0)
         found_f.append((lo + cols + offset) * bin_hz)
         found_m.append(b + 0.25 * (c - a) * offset)
-    return np.concatenate(found_f), np.concatenate(found_m)
+        found_t.append(start + rows.astype(np.int64))
+    peaks = (np.concatenate(found_f), np.concatenate(found_m))
+    return (*peaks, np.concatenate(found_t)) if with_frames else peaks
 
 
 def tuning_excerpt_spans(n_samples: int, sr: float, *,
