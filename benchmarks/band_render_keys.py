@@ -56,12 +56,15 @@ def editor_keys(manifests: list[Path], final_tonic: bool = False) -> list[tuple[
     collections = sorted({r["collection"] for _, r in rows})
     candidates = {c.piece_id: c for c in find_candidates([corpus / c for c in collections],
                                                          {"abc", "krn", "xml"})}
-    out = []
+    out, finals = [], {}                  # finals: piece id -> last bass pitch class (a score is parsed once)
     for manifest, row in rows:
         candidate = candidates.get(row["piece_id"])
         if candidate is not None:
-            if final_tonic and final_bass_pitch_class(candidate) != candidate.key.tonic:
-                continue
+            if final_tonic:
+                if candidate.piece_id not in finals:
+                    finals[candidate.piece_id] = final_bass_pitch_class(candidate)
+                if finals[candidate.piece_id] != candidate.key.tonic:
+                    continue
             key = candidate.key.transpose(int(row["transpose"]))
             out.append((str((manifest.parent / row["path"]).absolute()), str(key)))
     return out

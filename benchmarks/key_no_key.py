@@ -87,7 +87,12 @@ def pitch_grid(samples: np.ndarray, sr: int) -> tuple[float, float]:
       :data:`SUSTAIN_TOLERANCE` semitones in each of the :data:`SUSTAIN_FRAMES` frames
       before and after their own.
     """
-    from musicssl.dsp.tuning import TUNING_FMAX, TUNING_FMIN, spectral_peaks
+    from musicssl.dsp.tuning import (
+        TUNING_FMAX,
+        TUNING_FMIN,
+        grid_resultant,
+        spectral_peaks,
+    )
     from musicssl.key import tonality
 
     x = samples - np.float32(np.mean(samples, dtype=np.float64))
@@ -96,12 +101,10 @@ def pitch_grid(samples: np.ndarray, sr: int) -> tuple[float, float]:
         freq, mag, frame = spectral_peaks(part, sr, TUNING_FMIN, TUNING_FMAX, with_frames=True)
         if not len(freq):
             continue
-        semitones = 12.0 * np.log2(freq / 440.0)
-        strong = mag >= np.median(mag)
-        angles = 2.0 * np.pi * (semitones[strong] - np.round(semitones[strong]))
-        resultant += np.sum(mag[strong] * np.exp(1j * angles))
-        strong_total += float(mag[strong].sum())
-        held_total += float(mag[_sustained(frame, semitones)].sum())
+        part_resultant, weight = grid_resultant(freq, mag)
+        resultant += part_resultant
+        strong_total += weight
+        held_total += float(mag[_sustained(frame, 12.0 * np.log2(freq / 440.0))].sum())
         total += float(mag.sum())
     if strong_total <= 0 or total <= 0:
         return 0.0, 0.0
@@ -171,22 +174,20 @@ def main(argv=None) -> int:
     for e in estimators:
         e.detect_no_key = False  # print the answer the estimator would give; the decision is its own column
 
-    def row(name: str, source) -> tuple[bool, bool]:
-        """``source``: samples at SR or a path; each estimator gets features of its own front end."""
+    def row(name: str, source: np.ndarray) -> tuple[bool, bool]:
+        """``source``: samples at SR; each estimator gets features of its own front end."""
         by_config = {}
         answers = []
         for e in estimators:
             options = getattr(e, "feature_options", {})
             config = (e.frontend_config, tuple(sorted(options.items())))
             if config not in by_config:
-                by_config[config] = (compute_features(source, e.frontend_config, sr=SR, **options)
-                                     if isinstance(source, np.ndarray)
-                                     else compute_features(source, e.frontend_config, **options))
+                by_config[config] = compute_features(source, e.frontend_config, sr=SR, **options)
             r = e.estimate_features([by_config[config]])[0]
             answers.append(f"{format_key(r.key):<9} {r.confidence:5.3f}")
         features = next(iter(by_config.values()))
         reason = features.no_key_reason
-        grid, held = pitch_grid(source if isinstance(source, np.ndarray) else load_audio(source, sr=SR), SR)
+        grid, held = pitch_grid(source, SR)
         print(f"{name[:34]:<34} {features.harmonic_fraction:6.3f} {features.peak_contrast:7.2f} "
               f"{grid:6.3f} {held:6.3f}  "
               f"{'NO KEY' if reason else 'key':<7} " + "  ".join(answers), flush=True)
@@ -226,10 +227,11 @@ def main(argv=None) -> int:
     for group, paths in groups.items():
         flagged, by_rule, harm, contr, grids = [], [], [], [], []
         for path in paths:
-            f = compute_features(path, estimators[0].frontend_config)
+            samples = load_audio(path, sr=SR)            # decoded once for both measurements
+            f = compute_features(samples, estimators[0].frontend_config, sr=SR)
             harm.append(f.harmonic_fraction)
             contr.append(f.peak_contrast)
-            grid, held = pitch_grid(load_audio(path, sr=SR), SR)
+            grid, held = pitch_grid(samples, SR)
             grids.append((grid, held))
             if f.no_key_reason:
                 flagged.append(path.name)

@@ -30,7 +30,7 @@ import numpy as np
 
 from musicssl.errors import ConfigError
 
-__all__ = ["estimate_tuning_cents", "spectral_peaks", "tuning_excerpt_spans", "tuned_fmin", "TUNING_MAX_SECONDS"]
+__all__ = ["estimate_tuning_cents", "grid_resultant", "spectral_peaks", "tuning_excerpt_spans", "tuned_fmin", "TUNING_MAX_SECONDS"]
 
 #: Longest stretch of audio (s) the estimate looks at; longer recordings are
 #: sampled in four evenly spaced excerpts that add up to this length.
@@ -52,14 +52,24 @@ def estimate_tuning_cents(samples: np.ndarray, sr: float, *, max_seconds: float 
     frequencies, magnitudes = spectral_peaks(x, sr, TUNING_FMIN, TUNING_FMAX)
     if not len(frequencies):
         return 0.0
-    strong = magnitudes >= np.median(magnitudes)
-    semitones = 12.0 * np.log2(frequencies[strong] / 440.0)
-    angles = 2.0 * np.pi * (semitones - np.round(semitones))
-    resultant = np.sum(magnitudes[strong] * np.exp(1j * angles))
+    resultant, _ = grid_resultant(frequencies, magnitudes)
     if not np.isfinite(resultant) or abs(resultant) == 0:
         return 0.0
     cents = round(100.0 * float(np.angle(resultant)) / (2.0 * np.pi), 1)
     return cents - 100.0 if cents >= 50.0 else cents
+
+
+def grid_resultant(frequencies: np.ndarray, magnitudes: np.ndarray) -> tuple[complex, float]:
+    """Each peak's deviation from the nearest semitone (A = 440 Hz grid) as an angle on the
+    semitone circle, summed as magnitude-weighted unit vectors over the peaks at least as
+    strong as their median: ``(resultant, total weight)``. The resultant's angle is the
+    tuning (:func:`estimate_tuning_cents`); its length over the weight, in [0, 1], how closely
+    the peaks keep one distance from the grid. ``frequencies`` (Hz), ``magnitudes``: ``(n_peaks,)``,
+    at least one."""
+    strong = magnitudes >= np.median(magnitudes)
+    semitones = 12.0 * np.log2(frequencies[strong] / 440.0)
+    angles = 2.0 * np.pi * (semitones - np.round(semitones))
+    return complex(np.sum(magnitudes[strong] * np.exp(1j * angles))), float(magnitudes[strong].sum())
 
 
 #: STFT size and hop (samples) of :func:`spectral_peaks`
